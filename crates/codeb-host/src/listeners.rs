@@ -1,0 +1,208 @@
+//! Which TCP ports are listening on this host, and which process holds each, read from the
+//! kernel's tables (`/proc/net/tcp`, `/proc/net/tcp6`, `/proc/<pid>/fd`). No `ss`, no `lsof`.
+
+use codeb_core::manifest::{Assignment, PortUse};
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+const TCP_LISTEN: &str = "0A";
+
+/// A process holding a listening socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    /// For a container's `conmon` (podman's monitor, which holds published ports): the name
+    /// of the container.
+    pub container: Option<String>,
+}
+
+impl Holder {
+    pub fn describe(&self) -> String {
+        match &self.container {
+            Some(c) => format!("container `{c}` (conmon pid {})", self.pid),
+            None => format!("`{}` pid {}", self.comm, self.pid),
+        }
+    }
+}
+
+/// A snapshot of the host's listening TCP ports.
+#[derive(Debug, Clone, Default)]
+pub struct HostPorts {
+    /// Port -> socket inodes listening on it (IPv4 and IPv6, any address).
+    listening: HashMap<u16, Vec<u64>>,
+    proc_root: std::path::PathBuf,
+}
+
+impl HostPorts {
+    /// Reads the current network namespace's listener tables.
+    pub fn read() -> io::Result<Self> {
+        Self::read_from(Path::new("/proc"))
+    }
+
+    pub fn read_from(proc_root: &Path) -> io::Result<Self> {
+        let mut listening: HashMap<u16, Vec<u64>> = HashMap::new();
+        let mut found_any = false;
+        for table in ["net/tcp", "net/tcp6"] {
+            match fs::read_to_string(proc_root.join(table)) {
+                Ok(text) => {
+                    found_any = true;
+                    for (port, inode) in parse_table(&text) {
+                        listening.entry(port).or_default().push(inode);
+                    }
+                }
+                // tcp6 is absent when IPv6 is disabled.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !found_any {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "no TCP listener table under {}; pass --no-host-check to skip the host check",
+                    proc_root.display()
+                ),
+            ));
+        }
+        Ok(Self {
+            listening,
+            proc_root: proc_root.to_owned(),
+        })
+    }
+
+    pub fn is_listening(&self, port: u16) -> bool {
+        self.listening.contains_key(&port)
+    }
+
+    pub fn ports(&self) -> HashSet<u16> {
+        self.listening.keys().copied().collect()
+    }
+
+    /// The process holding a listener on `port`, when this user may see it.
+    pub fn holder(&self, port: u16) -> Option<Holder> {
+        let inodes = self.listening.get(&port)?;
+        let wanted: HashSet<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+        for entry in fs::read_dir(&self.proc_root).ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+                continue;
+            };
+            let holds = fds.flatten().any(|fd| {
+                fs::read_link(fd.path())
+                    .is_ok_and(|t| t.to_str().is_some_and(|t| wanted.contains(t)))
+            });
+            if holds {
+                let comm = fs::read_to_string(entry.path().join("comm"))
+                    .map(|c| c.trim().to_owned())
+                    .unwrap_or_default();
+                let container = if comm == "conmon" {
+                    fs::read(entry.path().join("cmdline"))
+                        .ok()
+                        .and_then(|c| conmon_container_name(&c))
+                } else {
+                    None
+                };
+                return Some(Holder {
+                    pid,
+                    comm,
+                    container,
+                });
+            }
+        }
+        None
+    }
+
+    /// What the host says about an assignment's port: free, its own deployment (a container
+    /// of the same target, or the Caddy front that serves it), or busy with something else.
+    pub fn use_of(&self, a: &Assignment) -> PortUse {
+        if !self.is_listening(a.port) {
+            return PortUse::Free;
+        }
+        let holder = self.holder(a.port);
+        let own = holder.as_ref().is_some_and(|h| {
+            h.comm == "caddy"
+                || a.owner
+                    .target()
+                    .is_some_and(|t| h.container.as_deref().is_some_and(|c| t.owns_container(c)))
+        });
+        if own {
+            PortUse::Own
+        } else {
+            PortUse::Busy(match holder {
+                Some(h) => h.describe(),
+                None => "by a process this user cannot see; run as root to name it".into(),
+            })
+        }
+    }
+}
+
+/// `(port, inode)` of every LISTEN socket in a `/proc/net/tcp{,6}` table.
+fn parse_table(text: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
+    text.lines().skip(1).filter_map(|line| {
+        let mut cols = line.split_whitespace();
+        let local = cols.nth(1)?;
+        let state = cols.nth(1)?;
+        if state != TCP_LISTEN {
+            return None;
+        }
+        let port = u16::from_str_radix(local.rsplit(':').next()?, 16).ok()?;
+        // After `st`: tx_queue:rx_queue tr:tm->when retrnsmt uid timeout inode
+        let inode = cols.nth(5)?.parse::<u64>().ok()?;
+        Some((port, inode))
+    })
+}
+
+/// The container name from conmon's command line (`-n NAME` or `--name NAME`).
+fn conmon_container_name(cmdline: &[u8]) -> Option<String> {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2).find_map(|w| match w[0] {
+        b"-n" | b"--name" => String::from_utf8(w[1].to_vec()).ok(),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    const SAMPLE: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 0100007F:0FA1 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0000000000000000 100 0 0 10 0
+   1: 0100007F:0FA2 0100007F:9C40 01 00000000:00000000 00:00000000 00000000     0        0 12346 1 0000000000000000 100 0 0 10 0
+";
+
+    #[test]
+    fn parses_only_listeners() {
+        let got: Vec<_> = parse_table(SAMPLE).collect();
+        assert_eq!(got, vec![(4001, 12345)]);
+    }
+
+    #[test]
+    fn conmon_name() {
+        let cmd =
+            b"/usr/bin/conmon\0--api-version\x001\0-c\0abc\0-n\0myapp-production-blue\0-r\0runc\0";
+        assert_eq!(
+            conmon_container_name(cmd).as_deref(),
+            Some("myapp-production-blue")
+        );
+    }
+
+    #[test]
+    fn sees_a_real_listener_and_its_holder() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let host = HostPorts::read().expect("read /proc");
+        assert!(host.is_listening(port));
+        let h = host.holder(port).expect("our own process is visible");
+        assert_eq!(h.pid, std::process::id());
+        drop(l);
+        let host = HostPorts::read().expect("read /proc");
+        assert!(!host.is_listening(port));
+    }
+}

@@ -1,0 +1,152 @@
+//! The manifest file on disk: where it is, reading it with errors that name the file, and
+//! changing it under an exclusive lock with an atomic replace.
+
+use crate::atomic;
+use codeb_core::manifest::{DEFAULT_PATH, Document, ParseError};
+use codeb_core::vars;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "manifest {0} does not exist; create it (see README) or point --manifest / {cm} at it",
+        cm = vars::CODEB_MANIFEST
+    )]
+    NotFound(PathBuf),
+    #[error("manifest {0} is a directory; pass the path of the YAML file itself")]
+    IsDirectory(PathBuf),
+    #[error("cannot read manifest {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("manifest {0} is not UTF-8 text")]
+    NotUtf8(PathBuf),
+    #[error("manifest {path} is malformed:\n{}", list(errors))]
+    Parse {
+        path: PathBuf,
+        errors: Vec<ParseError>,
+    },
+    #[error("the manifest's directory {0} does not exist; create it first (mkdir -p)")]
+    NoDirectory(PathBuf),
+    #[error("cannot lock manifest {path} (lock file {lock}): {source}")]
+    Lock {
+        path: PathBuf,
+        lock: PathBuf,
+        source: io::Error,
+    },
+    #[error("cannot write manifest {path}: {source}; the file was left as it was")]
+    Write { path: PathBuf, source: io::Error },
+}
+
+fn list(errors: &[ParseError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[derive(Debug, Clone)]
+pub struct ManifestStore {
+    path: PathBuf,
+}
+
+/// Holds the manifest's exclusive lock until dropped.
+#[derive(Debug)]
+pub struct ManifestLock {
+    _file: File,
+}
+
+impl ManifestStore {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into() }
+    }
+
+    /// `--manifest` if given, else `$CODEB_MANIFEST`, else [`DEFAULT_PATH`].
+    pub fn resolve(flag: Option<PathBuf>) -> Self {
+        let path = flag
+            .or_else(|| {
+                std::env::var_os(vars::CODEB_MANIFEST)
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+        Self::new(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "manifest".into());
+        self.path.with_file_name(format!(".{name}.lock"))
+    }
+
+    /// Reads and parses the manifest.
+    pub fn load(&self) -> Result<Document, StoreError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(self.path.clone()));
+            }
+            Err(e) if e.kind() == io::ErrorKind::IsADirectory || self.path.is_dir() => {
+                return Err(StoreError::IsDirectory(self.path.clone()));
+            }
+            Err(source) => {
+                return Err(StoreError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let text = String::from_utf8(bytes).map_err(|_| StoreError::NotUtf8(self.path.clone()))?;
+        Document::parse(&text).map_err(|errors| StoreError::Parse {
+            path: self.path.clone(),
+            errors,
+        })
+    }
+
+    /// Like [`Self::load`], but a missing file is an empty manifest (for `--allocate`).
+    pub fn load_or_empty(&self) -> Result<Document, StoreError> {
+        match self.load() {
+            Err(StoreError::NotFound(_)) => Ok(Document::empty()),
+            other => other,
+        }
+    }
+
+    /// Takes the manifest's exclusive lock (a `.NAME.lock` file beside it), waiting for it.
+    pub fn lock(&self) -> Result<ManifestLock, StoreError> {
+        let lock = self.lock_path();
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if !dir.is_dir() {
+                return Err(StoreError::NoDirectory(dir.to_owned()));
+            }
+        }
+        let err = |source| StoreError::Lock {
+            path: self.path.clone(),
+            lock: lock.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(err)?;
+        file.lock().map_err(err)?;
+        Ok(ManifestLock { _file: file })
+    }
+
+    /// Replaces the manifest with `text`. Call it while holding [`Self::lock`].
+    pub fn save(&self, _lock: &ManifestLock, text: &str) -> Result<(), StoreError> {
+        atomic::write(&self.path, text.as_bytes(), 0o644).map_err(|source| StoreError::Write {
+            path: self.path.clone(),
+            source,
+        })
+    }
+}

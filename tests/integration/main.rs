@@ -1,0 +1,13 @@
+//! End-to-end tests of the codeb binaries, run against real components: real sockets, real
+//! HTTP servers, act (a real Actions runtime), actionlint and zizmor. Each test gets its own
+//! temporary directory and an environment scrubbed of the ambient CI's variables.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`); `scripts/test` does it.
+
+#![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
+
+mod util;
+
+mod actions;
+mod healthcheck;
+mod port_validate;

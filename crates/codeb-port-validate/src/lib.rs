@@ -34,6 +34,7 @@ Exit codes: 0 valid, 1 validation failure, 2 usage or I/O error (unreadable or m
 #[derive(Debug, Parser)]
 #[command(
     name = "codeb-port-validate",
+    args_override_self = true,
     version,
     about = "Validate a project's port against the codeb port manifest and this host",
     after_help = AFTER_HELP

@@ -60,6 +60,11 @@ fn becomes_healthy_after_booting() {
         r.all()
     );
     assert!(r.stdout.contains("after 4 probes"), "{}", r.all());
+    assert_eq!(
+        s.hits.load(std::sync::atomic::Ordering::SeqCst),
+        4,
+        "one request per probe"
+    );
 }
 
 /// Each failure mode ends in exit 1 with a one-line reason naming the key facts.

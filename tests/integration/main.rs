@@ -10,4 +10,5 @@ mod util;
 
 mod actions;
 mod healthcheck;
+mod infra;
 mod port_validate;

@@ -13,11 +13,6 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `../shared` beside the repository (the test corpora).
-pub fn shared() -> PathBuf {
-    repo().join("../shared")
-}
-
 /// Where cargo put this test's binaries (`target/<profile>`).
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

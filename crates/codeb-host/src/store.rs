@@ -122,10 +122,10 @@ impl ManifestStore {
     /// Takes the manifest's exclusive lock (a `.NAME.lock` file beside it), waiting for it.
     pub fn lock(&self) -> Result<ManifestLock, StoreError> {
         let lock = self.lock_path();
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if !dir.is_dir() {
-                return Err(StoreError::NoDirectory(dir.to_owned()));
-            }
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(StoreError::NoDirectory(dir.to_owned()));
         }
         let err = |source| StoreError::Lock {
             path: self.path.clone(),

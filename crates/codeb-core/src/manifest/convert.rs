@@ -106,15 +106,15 @@ impl Cx {
 
     /// Checks every key of `entries` against `allowed` and for duplicates.
     fn keys_ok(&mut self, entries: &[(Node, Node)], allowed: &[&str], what: &str) {
-        let mut seen: Vec<&str> = Vec::new();
+        let mut seen: std::collections::HashSet<&str> =
+            std::collections::HashSet::with_capacity(entries.len());
         for (k, _) in entries {
             let Some(key) = self.key(k, what) else {
                 continue;
             };
-            if seen.contains(&key) {
+            if !seen.insert(key) {
                 self.err(k.line, format!("{what}: duplicate key `{key}`"));
             }
-            seen.push(key);
             if !allowed.is_empty() && !allowed.contains(&key) {
                 self.err(
                     k.line,

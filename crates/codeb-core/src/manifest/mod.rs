@@ -21,6 +21,7 @@
 
 mod convert;
 mod edit;
+mod fast;
 mod tree;
 
 use crate::names::{Environment, ProjectName};
@@ -364,11 +365,18 @@ impl Manifest {
     ) -> Vec<Problem> {
         let all = self.assignments();
         let reserved = self.reserved_ports();
-        let mut first_by_port: HashMap<u16, &Assignment> = HashMap::new();
+        let targets: Vec<Option<Target>> = all.iter().map(|a| a.owner.target()).collect();
+        // Port -> indices of the app (non-reserved) assignments using it, in file order.
+        let mut by_port: HashMap<u16, Vec<usize>> = HashMap::with_capacity(all.len());
+        for (i, t) in targets.iter().enumerate() {
+            if t.is_some() {
+                by_port.entry(all[i].port).or_default().push(i);
+            }
+        }
         let mut problems = Vec::new();
 
         if let Scope::Target(t) = scope {
-            if self.assignment(t).is_none() {
+            if !targets.iter().any(|x| x.as_ref() == Some(t)) {
                 problems.push(Problem {
                     kind: ProblemKind::Missing,
                     line: 1,
@@ -383,99 +391,88 @@ impl Manifest {
             }
         }
 
-        for a in &all {
-            let in_scope = match scope {
-                Scope::All => true,
-                Scope::Target(t) => a.owner.target().as_ref() == Some(t),
-            };
-            let Some(target) = a.owner.target() else {
-                // Reserved entries: only duplicates among themselves matter, and they are harmless.
-                first_by_port.entry(a.port).or_insert(a);
+        for (i, a) in all.iter().enumerate() {
+            let Some(target) = &targets[i] else {
+                // Reserved entries are checked through the ports they reserve.
                 continue;
             };
-            if in_scope {
-                let range = target.environment.range();
-                if !range.contains(a.port) {
-                    problems.push(Problem {
-                        kind: ProblemKind::OutOfRange,
-                        line: a.line,
-                        title: "Port out of range".into(),
-                        message: format!(
-                            "{} has port {}, outside the {} range {range}; pick a port in that range or run --allocate",
-                            a.owner, a.port, target.environment
-                        ),
-                        port: Some(a.port),
-                    });
-                }
-                if let Some(name) = reserved.get(&a.port) {
-                    problems.push(Problem {
-                        kind: ProblemKind::Reserved,
-                        line: a.line,
-                        title: "Reserved port".into(),
-                        message: format!(
-                            "{} has port {}, which is reserved for {name}; pick another port",
-                            a.owner, a.port
-                        ),
-                        port: Some(a.port),
-                    });
-                }
-                if let Owner::Preview { key, project, pr } = &a.owner {
-                    let want = Target::preview_key(project, *pr);
-                    if *key != want {
-                        problems.push(Problem {
-                            kind: ProblemKind::Inconsistent,
-                            line: a.line,
-                            title: "Preview key mismatch".into(),
-                            message: format!(
-                                "preview `{key}` is for project {project} PR {pr}, so it must be named `{want}`"
-                            ),
-                            port: Some(a.port),
-                        });
-                    }
-                }
-            }
-            // Uniqueness: every assignment that shares a port with an earlier one, or (in a
-            // target scope) the target when anything else shares its port.
-            let clash: Vec<&Assignment> = all
-                .iter()
-                .filter(|o| o.port == a.port && !std::ptr::eq(*o, a) && o.owner.target().is_some())
-                .collect();
-            let report = match scope {
-                Scope::All => first_by_port.contains_key(&a.port),
-                Scope::Target(_) => in_scope && !clash.is_empty(),
+            let in_scope = match scope {
+                Scope::All => true,
+                Scope::Target(t) => t == target,
             };
-            if report {
-                let other = first_by_port
-                    .get(&a.port)
-                    .copied()
-                    .or_else(|| clash.first().copied());
-                if let Some(other) = other.filter(|o| o.owner.target().is_some()) {
+            if !in_scope {
+                continue;
+            }
+            let range = target.environment.range();
+            if !range.contains(a.port) {
+                problems.push(Problem {
+                    kind: ProblemKind::OutOfRange,
+                    line: a.line,
+                    title: "Port out of range".into(),
+                    message: format!(
+                        "{} has port {}, outside the {} range {range}; pick a port in that range or run --allocate",
+                        a.owner, a.port, target.environment
+                    ),
+                    port: Some(a.port),
+                });
+            }
+            if let Some(name) = reserved.get(&a.port) {
+                problems.push(Problem {
+                    kind: ProblemKind::Reserved,
+                    line: a.line,
+                    title: "Reserved port".into(),
+                    message: format!(
+                        "{} has port {}, which is reserved for {name}; pick another port",
+                        a.owner, a.port
+                    ),
+                    port: Some(a.port),
+                });
+            }
+            if let Owner::Preview { key, project, pr } = &a.owner {
+                let want = Target::preview_key(project, *pr);
+                if *key != want {
                     problems.push(Problem {
-                        kind: ProblemKind::Duplicate,
+                        kind: ProblemKind::Inconsistent,
                         line: a.line,
-                        title: "Duplicate port".into(),
+                        title: "Preview key mismatch".into(),
                         message: format!(
-                            "port {} is assigned to both {} (line {}) and {} (line {}); every port must be unique",
-                            a.port, other.owner, other.line, a.owner, a.line
+                            "preview `{key}` is for project {project} PR {pr}, so it must be named `{want}`"
                         ),
                         port: Some(a.port),
                     });
                 }
             }
-            first_by_port.entry(a.port).or_insert(a);
-            if in_scope {
-                if let PortUse::Busy(by) = host(a) {
-                    problems.push(Problem {
-                        kind: ProblemKind::InUse,
-                        line: a.line,
-                        title: "Port in use".into(),
-                        message: format!(
-                            "port {} of {} is already listening on this host ({by}); stop that process or pick another port",
-                            a.port, a.owner
-                        ),
-                        port: Some(a.port),
-                    });
-                }
+            // Uniqueness. Over the whole manifest, each later user of a port is reported
+            // against the first; for one target, the target is reported against any other.
+            let users = by_port.get(&a.port).map(Vec::as_slice).unwrap_or_default();
+            let other = match scope {
+                Scope::All => users.first().filter(|&&first| first != i),
+                Scope::Target(_) => users.iter().find(|&&j| j != i),
+            };
+            if let Some(&j) = other {
+                let o = &all[j];
+                problems.push(Problem {
+                    kind: ProblemKind::Duplicate,
+                    line: a.line,
+                    title: "Duplicate port".into(),
+                    message: format!(
+                        "port {} is assigned to both {} (line {}) and {} (line {}); every port must be unique",
+                        a.port, o.owner, o.line, a.owner, a.line
+                    ),
+                    port: Some(a.port),
+                });
+            }
+            if let PortUse::Busy(by) = host(a) {
+                problems.push(Problem {
+                    kind: ProblemKind::InUse,
+                    line: a.line,
+                    title: "Port in use".into(),
+                    message: format!(
+                        "port {} of {} is already listening on this host ({by}); stop that process or pick another port",
+                        a.port, a.owner
+                    ),
+                    port: Some(a.port),
+                });
             }
         }
         problems

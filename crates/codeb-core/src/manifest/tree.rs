@@ -5,7 +5,7 @@
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Node {
     pub kind: Kind,
     /// 1-based line of the node's first character.
@@ -18,7 +18,7 @@ pub(crate) struct Node {
     pub flow: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Kind {
     Scalar { value: String, plain: bool },
     Seq(Vec<Node>),
@@ -153,8 +153,18 @@ impl MarkedEventReceiver for Builder<'_> {
     }
 }
 
-/// Parses `text` into documents of marked nodes.
+/// Parses `text` into documents of marked nodes: through the fast path when the text lies in
+/// its subset, else through yaml-rust2.
 pub(crate) fn parse(text: &str) -> Result<Vec<Node>, SyntaxError> {
+    match super::fast::parse(text) {
+        Some(docs) => Ok(docs),
+        None => parse_yaml(text),
+    }
+}
+
+/// Parses `text` into documents of marked nodes with yaml-rust2 (the reference for the fast
+/// path).
+pub(crate) fn parse_yaml(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut builder = Builder {
         lines: text.lines().collect(),
         stack: Vec::new(),

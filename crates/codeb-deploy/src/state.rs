@@ -1,0 +1,285 @@
+//! What codeb remembers about a target, beside its units in `<quadlet-dir>/.codeb/`:
+//! `<unit>.json` (the active release and the history, newest first) and `<unit>.lock` (one
+//! deploy at a time; the kernel drops the lock when its holder dies, even by SIGKILL).
+
+use crate::error::DeployError;
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How many releases the history keeps.
+pub const KEEP: usize = 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    Blue,
+    Green,
+}
+
+impl Slot {
+    pub fn other(self) -> Self {
+        match self {
+            Slot::Blue => Slot::Green,
+            Slot::Green => Slot::Blue,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::Blue => "blue",
+            Slot::Green => "green",
+        }
+    }
+    /// The slot's internal port behind public port `public`.
+    pub fn port(self, public: u16) -> Option<u16> {
+        let (blue, green) = codeb_core::ports::slot_ports(public)?;
+        Some(match self {
+            Slot::Blue => blue,
+            Slot::Green => green,
+        })
+    }
+    /// Which slot an internal port belongs to.
+    pub fn of_port(public: u16, port: u16) -> Option<Self> {
+        [Slot::Blue, Slot::Green]
+            .into_iter()
+            .find(|s| s.port(public) == Some(port))
+    }
+}
+
+/// The release that serves traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Active {
+    pub slot: Slot,
+    pub image: String,
+    pub digest: String,
+    pub sha: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReleaseOutcome {
+    /// Started, not yet decided (a deploy that died midway leaves this).
+    Deploying,
+    /// Serving traffic.
+    Active,
+    /// Served, then replaced by a newer release.
+    Superseded,
+    /// Failed its health check; traffic stayed on (or went back to) the previous release.
+    RolledBack,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub time: String,
+    pub image: String,
+    pub digest: String,
+    pub sha: String,
+    pub actor: String,
+    pub slot: Slot,
+    pub strategy: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub outcome: ReleaseOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    pub target: String,
+    pub active: Option<Active>,
+    /// Newest first.
+    pub releases: Vec<Release>,
+}
+
+impl History {
+    pub fn empty(target: &str) -> Self {
+        Self {
+            target: target.to_owned(),
+            active: None,
+            releases: Vec::new(),
+        }
+    }
+
+    pub fn path(state_dir: &Path, unit: &str) -> PathBuf {
+        state_dir.join(format!("{unit}.json"))
+    }
+
+    pub fn load(state_dir: &Path, unit: &str) -> Result<Self, DeployError> {
+        let path = Self::path(state_dir, unit);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                DeployError::Input(format!(
+                    "history {} is not valid ({e}); move it aside to start a fresh history",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::empty(unit)),
+            Err(source) => Err(DeployError::Io { path, source }),
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) -> Result<(), DeployError> {
+        let path = Self::path(state_dir, &self.target);
+        let mut text = serde_json::to_string_pretty(self)
+            .map_err(|e| DeployError::Input(format!("cannot encode history: {e}")))?;
+        text.push('\n');
+        codeb_host::atomic::write(&path, text.as_bytes(), 0o644)
+            .map_err(|source| DeployError::Io { path, source })
+    }
+
+    pub fn push(&mut self, release: Release) {
+        self.releases.insert(0, release);
+        self.releases.truncate(KEEP);
+    }
+
+    /// The newest release whose outcome is `Deploying` and which used `slot`.
+    pub fn pending_mut(&mut self) -> Option<&mut Release> {
+        self.releases
+            .iter_mut()
+            .find(|r| r.outcome == ReleaseOutcome::Deploying)
+    }
+
+    /// The newest release that served traffic and is not the active one: where a rollback goes.
+    pub fn previous_good(&self) -> Option<&Release> {
+        let active = self.active.as_ref().map(|a| a.digest.as_str());
+        self.releases
+            .iter()
+            .find(|r| r.outcome == ReleaseOutcome::Superseded && Some(r.digest.as_str()) != active)
+    }
+}
+
+/// Exclusive right to deploy one target; released on drop (or when the process dies).
+#[derive(Debug)]
+pub struct TargetLock {
+    _file: File,
+}
+
+impl TargetLock {
+    /// Waits up to `timeout` for the lock, then fails naming the holder.
+    pub async fn acquire(
+        state_dir: &Path,
+        unit: &str,
+        timeout: Duration,
+        holder: &str,
+    ) -> Result<Self, DeployError> {
+        let path = state_dir.join(format!("{unit}.lock"));
+        let io = |source| DeployError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        let start = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => break,
+                Err(TryLockError::WouldBlock) => {
+                    if start.elapsed() >= timeout {
+                        let mut who = String::new();
+                        let _ = file.rewind();
+                        let _ = file.read_to_string(&mut who);
+                        return Err(DeployError::Locked {
+                            target: unit.to_owned(),
+                            holder: if who.trim().is_empty() {
+                                "unknown holder".into()
+                            } else {
+                                who.trim().to_owned()
+                            },
+                            waited: humantime::format_duration(Duration::from_secs(
+                                start.elapsed().as_secs(),
+                            ))
+                            .to_string(),
+                        });
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(TryLockError::Error(e)) => return Err(io(e)),
+            }
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        file.write_all(holder.as_bytes()).map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn release(digest: &str, outcome: ReleaseOutcome) -> Release {
+        Release {
+            time: "2026-11-26T00:00:00Z".into(),
+            image: "r/x:1".into(),
+            digest: digest.into(),
+            sha: String::new(),
+            actor: "a".into(),
+            slot: Slot::Blue,
+            strategy: "blue-green".into(),
+            kind: "deploy".into(),
+            outcome,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn previous_good_skips_failed_and_active() {
+        let mut h = History::empty("t");
+        h.push(release("d1", ReleaseOutcome::Superseded));
+        h.push(release("d2", ReleaseOutcome::Active));
+        h.push(release("d3", ReleaseOutcome::RolledBack));
+        h.active = Some(Active {
+            slot: Slot::Green,
+            image: "r/x:2".into(),
+            digest: "d2".into(),
+            sha: String::new(),
+        });
+        assert_eq!(h.previous_good().map(|r| r.digest.as_str()), Some("d1"));
+    }
+
+    #[test]
+    fn history_is_bounded_and_roundtrips() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut h = History::empty("t");
+        for i in 0..30 {
+            h.push(release(&format!("d{i}"), ReleaseOutcome::Superseded));
+        }
+        assert_eq!(h.releases.len(), KEEP);
+        assert_eq!(h.releases[0].digest, "d29");
+        h.save(dir.path()).expect("save");
+        assert_eq!(History::load(dir.path(), "t").expect("load"), h);
+    }
+
+    #[tokio::test]
+    async fn lock_names_its_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held = TargetLock::acquire(
+            dir.path(),
+            "t",
+            Duration::ZERO,
+            "pid 42 (deploy of sha abc)",
+        )
+        .await
+        .expect("first");
+        let err = TargetLock::acquire(dir.path(), "t", Duration::from_millis(200), "pid 43")
+            .await
+            .expect_err("held");
+        assert!(
+            err.to_string().contains("pid 42 (deploy of sha abc)"),
+            "{err}"
+        );
+        drop(held);
+        TargetLock::acquire(dir.path(), "t", Duration::ZERO, "pid 43")
+            .await
+            .expect("free again");
+    }
+}

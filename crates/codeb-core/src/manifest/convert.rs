@@ -8,6 +8,27 @@ use super::{
     SLOT_FIELDS, Slot, VERSION,
 };
 use crate::names::ProjectName;
+use std::fmt;
+
+/// What a message is about. Messages are rare, so the description is only formatted when one
+/// is written: `Dotted(a, b)` reads `a.b`, `Quoted(a, b)` reads ``a `b` ``.
+struct Dotted<'a>(&'a dyn fmt::Display, &'a str);
+struct Quoted<'a>(&'a str, &'a dyn fmt::Display);
+
+impl fmt::Display for Dotted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.0, self.1)
+    }
+}
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} `{}`", self.0, self.1)
+    }
+}
+
+/// Mappings with more entries than this are checked for duplicate keys through a hash set.
+const SCAN_KEYS: usize = 16;
 
 struct Cx {
     errors: Vec<ParseError>,
@@ -22,7 +43,7 @@ impl Cx {
     }
 
     /// The entries of a mapping node, or an error naming what was expected.
-    fn map<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n [(Node, Node)]> {
+    fn map<'n>(&mut self, node: &'n Node, what: &dyn fmt::Display) -> Option<&'n [(Node, Node)]> {
         match &node.kind {
             Kind::Map(entries) => Some(entries),
             Kind::Alias => {
@@ -42,7 +63,7 @@ impl Cx {
         }
     }
 
-    fn key<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+    fn key<'n>(&mut self, node: &'n Node, what: &dyn fmt::Display) -> Option<&'n str> {
         match &node.kind {
             Kind::Scalar { value, .. } => Some(value),
             _ => {
@@ -52,7 +73,7 @@ impl Cx {
         }
     }
 
-    fn scalar<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n str> {
+    fn scalar<'n>(&mut self, node: &'n Node, what: &dyn fmt::Display) -> Option<&'n str> {
         match &node.kind {
             Kind::Scalar { value, .. } if !node.is_null() => Some(value),
             _ => {
@@ -65,7 +86,7 @@ impl Cx {
         }
     }
 
-    fn number(&mut self, node: &Node, what: &str) -> Option<u64> {
+    fn number(&mut self, node: &Node, what: &dyn fmt::Display) -> Option<u64> {
         let text = self.scalar(node, what)?;
         let plain = matches!(node.kind, Kind::Scalar { plain: true, .. });
         match text.parse::<u64>() {
@@ -80,7 +101,7 @@ impl Cx {
         }
     }
 
-    fn port(&mut self, node: &Node, what: &str) -> Option<u16> {
+    fn port(&mut self, node: &Node, what: &dyn fmt::Display) -> Option<u16> {
         let n = self.number(node, what)?;
         match u16::try_from(n) {
             Ok(p) if p > 0 => Some(p),
@@ -105,14 +126,21 @@ impl Cx {
     }
 
     /// Checks every key of `entries` against `allowed` and for duplicates.
-    fn keys_ok(&mut self, entries: &[(Node, Node)], allowed: &[&str], what: &str) {
-        let mut seen: std::collections::HashSet<&str> =
-            std::collections::HashSet::with_capacity(entries.len());
-        for (k, _) in entries {
+    fn keys_ok(&mut self, entries: &[(Node, Node)], allowed: &[&str], what: &dyn fmt::Display) {
+        // Entries are few except in the big sections: scan small mappings, hash large ones.
+        let mut seen = (entries.len() > SCAN_KEYS)
+            .then(|| std::collections::HashSet::<&str>::with_capacity(entries.len()));
+        for (i, (k, _)) in entries.iter().enumerate() {
             let Some(key) = self.key(k, what) else {
                 continue;
             };
-            if !seen.insert(key) {
+            let duplicate = match &mut seen {
+                Some(seen) => !seen.insert(key),
+                None => entries[..i]
+                    .iter()
+                    .any(|(e, _)| matches!(&e.kind, Kind::Scalar { value, .. } if value == key)),
+            };
+            if duplicate {
                 self.err(k.line, format!("{what}: duplicate key `{key}`"));
             }
             if !allowed.is_empty() && !allowed.contains(&key) {
@@ -132,7 +160,7 @@ impl Cx {
         &mut self,
         entries: &[(Node, Node)],
         skip: &[&str],
-        what: &str,
+        what: &dyn fmt::Display,
     ) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for (k, v) in entries {
@@ -143,10 +171,10 @@ impl Cx {
                 continue;
             }
             if key == "container_port" {
-                if let Some(p) = self.port(v, &format!("{what}.container_port")) {
+                if let Some(p) = self.port(v, &Dotted(what, "container_port")) {
                     out.push((key.clone(), p.to_string()));
                 }
-            } else if let Some(s) = self.scalar(v, &format!("{what}.{key}")) {
+            } else if let Some(s) = self.scalar(v, &Dotted(what, key)) {
                 out.push((key.clone(), s.to_owned()));
             }
         }
@@ -178,9 +206,14 @@ fn place(key: &Node, value: &Node) -> Place {
 }
 
 pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>> {
+    // Plain ASCII text without control characters (the common case) needs no closer look.
+    let plain = text
+        .bytes()
+        .all(|b| matches!(b, b'\t' | b'\n' | b' '..=b'~'));
     if let Some((n, line)) = text
         .lines()
         .enumerate()
+        .take_while(|_| !plain)
         .find(|(_, l)| l.chars().any(|c| c.is_control() && c != '\t'))
     {
         let c = line
@@ -215,13 +248,13 @@ pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>>
     };
     let mut manifest = Manifest::default();
     let mut layout = Layout::default();
-    let Some(top) = cx.map(root, "the manifest") else {
+    let Some(top) = cx.map(root, &"the manifest") else {
         return Err(cx.errors);
     };
     cx.keys_ok(
         top,
         &["version", "reserved", "projects", "previews"],
-        "the manifest",
+        &"the manifest",
     );
     layout.top_col = top.first().map(|(k, _)| k.col).unwrap_or(0);
 
@@ -231,7 +264,7 @@ pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>>
             format!("the manifest has no `version`; add `version: {VERSION}` at the top"),
         ),
         Some(v) => {
-            if let Some(n) = cx.number(v, "version") {
+            if let Some(n) = cx.number(v, &"version") {
                 if n != VERSION {
                     cx.err(v.line, format!("manifest version {n} is not supported; this codeb reads version {VERSION}"));
                 }
@@ -244,19 +277,19 @@ pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>>
         match &list.kind {
             Kind::Seq(items) => {
                 for item in items {
-                    let Some(e) = cx.map(item, "a reserved entry") else {
+                    let Some(e) = cx.map(item, &"a reserved entry") else {
                         continue;
                     };
-                    cx.keys_ok(e, &["port", "name", "description"], "a reserved entry");
+                    cx.keys_ok(e, &["port", "name", "description"], &"a reserved entry");
                     let port = match get(e, "port") {
-                        Some(p) => cx.port(p, "reserved port"),
+                        Some(p) => cx.port(p, &"reserved port"),
                         None => {
                             cx.err(item.line, "a reserved entry needs a `port`");
                             None
                         }
                     };
                     let name = match get(e, "name") {
-                        Some(n) => cx.scalar(n, "reserved name").map(str::to_owned),
+                        Some(n) => cx.scalar(n, &"reserved name").map(str::to_owned),
                         None => {
                             cx.err(
                                 item.line,
@@ -266,7 +299,7 @@ pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>>
                         }
                     };
                     let description = get(e, "description")
-                        .and_then(|d| cx.scalar(d, "reserved description").map(str::to_owned));
+                        .and_then(|d| cx.scalar(d, &"reserved description").map(str::to_owned));
                     if let (Some(port), Some(name)) = (port, name) {
                         let line = get(e, "port").map_or(item.line, |p| p.line);
                         manifest.reserved.push(ReservedEntry {
@@ -293,57 +326,74 @@ pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>>
         .find(|(k, _)| matches!(&k.kind, Kind::Scalar { value, .. } if value == "projects"))
     {
         layout.projects = Some(place(key, value));
-        if !value.is_null() {
-            if let Some(entries) = cx.map(value, "`projects`") {
-                cx.keys_ok(entries, &[], "`projects`");
-                for (k, v) in entries {
-                    let Some(name) = cx.key(k, "`projects`") else {
-                        continue;
-                    };
-                    let Some(name) = cx.project_name(k, name) else {
-                        continue;
-                    };
-                    layout.project_places.insert(name.clone(), place(k, v));
-                    let mut project = Project {
-                        line: k.line,
-                        ..Project::default()
-                    };
-                    if !v.is_null() {
-                        let what = format!("project `{name}`");
-                        let Some(pe) = cx.map(v, &what) else { continue };
-                        let mut allowed: Vec<&str> = vec!["production", "staging"];
-                        allowed.extend_from_slice(PROJECT_FIELDS);
-                        cx.keys_ok(pe, &allowed, &what);
-                        project.fields = cx.fields(pe, &["production", "staging"], &what);
-                        for env in ["production", "staging"] {
-                            let Some(sv) = get(pe, env) else { continue };
-                            let what = format!("{name}.{env}");
-                            let Some(se) = cx.map(sv, &what) else {
-                                continue;
-                            };
-                            cx.keys_ok(se, SLOT_FIELDS, &what);
-                            let Some(pnode) = get(se, "port") else {
-                                cx.err(sv.line, format!("{what} needs a `port` (or remove the entry and use --allocate)"));
-                                continue;
-                            };
-                            let Some(port) = cx.port(pnode, &format!("{what}.port")) else {
-                                continue;
-                            };
-                            let slot = Slot {
-                                port,
-                                line: pnode.line,
-                                fields: cx.fields(se, &["port"], &what),
-                            };
-                            if env == "production" {
-                                project.production = Some(slot);
-                            } else {
-                                project.staging = Some(slot);
-                            }
+        let project_keys: Vec<&str> = ["production", "staging"]
+            .iter()
+            .chain(PROJECT_FIELDS)
+            .copied()
+            .collect();
+        let entries = if value.is_null() {
+            None
+        } else {
+            cx.map(value, &"`projects`")
+        };
+        if let Some(entries) = entries {
+            cx.keys_ok(entries, &[], &"`projects`");
+            // Collected first and built in one go: much cheaper than inserting one by one.
+            // Duplicate names are errors; either way the last one would win.
+            let mut projects = Vec::with_capacity(entries.len());
+            let mut places = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let Some(name) = cx.key(k, &"`projects`") else {
+                    continue;
+                };
+                let Some(name) = cx.project_name(k, name) else {
+                    continue;
+                };
+                places.push((name.clone(), place(k, v)));
+                let mut project = Project {
+                    line: k.line,
+                    ..Project::default()
+                };
+                if !v.is_null() {
+                    let what = Quoted("project", &name);
+                    let Some(pe) = cx.map(v, &what) else { continue };
+                    cx.keys_ok(pe, &project_keys, &what);
+                    project.fields = cx.fields(pe, &["production", "staging"], &what);
+                    for env in ["production", "staging"] {
+                        let Some(sv) = get(pe, env) else { continue };
+                        let what = Dotted(&name, env);
+                        let Some(se) = cx.map(sv, &what) else {
+                            continue;
+                        };
+                        cx.keys_ok(se, SLOT_FIELDS, &what);
+                        let Some(pnode) = get(se, "port") else {
+                            cx.err(
+                                sv.line,
+                                format!(
+                                    "{what} needs a `port` (or remove the entry and use --allocate)"
+                                ),
+                            );
+                            continue;
+                        };
+                        let Some(port) = cx.port(pnode, &Dotted(&what, "port")) else {
+                            continue;
+                        };
+                        let slot = Slot {
+                            port,
+                            line: pnode.line,
+                            fields: cx.fields(se, &["port"], &what),
+                        };
+                        if env == "production" {
+                            project.production = Some(slot);
+                        } else {
+                            project.staging = Some(slot);
                         }
                     }
-                    manifest.projects.insert(name, project);
                 }
+                projects.push((name, project));
             }
+            manifest.projects = projects.into_iter().collect();
+            layout.project_places = places.into_iter().collect();
         }
     }
 
@@ -352,61 +402,66 @@ pub(super) fn convert(text: &str) -> Result<(Manifest, Layout), Vec<ParseError>>
         .find(|(k, _)| matches!(&k.kind, Kind::Scalar { value, .. } if value == "previews"))
     {
         layout.previews = Some(place(key, value));
-        if !value.is_null() {
-            if let Some(entries) = cx.map(value, "`previews`") {
-                cx.keys_ok(entries, &[], "`previews`");
-                for (k, v) in entries {
-                    let Some(pkey) = cx.key(k, "`previews`") else {
-                        continue;
-                    };
-                    let what = format!("preview `{pkey}`");
-                    let Some(pe) = cx.map(v, &what) else { continue };
-                    cx.keys_ok(pe, PREVIEW_FIELDS, &what);
-                    let missing = |field: &str, cx: &mut Cx| {
-                        cx.err(k.line, format!("{what} needs `{field}`"));
-                    };
-                    let project = match get(pe, "project") {
-                        Some(n) => cx
-                            .scalar(n, &format!("{what}.project"))
-                            .and_then(|s| cx.project_name(n, s)),
-                        None => {
-                            missing("project", &mut cx);
-                            None
-                        }
-                    };
-                    let pr = match get(pe, "pr") {
-                        Some(n) => cx.number(n, &format!("{what}.pr")),
-                        None => {
-                            missing("pr", &mut cx);
-                            None
-                        }
-                    };
-                    let pnode = get(pe, "port");
-                    let port = match pnode {
-                        Some(n) => cx.port(n, &format!("{what}.port")),
-                        None => {
-                            missing("port", &mut cx);
-                            None
-                        }
-                    };
-                    let fields = cx.fields(pe, &["project", "pr", "port"], &what);
-                    if let (Some(project), Some(pr), Some(port), Some(pnode)) =
-                        (project, pr, port, pnode)
-                    {
-                        manifest.previews.insert(
-                            pkey.to_owned(),
-                            Preview {
-                                key: pkey.to_owned(),
-                                project,
-                                pr,
-                                port,
-                                line: pnode.line,
-                                fields,
-                            },
-                        );
+        let entries = if value.is_null() {
+            None
+        } else {
+            cx.map(value, &"`previews`")
+        };
+        if let Some(entries) = entries {
+            cx.keys_ok(entries, &[], &"`previews`");
+            let mut previews = Vec::with_capacity(entries.len());
+            for (k, v) in entries {
+                let Some(pkey) = cx.key(k, &"`previews`") else {
+                    continue;
+                };
+                let what = Quoted("preview", &pkey);
+                let Some(pe) = cx.map(v, &what) else { continue };
+                cx.keys_ok(pe, PREVIEW_FIELDS, &what);
+                let missing = |field: &str, cx: &mut Cx| {
+                    cx.err(k.line, format!("{what} needs `{field}`"));
+                };
+                let project = match get(pe, "project") {
+                    Some(n) => cx
+                        .scalar(n, &Dotted(&what, "project"))
+                        .and_then(|s| cx.project_name(n, s)),
+                    None => {
+                        missing("project", &mut cx);
+                        None
                     }
+                };
+                let pr = match get(pe, "pr") {
+                    Some(n) => cx.number(n, &Dotted(&what, "pr")),
+                    None => {
+                        missing("pr", &mut cx);
+                        None
+                    }
+                };
+                let pnode = get(pe, "port");
+                let port = match pnode {
+                    Some(n) => cx.port(n, &Dotted(&what, "port")),
+                    None => {
+                        missing("port", &mut cx);
+                        None
+                    }
+                };
+                let fields = cx.fields(pe, &["project", "pr", "port"], &what);
+                if let (Some(project), Some(pr), Some(port), Some(pnode)) =
+                    (project, pr, port, pnode)
+                {
+                    previews.push((
+                        pkey.to_owned(),
+                        Preview {
+                            key: pkey.to_owned(),
+                            project,
+                            pr,
+                            port,
+                            line: pnode.line,
+                            fields,
+                        },
+                    ));
                 }
             }
+            manifest.previews = previews.into_iter().collect();
         }
     }
 

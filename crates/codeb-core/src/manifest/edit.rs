@@ -75,10 +75,10 @@ pub(super) fn with_port(doc: &Document, target: &Target, port: u16) -> Result<St
         }
     }
     let expected = render(&want);
-    if let Some(text) = insert_in_place(doc, target, port) {
-        if Document::parse(&text).is_ok_and(|d| render(&d.manifest) == expected) {
-            return Ok(text);
-        }
+    if let Some(text) = insert_in_place(doc, target, port)
+        .filter(|text| Document::parse(text).is_ok_and(|d| render(&d.manifest) == expected))
+    {
+        return Ok(text);
     }
     match Document::parse(&expected) {
         Ok(d) if render(&d.manifest) == expected => Ok(expected),

@@ -13,13 +13,19 @@
 //!   `key: scalar`, `key: {a: b, c: d}`, `key: {}`, `key: []`;
 //! - list entries `- scalar`, `- {a: b}`, `- {}`, `- []`;
 //! - plain scalars only: keys are `[A-Za-z0-9_./@+-]` starting with a letter, digit or `_`;
-//!   block values may also hold spaces and `:` not followed by a space, and may start with
-//!   `/`; values inside `{...}` hold neither spaces nor `:`;
+//!   block values may also hold spaces, `,` and `:` not followed by a space, and may start
+//!   with `/`; values inside `{...}` hold none of those;
 //! - a comment ` #...` may end any line.
 //!
 //! No tabs, carriage returns, quotes, anchors, aliases, tags, directives, document markers,
 //! block scalars, multi-line scalars or multi-line flow collections: for all of those (and for
 //! lines longer than [`MAX_LINE`]) the parser returns `None`.
+//!
+//! Positions follow yaml-rust2's marks, which are not always where one would look: a block
+//! mapping starts at its first `:`, a block sequence at its first `-`, an indentless sequence
+//! at its first entry's value (and counts as flow style, ending at the next token, when that
+//! value is `{...}` or `[]`), and an empty value sits at the next token or where the text ends
+//! (see `Parser::next_mark`). The tests compare every accepted text with yaml-rust2's tree.
 
 use super::tree::{Kind, Node};
 
@@ -43,8 +49,9 @@ struct Line<'a> {
 struct Parser<'a> {
     lines: Vec<Line<'a>>,
     pos: usize,
-    /// Where yaml-rust2 puts the end of the stream: after the last character.
-    eof: (usize, usize),
+    /// The last line (1-based), and its length in characters: where yaml-rust2's scanner
+    /// stands when it reaches the end of the text.
+    end: (usize, usize),
 }
 
 /// Parses `text` if it lies entirely within the subset, else `None`.
@@ -81,11 +88,11 @@ pub(crate) fn parse(text: &str) -> Option<Vec<Node>> {
             lines.push(Line { no, indent, code });
         }
     }
-    let eof = (no, last.chars().count());
+    let end = (no, last.chars().count());
     if lines.is_empty() {
         return Some(Vec::new());
     }
-    let mut p = Parser { lines, pos: 0, eof };
+    let mut p = Parser { lines, pos: 0, end };
     let root = p.block(0)?;
     if p.pos != p.lines.len() {
         return None;
@@ -206,6 +213,7 @@ fn inline(s: &str, line: usize, col: usize) -> Option<Node> {
             for (i, &c) in b.iter().enumerate() {
                 let ok = word_byte(c)
                     || c == b' '
+                    || c == b','
                     // `a:b` is one scalar; `a: b` would be a nested mapping.
                     || (c == b':' && b.get(i + 1).is_some_and(|&n| n != b' '));
                 if !ok {
@@ -279,9 +287,20 @@ impl<'a> Parser<'a> {
         self.lines.get(self.pos).copied()
     }
 
-    /// Where the next token starts (yaml-rust2 marks an empty value there).
-    fn next_mark(&self) -> (usize, usize) {
-        self.peek().map_or(self.eof, |l| (l.no, l.indent))
+    /// Where yaml-rust2 marks the next token (and so an empty value, or the end of an
+    /// indentless sequence) after the current line, inside a block at `indent`: the start of
+    /// the next line with content. At the end of the text, the block ends where the scanner
+    /// stands if that is left of `indent`; else the stream ends at the start of a line, which
+    /// the scanner adds when the text does not end with a line break.
+    fn next_mark(&self, indent: usize) -> (usize, usize) {
+        match self.peek() {
+            Some(l) => (l.no, l.indent),
+            None => match self.end {
+                (line, col) if col < indent => (line, col),
+                (line, 0) => (line, 0),
+                (line, _) => (line + 1, 0),
+            },
+        }
     }
 
     /// A value on the line itself cannot continue on more indented lines.
@@ -299,7 +318,7 @@ impl<'a> Parser<'a> {
         }
         let first = self.peek()?;
         if is_entry(first.code) {
-            self.seq(first.indent)
+            self.seq(first.indent, false)
         } else {
             self.map(first.indent, depth)
         }
@@ -307,22 +326,25 @@ impl<'a> Parser<'a> {
 
     fn map(&mut self, indent: usize, depth: usize) -> Option<Node> {
         let start = self.peek()?.no;
+        // yaml-rust2 marks a block mapping where its first `:` is.
+        let mut col = None;
         let mut entries = Vec::new();
         while let Some(line) = self.peek() {
             if line.indent != indent {
                 break;
             }
             let (key, rest, offset) = split_key(line.code)?;
+            col.get_or_insert(indent + key.len());
             let key = scalar(key, line.no, indent);
             self.pos += 1;
             let value = if rest.is_empty() {
                 match self.peek() {
                     Some(next) if next.indent > indent => self.block(depth + 1)?,
                     Some(next) if next.indent == indent && is_entry(next.code) => {
-                        self.seq(indent)?
+                        self.seq(indent, true)?
                     }
                     _ => {
-                        let (l, c) = self.next_mark();
+                        let (l, c) = self.next_mark(indent);
                         scalar("", l, c)
                     }
                 }
@@ -333,10 +355,12 @@ impl<'a> Parser<'a> {
             };
             entries.push((key, value));
         }
-        Some(block_node(Kind::Map(entries), start, indent))
+        Some(block_node(Kind::Map(entries), start, col?))
     }
 
-    fn seq(&mut self, indent: usize) -> Option<Node> {
+    /// A block sequence; `indentless` when its `- ` sit at the indentation of the key that
+    /// holds it.
+    fn seq(&mut self, indent: usize, indentless: bool) -> Option<Node> {
         let start = self.peek()?.no;
         let mut items = Vec::new();
         while let Some(line) = self.peek() {
@@ -349,6 +373,25 @@ impl<'a> Parser<'a> {
             items.push(inline(rest, line.no, col)?);
             self.no_continuation(indent)?;
         }
-        Some(block_node(Kind::Seq(items), start, indent))
+        let mut node = block_node(Kind::Seq(items), start, indent);
+        if indentless {
+            // yaml-rust2 marks an indentless sequence at its first entry's value (so it looks
+            // like flow style when that value is `{...}` or `[]`), and ends it at the next
+            // token.
+            let Kind::Seq(items) = &node.kind else {
+                return None;
+            };
+            let first = items.first()?;
+            node.col = first.col;
+            node.flow = first.flow;
+            if node.flow {
+                node.last_line = node.last_line.max(self.next_mark(indent).0);
+            }
+        }
+        Some(node)
     }
 }
+
+#[cfg(test)]
+#[path = "fast_tests.rs"]
+mod tests;

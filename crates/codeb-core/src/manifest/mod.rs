@@ -375,20 +375,23 @@ impl Manifest {
         }
         let mut problems = Vec::new();
 
-        if let Scope::Target(t) = scope {
-            if !targets.iter().any(|x| x.as_ref() == Some(t)) {
-                problems.push(Problem {
-                    kind: ProblemKind::Missing,
-                    line: 1,
-                    title: "No port assigned".into(),
-                    message: format!(
-                        "{t} has no port in the manifest; add one, or run with --allocate to take the lowest free port in {}",
-                        t.environment.range()
-                    ),
-                    port: None,
-                });
-                return problems;
-            }
+        // A target the manifest does not have is the only problem worth reporting.
+        let missing = match scope {
+            Scope::Target(t) if !targets.iter().any(|x| x.as_ref() == Some(t)) => Some(t),
+            _ => None,
+        };
+        if let Some(t) = missing {
+            problems.push(Problem {
+                kind: ProblemKind::Missing,
+                line: 1,
+                title: "No port assigned".into(),
+                message: format!(
+                    "{t} has no port in the manifest; add one, or run with --allocate to take the lowest free port in {}",
+                    t.environment.range()
+                ),
+                port: None,
+            });
+            return problems;
         }
 
         for (i, a) in all.iter().enumerate() {

@@ -1,5 +1,7 @@
 //! Which TCP ports are listening on this host, and which process holds each, read from the
-//! kernel's tables (`/proc/net/tcp`, `/proc/net/tcp6`, `/proc/<pid>/fd`). No `ss`, no `lsof`.
+//! kernel's tables: the sock_diag netlink interface asked for LISTEN sockets only (what `ss`
+//! uses; the kernel filters, so thousands of connections in TIME_WAIT cost nothing), with
+//! `/proc/net/tcp{,6}` as the fallback, and `/proc/<pid>/fd` for holders. No `ss`, no `lsof`.
 
 use codeb_core::manifest::{Assignment, PortUse};
 use std::collections::{HashMap, HashSet};
@@ -37,9 +39,21 @@ pub struct HostPorts {
 }
 
 impl HostPorts {
-    /// Reads the current network namespace's listener tables.
+    /// Reads the current network namespace's listening sockets.
     pub fn read() -> io::Result<Self> {
-        Self::read_from(Path::new("/proc"))
+        match netlink_listeners() {
+            Ok(found) => {
+                let mut listening: HashMap<u16, Vec<u64>> = HashMap::new();
+                for (port, inode) in found {
+                    listening.entry(port).or_default().push(inode);
+                }
+                Ok(Self {
+                    listening,
+                    proc_root: Path::new("/proc").to_owned(),
+                })
+            }
+            Err(_) => Self::read_from(Path::new("/proc")),
+        }
     }
 
     pub fn read_from(proc_root: &Path) -> io::Result<Self> {
@@ -142,6 +156,74 @@ impl HostPorts {
     }
 }
 
+/// `(port, inode)` of every TCP LISTEN socket (IPv4 and IPv6), asked of the kernel through
+/// NETLINK_SOCK_DIAG with a state filter.
+fn netlink_listeners() -> io::Result<Vec<(u16, u64)>> {
+    use netlink_packet_core::{
+        NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
+    };
+    use netlink_packet_sock_diag::{
+        SockDiagMessage,
+        constants::{AF_INET, AF_INET6, IPPROTO_TCP},
+        inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
+    };
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {what}"));
+    let mut out = Vec::new();
+    for (family, id) in [
+        (AF_INET, SocketId::new_v4()),
+        (AF_INET6, SocketId::new_v6()),
+    ] {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG)?;
+        socket.bind_auto()?;
+        socket.connect(&SocketAddr::new(0, 0))?;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        let mut packet = NetlinkMessage::new(
+            header,
+            SockDiagMessage::InetRequest(InetRequest {
+                family,
+                protocol: IPPROTO_TCP,
+                extensions: ExtensionFlags::empty(),
+                states: StateFlags::LISTEN,
+                socket_id: id,
+            })
+            .into(),
+        );
+        packet.finalize();
+        let mut buf = vec![0; packet.buffer_len()];
+        packet.serialize(&mut buf[..]);
+        socket.send(&buf[..], 0)?;
+        let mut rx = vec![0u8; 65536];
+        'recv: loop {
+            let size = socket.recv(&mut &mut rx[..], 0)?;
+            if size == 0 {
+                break;
+            }
+            let mut offset = 0;
+            while offset < size {
+                let msg = <NetlinkMessage<SockDiagMessage>>::deserialize(&rx[offset..size])
+                    .map_err(|e| bad(&e.to_string()))?;
+                let len = msg.header.length as usize;
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+                        out.push((r.header.socket_id.source_port, u64::from(r.header.inode)));
+                    }
+                    NetlinkPayload::Done(_) => break 'recv,
+                    NetlinkPayload::Error(e) => return Err(bad(&format!("{e:?}"))),
+                    _ => {}
+                }
+                if len == 0 {
+                    break;
+                }
+                offset += len;
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// `(port, inode)` of every LISTEN socket in a `/proc/net/tcp{,6}` table.
 fn parse_table(text: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
     text.lines().skip(1).filter_map(|line| {
@@ -191,6 +273,31 @@ mod tests {
             conmon_container_name(cmd).as_deref(),
             Some("myapp-production-blue")
         );
+    }
+
+    #[test]
+    fn netlink_and_proc_agree() {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        let nl: HashSet<u16> = netlink_listeners()
+            .expect("sock_diag works here")
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        let proc = HostPorts::read_from(Path::new("/proc"))
+            .expect("proc")
+            .ports();
+        assert!(
+            nl.contains(&port) && proc.contains(&port),
+            "both sources see the listener"
+        );
+        drop(l);
+        let nl: HashSet<u16> = netlink_listeners()
+            .expect("sock_diag")
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert!(!nl.contains(&port), "a closed listener is gone");
     }
 
     #[test]

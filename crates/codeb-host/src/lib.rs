@@ -7,4 +7,4 @@ pub mod listeners;
 pub mod store;
 
 pub use listeners::HostPorts;
-pub use store::{ManifestStore, StoreError};
+pub use store::{AllocateError, ManifestStore, StoreError};

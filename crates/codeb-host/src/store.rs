@@ -1,8 +1,9 @@
 //! The manifest file on disk: where it is, reading it with errors that name the file, and
 //! changing it under an exclusive lock with an atomic replace.
 
+use crate::HostPorts;
 use crate::atomic;
-use codeb_core::manifest::{DEFAULT_PATH, Document, ParseError};
+use codeb_core::manifest::{AllocError, DEFAULT_PATH, Document, ParseError, Target};
 use codeb_core::vars;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -36,6 +37,15 @@ pub enum StoreError {
     },
     #[error("cannot write manifest {path}: {source}; the file was left as it was")]
     Write { path: PathBuf, source: io::Error },
+}
+
+/// Why an allocation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pool(#[from] AllocError),
 }
 
 fn list(errors: &[ParseError]) -> String {
@@ -140,6 +150,57 @@ impl ManifestStore {
             .map_err(err)?;
         file.lock().map_err(err)?;
         Ok(ManifestLock { _file: file })
+    }
+
+    /// Under the manifest lock: re-reads the file and, if `target` has no port, takes the
+    /// lowest free one of its range (skipping assigned and reserved ports, and ports `host`
+    /// says are listening) and writes the manifest. Returns the manifest as it now is and the
+    /// port when one was taken. A missing manifest file is created.
+    pub fn allocate(
+        &self,
+        target: &Target,
+        host: Option<&HostPorts>,
+    ) -> Result<(Document, Option<u16>), AllocateError> {
+        let lock = self.lock()?;
+        let doc = self.load_or_empty()?;
+        if doc.manifest.assignment(target).is_some() {
+            return Ok((doc, None));
+        }
+        let mut free = |p: u16| host.is_none_or(|h| !h.is_listening(p));
+        let port = doc.manifest.allocate(target, &mut free)?;
+        let text = doc
+            .with_port(target, port)
+            .map_err(|e| self.edit_error(e))?;
+        self.save(&lock, &text)?;
+        let doc = Document::parse(&text).map_err(|errors| StoreError::Parse {
+            path: self.path.clone(),
+            errors,
+        })?;
+        Ok((doc, Some(port)))
+    }
+
+    /// Under the manifest lock: removes `target`'s port from the manifest. Returns whether
+    /// there was one.
+    pub fn release(&self, target: &Target) -> Result<bool, StoreError> {
+        let lock = self.lock()?;
+        let doc = match self.load() {
+            Err(StoreError::NotFound(_)) => return Ok(false),
+            other => other?,
+        };
+        match doc.without(target).map_err(|e| self.edit_error(e))? {
+            Some(text) => {
+                self.save(&lock, &text)?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn edit_error(&self, e: codeb_core::manifest::EditError) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            source: io::Error::other(e.to_string()),
+        }
     }
 
     /// Replaces the manifest with `text`. Call it while holding [`Self::lock`].

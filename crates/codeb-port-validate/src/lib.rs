@@ -6,9 +6,9 @@
 
 use clap::{CommandFactory, Parser, ValueEnum};
 use codeb_actions::{Annotation, Level, Step, md_cell};
-use codeb_core::manifest::{Document, Manifest, PortUse, Problem, Scope, Target};
+use codeb_core::manifest::{Manifest, PortUse, Problem, Scope, Target};
 use codeb_core::{Environment, ProjectName};
-use codeb_host::{HostPorts, ManifestStore, StoreError};
+use codeb_host::{AllocateError, HostPorts, ManifestStore, StoreError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -163,13 +163,14 @@ fn run(step: &Step, args: &Args) -> Outcome {
 
     let mut allocated = None;
     let doc = if let (true, Some(t)) = (args.allocate, &target) {
-        match allocate(&store, t, host.as_ref()) {
+        match store.allocate(t, host.as_ref()) {
             Ok((doc, port)) => {
                 allocated = port;
                 doc
             }
-            Err(AllocFailure::Store(e)) => return store_error(step, &file, &e),
-            Err(AllocFailure::Pool(msg)) => {
+            Err(AllocateError::Store(e)) => return store_error(step, &file, &e),
+            Err(AllocateError::Pool(e)) => {
+                let msg = e.to_string();
                 report(
                     step,
                     args.format,
@@ -215,44 +216,6 @@ fn run(step: &Step, args: &Args) -> Outcome {
     } else {
         Outcome::Invalid
     }
-}
-
-enum AllocFailure {
-    Store(StoreError),
-    Pool(String),
-}
-
-/// Under the manifest lock: re-read, and if the target has no port, take the lowest free one
-/// and write the manifest. Returns the document as it now is, and the port if one was taken.
-fn allocate(
-    store: &ManifestStore,
-    target: &Target,
-    host: Option<&HostPorts>,
-) -> Result<(Document, Option<u16>), AllocFailure> {
-    let lock = store.lock().map_err(AllocFailure::Store)?;
-    let doc = store.load_or_empty().map_err(AllocFailure::Store)?;
-    if doc.manifest.assignment(target).is_some() {
-        return Ok((doc, None));
-    }
-    let mut free = |p: u16| host.is_none_or(|h| !h.is_listening(p));
-    let port = doc
-        .manifest
-        .allocate(target, &mut free)
-        .map_err(|e| AllocFailure::Pool(e.to_string()))?;
-    let text = doc.with_port(target, port).map_err(|e| {
-        AllocFailure::Store(StoreError::Write {
-            path: store.path().to_owned(),
-            source: std::io::Error::other(e.to_string()),
-        })
-    })?;
-    store.save(&lock, &text).map_err(AllocFailure::Store)?;
-    let doc = Document::parse(&text).map_err(|errors| {
-        AllocFailure::Store(StoreError::Parse {
-            path: store.path().to_owned(),
-            errors,
-        })
-    })?;
-    Ok((doc, Some(port)))
 }
 
 fn validate(m: &Manifest, target: Option<&Target>, host: Option<&HostPorts>) -> Vec<Problem> {

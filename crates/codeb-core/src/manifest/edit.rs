@@ -91,6 +91,50 @@ pub(super) fn with_port(doc: &Document, target: &Target, port: u16) -> Result<St
     }
 }
 
+pub(super) fn without(doc: &Document, target: &Target) -> Result<Option<String>, EditError> {
+    let Some(assignment) = doc.manifest.assignment(target) else {
+        return Ok(None);
+    };
+    let mut want = doc.manifest.clone();
+    let key = match target.pr {
+        Some(pr) => {
+            let key = Target::preview_key(&target.project, pr);
+            want.previews.remove(&key);
+            key
+        }
+        None => {
+            if let Some(p) = want.projects.get_mut(&target.project) {
+                match target.environment {
+                    Environment::Staging => p.staging = None,
+                    _ => p.production = None,
+                }
+            }
+            target.environment.to_string()
+        }
+    };
+    let expected = render(&want);
+    // The entry's port stands on its key's line in the usual `key: {port: N}` form: drop it.
+    let mut lines: Vec<String> = doc.text.lines().map(str::to_owned).collect();
+    let idx = assignment.line.saturating_sub(1);
+    let one_line = lines.get(idx).is_some_and(|l| {
+        let t = l.trim_start();
+        t.starts_with(&format!("{key}:")) && t.contains('{') && t.trim_end().ends_with('}')
+    });
+    if one_line {
+        lines.remove(idx);
+        let text = finish(lines);
+        if Document::parse(&text).is_ok_and(|d| render(&d.manifest) == expected) {
+            return Ok(Some(text));
+        }
+    }
+    match Document::parse(&expected) {
+        Ok(_) => Ok(Some(expected)),
+        Err(e) => Err(EditError::Roundtrip(
+            e.first().map(ToString::to_string).unwrap_or_default(),
+        )),
+    }
+}
+
 /// Inserts `block` (lines without indentation, each indented by `indent`) after line `after`.
 fn insert_lines(lines: &mut Vec<String>, after: usize, indent: usize, block: &[String]) {
     let pad = " ".repeat(indent);

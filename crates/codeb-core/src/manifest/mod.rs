@@ -296,6 +296,12 @@ impl Document {
     pub fn with_port(&self, target: &Target, port: u16) -> Result<String, EditError> {
         edit::with_port(self, target, port)
     }
+
+    /// The file text without `target`'s port (its line removed where it stands on one line),
+    /// or `None` when the manifest does not assign it.
+    pub fn without(&self, target: &Target) -> Result<Option<String>, EditError> {
+        edit::without(self, target)
+    }
 }
 
 impl Manifest {

@@ -308,3 +308,51 @@ fn canonical_render_roundtrips_odd_strings() {
         "yes: it's \"quoted\" # not a comment"
     );
 }
+
+#[test]
+fn removing_an_entry_keeps_the_rest_as_written() {
+    let doc = parse(EXAMPLE);
+    let text = doc
+        .without(&target("myapp", Environment::Preview, Some(123)))
+        .expect("edit")
+        .expect("was there");
+    assert_eq!(
+        text,
+        EXAMPLE.replace(
+            "  myapp-pr-123: {project: myapp, pr: 123, port: 5000}\n",
+            ""
+        )
+    );
+    let back = parse(&text);
+    assert!(back.manifest.previews.is_empty());
+    assert!(
+        text.contains("reserved:                # optional"),
+        "comments survive"
+    );
+    let text = back
+        .without(&target("myapp", Environment::Staging, None))
+        .expect("edit")
+        .expect("was there");
+    assert!(
+        !text.contains("4500") && text.contains("production: {port: 4001}"),
+        "{text}"
+    );
+    assert_eq!(
+        parse(&text)
+            .without(&target("myapp", Environment::Staging, None))
+            .expect("edit"),
+        None
+    );
+    // Block-style entries fall back to the canonical form.
+    let block = "version: 1\nprojects:\n  a:\n    production:\n      port: 4000\n";
+    let text = parse(block)
+        .without(&target("a", Environment::Production, None))
+        .expect("edit")
+        .expect("was there");
+    assert!(
+        parse(&text).manifest.projects[&name("a")]
+            .production
+            .is_none(),
+        "{text}"
+    );
+}

@@ -163,6 +163,107 @@ impl Caddy {
         Ok(())
     }
 
+    /// Creates server `server` (listening on `listen`) if it is missing, then puts a route
+    /// `@id = route_id` matching `host` and proxying to `127.0.0.1:upstream` on it, replacing
+    /// a route of the same id. Used for preview host names (`pr-7.preview.example.com`).
+    pub async fn host_route(
+        &self,
+        server: &str,
+        listen: &str,
+        route_id: &str,
+        host: &str,
+        upstream: u16,
+    ) -> Result<(), DeployError> {
+        let route = json!({
+            "@id": route_id,
+            "match": [{ "host": [host] }],
+            "handle": [{ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{upstream}") }] }],
+            "terminal": true
+        });
+        let (status, _) = self
+            .call(reqwest::Method::GET, &format!("/id/{route_id}"), None)
+            .await?;
+        if status == 200 {
+            let path = format!("/id/{route_id}");
+            let (status, text) = self
+                .call(reqwest::Method::PATCH, &path, Some(&route))
+                .await?;
+            if status != 200 {
+                return Err(self.err(format!("PATCH {path} answered {status}: {}", text.trim())));
+            }
+            return Ok(());
+        }
+        let (status, text) = self.call(reqwest::Method::GET, "/config/", None).await?;
+        if status != 200 {
+            return Err(self.err(format!("GET /config/ answered {status}: {}", text.trim())));
+        }
+        let config: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let (path, body) = if config
+            .pointer(&format!("/apps/http/servers/{server}/routes"))
+            .is_some_and(Value::is_array)
+        {
+            (format!("/config/apps/http/servers/{server}/routes"), route)
+        } else {
+            let srv = json!({
+                "@id": server,
+                "listen": [listen],
+                "automatic_https": { "disable": true },
+                "routes": [route],
+            });
+            if config
+                .pointer("/apps/http/servers")
+                .is_some_and(Value::is_object)
+            {
+                (format!("/config/apps/http/servers/{server}"), srv)
+            } else if config.pointer("/apps/http").is_some_and(Value::is_object) {
+                ("/config/apps/http/servers".into(), json!({ server: srv }))
+            } else if config.pointer("/apps").is_some_and(Value::is_object) {
+                (
+                    "/config/apps/http".into(),
+                    json!({ "servers": { server: srv } }),
+                )
+            } else if config.is_object() {
+                (
+                    "/config/apps".into(),
+                    json!({ "http": { "servers": { server: srv } } }),
+                )
+            } else {
+                (
+                    "/config/".into(),
+                    json!({ "apps": { "http": { "servers": { server: srv } } } }),
+                )
+            }
+        };
+        let (status, text) = self.call(reqwest::Method::POST, &path, Some(&body)).await?;
+        if status != 200 {
+            return Err(self.err(format!("POST {path} answered {status}: {}", text.trim())));
+        }
+        Ok(())
+    }
+
+    /// Deletes the configuration object with `@id = id`; a missing one is fine.
+    pub async fn remove_id(&self, id: &str) -> Result<(), DeployError> {
+        let path = format!("/id/{id}");
+        let (status, text) = self.call(reqwest::Method::DELETE, &path, None).await?;
+        if status == 200 || status == 404 || text.contains("unknown object ID") {
+            Ok(())
+        } else {
+            Err(self.err(format!("DELETE {path} answered {status}: {}", text.trim())))
+        }
+    }
+
+    /// Every `@id` in Caddy's configuration that starts with `prefix`.
+    pub async fn ids_with_prefix(&self, prefix: &str) -> Result<Vec<String>, DeployError> {
+        let (status, text) = self.call(reqwest::Method::GET, "/config/", None).await?;
+        if status != 200 {
+            return Err(self.err(format!("GET /config/ answered {status}: {}", text.trim())));
+        }
+        let config: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let mut out = Vec::new();
+        collect_ids(&config, prefix, &mut out);
+        Ok(out)
+    }
+
     /// Removes the target's front (used by preview teardown).
     pub async fn remove(&self, unit: &str) -> Result<(), DeployError> {
         let path = format!("/id/{}", server_name(unit));
@@ -174,5 +275,26 @@ impl Caddy {
         } else {
             Err(self.err(format!("DELETE {path} answered {status}: {}", text.trim())))
         }
+    }
+}
+
+fn collect_ids(v: &Value, prefix: &str, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(id) = map.get("@id").and_then(Value::as_str) {
+                if id.starts_with(prefix) {
+                    out.push(id.to_owned());
+                }
+            }
+            for child in map.values() {
+                collect_ids(child, prefix, out);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                collect_ids(child, prefix, out);
+            }
+        }
+        _ => {}
     }
 }

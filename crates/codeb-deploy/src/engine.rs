@@ -165,6 +165,69 @@ impl Engine {
         History::load(&self.loc.state_dir(), &target.unit_name())
     }
 
+    /// Takes a target away entirely: both slots' containers and units, its Caddy front and its
+    /// history. The manifest entry is the caller's (it may keep the port).
+    pub async fn remove(&self, target: &Target, progress: Progress<'_>) -> Result<(), DeployError> {
+        let unit = target.unit_name();
+        let state_dir = self.loc.state_dir();
+        std::fs::create_dir_all(&state_dir).map_err(|source| DeployError::Io {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let _lock = TargetLock::acquire(
+            &state_dir,
+            &unit,
+            Duration::from_secs(600),
+            &format!("pid {} (removal)", std::process::id()),
+        )
+        .await?;
+        for slot in [Slot::Blue, Slot::Green] {
+            let container = format!("{unit}-{}", slot.as_str());
+            progress(&format!("removing {container}"));
+            self.stop(&container, true).await?;
+            remove_file(&self.loc.quadlet_dir.join(format!("{container}.container")));
+        }
+        if let Some(s) = &self.systemd {
+            s.daemon_reload().await?;
+        }
+        if let Some(c) = &self.caddy {
+            c.remove(&unit).await?;
+        }
+        remove_file(&History::path(&state_dir, &unit));
+        Ok(())
+    }
+
+    /// Pulls an image (credentials from the environment, plain HTTP only for loopback
+    /// registries), so that a later deploy finds it locally.
+    pub async fn pull(&self, image: &str) -> Result<(), DeployError> {
+        let image = ImageRef::parse(image)?;
+        let authfile = AuthFile::new(&image)?;
+        self.podman
+            .pull(&image.to_string(), !image.is_loopback(), authfile.path())
+            .await
+            .map_err(|source| DeployError::Pull {
+                image: image.to_string(),
+                source,
+            })
+    }
+
+    /// Names of the containers of every preview (`<project>-pr-<N>-<slot>`) on this host.
+    pub async fn preview_containers(&self) -> Result<Vec<String>, DeployError> {
+        let names = self.podman.containers_with_label("codeb.slot").await?;
+        Ok(names.into_iter().filter(|n| n.contains("-pr-")).collect())
+    }
+
+    /// Stops and removes one container (and its unit file) by name.
+    pub async fn remove_container(&self, name: &str) -> Result<(), DeployError> {
+        self.stop(name, true).await?;
+        remove_file(&self.loc.quadlet_dir.join(format!("{name}.container")));
+        Ok(())
+    }
+
+    pub fn caddy(&self) -> Option<&Caddy> {
+        self.caddy.as_ref()
+    }
+
     /// Rolls back to the newest release that served before the active one.
     pub async fn rollback(
         &self,

@@ -211,3 +211,43 @@ impl ManifestStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use codeb_core::{Environment, ProjectName};
+
+    #[test]
+    fn the_preview_pool_gives_distinct_ports_until_exhausted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ManifestStore::new(dir.path().join("m.yaml"));
+        let project = ProjectName::new("app").expect("name");
+        let mut ports = std::collections::BTreeSet::new();
+        // 1,000 ports in 5000-5999, less 5432 (PostgreSQL), which is always reserved.
+        for pr in 1..=999u64 {
+            let t = Target::new(project.clone(), Environment::Preview, Some(pr)).expect("target");
+            let (_, port) = store.allocate(&t, None).expect("a free port");
+            assert!(ports.insert(port.expect("newly allocated")), "distinct");
+        }
+        assert_eq!(ports.len(), 999);
+        assert!(!ports.contains(&5432));
+        let next = Target::new(project, Environment::Preview, Some(1000)).expect("target");
+        let err = store.allocate(&next, None).expect_err("exhausted");
+        assert!(
+            err.to_string().contains("pool 5000-5999 is exhausted"),
+            "{err}"
+        );
+        // Releasing one frees its port for the next.
+        let first = Target::new(
+            ProjectName::new("app").expect("name"),
+            Environment::Preview,
+            Some(1),
+        )
+        .expect("t");
+        assert!(store.release(&first).expect("release"));
+        assert_eq!(
+            store.allocate(&next, None).expect("free again").1,
+            Some(5000)
+        );
+    }
+}

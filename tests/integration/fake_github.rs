@@ -54,7 +54,10 @@ pub struct FakeGitHub {
 impl FakeGitHub {
     pub fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://127.0.0.1:{}", listener.local_addr().expect("addr").port());
+        let url = format!(
+            "http://127.0.0.1:{}",
+            listener.local_addr().expect("addr").port()
+        );
         let state = Arc::new(Mutex::new(State {
             next_id: 1000,
             ..State::default()
@@ -83,16 +86,30 @@ impl FakeGitHub {
             .deployments
             .iter()
             .filter(|d| d.body["environment"] == env)
-            .flat_map(|d| d.statuses.iter().map(|s| s["state"].as_str().unwrap_or_default().to_owned()))
+            .flat_map(|d| {
+                d.statuses
+                    .iter()
+                    .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+            })
             .collect()
     }
 
     pub fn deployments(&self, env: &str) -> Vec<Deployment> {
-        self.lock().deployments.iter().filter(|d| d.body["environment"] == env).cloned().collect()
+        self.lock()
+            .deployments
+            .iter()
+            .filter(|d| d.body["environment"] == env)
+            .cloned()
+            .collect()
     }
 
     pub fn comments(&self, repo: &str, pr: u64) -> Vec<Comment> {
-        self.lock().comments.iter().filter(|c| c.repo == repo && c.pr == pr).cloned().collect()
+        self.lock()
+            .comments
+            .iter()
+            .filter(|c| c.repo == repo && c.pr == pr)
+            .cloned()
+            .collect()
     }
 }
 
@@ -116,10 +133,10 @@ fn serve(stream: TcpStream, state: &Arc<Mutex<State>>) {
             if h == "\r\n" || h == "\n" {
                 break;
             }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    length = v.trim().parse().unwrap_or(0);
-                }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                length = v.trim().parse().unwrap_or(0);
             }
         }
         let mut body = vec![0u8; length];
@@ -169,7 +186,12 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
             if page > 1 {
                 return (200, json!([]));
             }
-            let list: Vec<Value> = st.prs.values().filter(|p| p.repo == repo && p.open).map(pr_json).collect();
+            let list: Vec<Value> = st
+                .prs
+                .values()
+                .filter(|p| p.repo == repo && p.open)
+                .map(pr_json)
+                .collect();
             (200, Value::Array(list))
         }
         ("GET", ["repos", o, r, "pulls", n]) => {
@@ -240,6 +262,9 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 None => (404, json!({"message": "Not Found"})),
             }
         }
-        _ => (404, json!({"message": format!("fake GitHub has no route for {method} {path}")})),
+        _ => (
+            404,
+            json!({"message": format!("fake GitHub has no route for {method} {path}")}),
+        ),
     }
 }

@@ -9,6 +9,11 @@
 mod util;
 
 mod actions;
+mod daemon_intake;
+mod deploy;
+mod fake_github;
 mod healthcheck;
 mod infra;
 mod port_validate;
+mod previews;
+mod workflow_gen;

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
+/// act keeps per-run state under ~/.cache/act: one act run at a time in the whole suite.
+pub static ACT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The repository root.
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -2,7 +2,8 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation] [--runs N]` (scripts/bench builds release binaries first).
+//! Usage: `codeb-bench [foundation|deploy|workflows|webhook]... [--runs N]` (scripts/bench
+//! builds release binaries first; no name runs them all).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark's job is to print figures
 
@@ -11,6 +12,10 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
+
+mod deploy;
+mod webhook;
+mod workflows;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,6 +34,24 @@ fn main() -> ExitCode {
     machine();
     if (all || which.contains(&"foundation"))
         && let Err(e) = foundation(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"deploy"))
+        && let Err(e) = deploy::deploy(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"workflows"))
+        && let Err(e) = workflows::run(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"webhook"))
+        && let Err(e) = webhook::webhook(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

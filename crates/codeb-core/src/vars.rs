@@ -10,3 +10,13 @@ pub const GITHUB_OUTPUT: &str = "GITHUB_OUTPUT";
 pub const GITHUB_STEP_SUMMARY: &str = "GITHUB_STEP_SUMMARY";
 /// Prefix of action inputs as the runner exports them (`INPUT_<NAME>`).
 pub const INPUT_PREFIX: &str = "INPUT_";
+/// Quadlet directory of `codeb-quadlet-update` (overridden by `--quadlet-dir`).
+pub const CODEB_QUADLET_DIR: &str = "CODEB_QUADLET_DIR";
+/// Runtime of `codeb-quadlet-update`: auto, systemd or podman (`--runtime`).
+pub const CODEB_RUNTIME: &str = "CODEB_RUNTIME";
+/// Caddy admin API of `codeb-quadlet-update` (`--caddy-admin`).
+pub const CODEB_CADDY_ADMIN: &str = "CODEB_CADDY_ADMIN";
+/// Registry credentials (see codeb-registry).
+pub const CODEB_REGISTRY_TOKEN: &str = "CODEB_REGISTRY_TOKEN";
+/// Webhook secrets of codeb-daemon, comma-separated.
+pub const CODEB_WEBHOOK_SECRET: &str = "CODEB_WEBHOOK_SECRET";

@@ -3,7 +3,7 @@
 
 use crate::caddy::Caddy;
 use crate::error::DeployError;
-use crate::state::{Active, History, Release, ReleaseOutcome, Slot, TargetLock};
+use crate::state::{Active, History, Release, ReleaseOutcome, Settings, Slot, TargetLock};
 use crate::template::{UnitContext, render_unit};
 use codeb_core::manifest::{Assignment, Owner, PortUse, Scope, Target};
 use codeb_core::{Environment, ProjectName};
@@ -127,6 +127,28 @@ pub struct Engine {
     resolver: Resolver,
 }
 
+fn settings_of(opts: &DeployOptions) -> Settings {
+    Settings {
+        container_port: opts.container_port,
+        health_path: opts.health_path.clone(),
+        env_file: opts.env_file.as_ref().map(|p| p.display().to_string()),
+        health_cmd: opts.health_cmd.clone(),
+    }
+}
+
+/// `opts` with the run settings of an earlier release (rollbacks and restores run a release
+/// the way it ran before).
+fn with_settings(opts: &DeployOptions, s: Option<&Settings>) -> DeployOptions {
+    let mut o = opts.clone();
+    if let Some(s) = s {
+        o.container_port = s.container_port;
+        o.health_path = s.health_path.clone();
+        o.env_file = s.env_file.as_ref().map(PathBuf::from);
+        o.health_cmd = s.health_cmd.clone();
+    }
+    o
+}
+
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
@@ -146,7 +168,13 @@ impl Engine {
                 (Systemd::is_running() && quadlet).then(Systemd::default)
             }
         };
-        let caddy = loc.caddy_admin.as_deref().map(Caddy::new).transpose()?;
+        let caddy = loc
+            .caddy_admin
+            .as_deref()
+            .map(|url| {
+                Caddy::new(url).map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
+            })
+            .transpose()?;
         Ok(Self {
             loc,
             podman,
@@ -248,7 +276,7 @@ impl Engine {
             "rolling back {target} to {} ({})",
             prev.image, prev.digest
         ));
-        let mut d = opts.template.clone();
+        let mut d = with_settings(&opts.template, prev.settings.as_ref());
         d.image = image.pinned(&digest);
         d.sha = prev.sha.clone();
         d.expect.retain(|e| e.key() != "version");
@@ -321,8 +349,16 @@ impl Engine {
             .ok_or_else(|| input(format!("port {public} leaves no room for slot ports")))?;
         if self.caddy.is_some() {
             for port in [blue, green] {
+                let owner = match target.pr {
+                    Some(pr) => Owner::Preview {
+                        key: Target::preview_key(&target.project, pr),
+                        project: target.project.clone(),
+                        pr,
+                    },
+                    None => Owner::Slot(target.project.clone(), target.environment),
+                };
                 let a = Assignment {
-                    owner: Owner::Slot(target.project.clone(), target.environment),
+                    owner,
                     port,
                     line: assignment.line,
                 };
@@ -350,7 +386,7 @@ impl Engine {
             opts.image,
             opts.actor
         );
-        progress(&format!("waiting for the deploy lock of {unit}"));
+        progress(&format!("taking the deploy lock of {unit}"));
         let _lock = TargetLock::acquire(&state_dir, &unit, opts.lock_timeout, &holder).await?;
 
         // 3. Pin the image.
@@ -423,17 +459,18 @@ impl Engine {
             kind: kind.into(),
             outcome: ReleaseOutcome::Deploying,
             reason: None,
+            settings: Some(settings_of(opts)),
         });
         history.save(&state_dir)?;
-        if strategy == Strategy::Restart {
-            if let Some(p) = &previous {
-                progress(&format!(
-                    "stopping {unit}-{} (restart strategy)",
-                    p.slot.as_str()
-                ));
-                self.stop(&format!("{unit}-{}", p.slot.as_str()), false)
-                    .await?;
-            }
+        if strategy == Strategy::Restart
+            && let Some(p) = &previous
+        {
+            progress(&format!(
+                "stopping {unit}-{} (restart strategy)",
+                p.slot.as_str()
+            ));
+            self.stop(&format!("{unit}-{}", p.slot.as_str()), false)
+                .await?;
         }
         codeb_host::atomic::write(&unit_file, text.as_bytes(), 0o644).map_err(|source| {
             DeployError::Io {
@@ -496,6 +533,7 @@ impl Engine {
             image: image.to_string(),
             digest: digest.to_string(),
             sha: opts.sha.clone(),
+            settings: Some(settings_of(opts)),
         });
         history.save(&state_dir)?;
         progress(&format!(
@@ -504,20 +542,20 @@ impl Engine {
         ));
 
         // 8. Drain and stop the old release.
-        if let (Strategy::BlueGreen, Some(p)) = (strategy, &previous) {
-            if p.slot != new_slot {
-                progress(&format!(
-                    "draining the {} slot for {}",
-                    p.slot.as_str(),
-                    humantime::format_duration(opts.drain)
-                ));
-                tokio::time::sleep(opts.drain).await;
-                let old = format!("{unit}-{}", p.slot.as_str());
-                self.stop(&old, true).await?;
-                remove_file(&self.loc.quadlet_dir.join(format!("{old}.container")));
-                if let Some(s) = &self.systemd {
-                    s.daemon_reload().await?;
-                }
+        if let (Strategy::BlueGreen, Some(p)) = (strategy, &previous)
+            && p.slot != new_slot
+        {
+            progress(&format!(
+                "draining the {} slot for {}",
+                p.slot.as_str(),
+                humantime::format_duration(opts.drain)
+            ));
+            tokio::time::sleep(opts.drain).await;
+            let old = format!("{unit}-{}", p.slot.as_str());
+            self.stop(&old, true).await?;
+            remove_file(&self.loc.quadlet_dir.join(format!("{old}.container")));
+            if let Some(s) = &self.systemd {
+                s.daemon_reload().await?;
             }
         }
         Ok(DeployReport {
@@ -576,6 +614,10 @@ impl Engine {
                 s.restart(&format!("{container}.service")).await?;
             }
             None => {
+                // A leftover of an interrupted deploy goes quickly (--replace would wait 10 s).
+                self.podman
+                    .remove(container, Duration::from_secs(2))
+                    .await?;
                 self.podman
                     .run_detached(container, &unit.podman_run_args())
                     .await?;
@@ -658,7 +700,7 @@ impl Engine {
             None => public,
         };
         let pinned = image.pinned(&digest);
-        let mut o = opts.clone();
+        let mut o = with_settings(opts, prev.settings.as_ref());
         o.sha = prev.sha.clone();
         let text = self.render(&o, target, prev.slot, &image, &pinned, &digest, host_port)?;
         let container = format!("{}-{}", target.unit_name(), prev.slot.as_str());
@@ -676,11 +718,10 @@ impl Engine {
             prev.digest
         ));
         self.start(&container, &parsed).await?;
-        let mut o = opts.clone();
         o.expect.clear();
         if let Err(e) = self
             .wait_healthy(
-                &format!("http://127.0.0.1:{host_port}{}", opts.health_path),
+                &format!("http://127.0.0.1:{host_port}{}", o.health_path),
                 &o,
                 progress,
             )
@@ -698,27 +739,27 @@ impl Engine {
 /// traffic and writing the history leaves them apart), and closes releases left `deploying`.
 fn reconcile(history: &mut History, routed: Option<Slot>) {
     let active_slot = history.active.as_ref().map(|a| a.slot);
-    if let (Some(slot), true) = (routed, routed != active_slot) {
-        if let Some(r) = history
+    if let (Some(slot), true) = (routed, routed != active_slot)
+        && let Some(r) = history
             .releases
             .iter_mut()
             .find(|r| r.outcome == ReleaseOutcome::Deploying && r.slot == slot)
-        {
-            r.outcome = ReleaseOutcome::Active;
-            let active = Active {
-                slot,
-                image: r.image.clone(),
-                digest: r.digest.clone(),
-                sha: r.sha.clone(),
-            };
-            let promoted = r.time.clone();
-            for o in history.releases.iter_mut() {
-                if o.outcome == ReleaseOutcome::Active && o.time != promoted {
-                    o.outcome = ReleaseOutcome::Superseded;
-                }
+    {
+        r.outcome = ReleaseOutcome::Active;
+        let active = Active {
+            slot,
+            image: r.image.clone(),
+            digest: r.digest.clone(),
+            sha: r.sha.clone(),
+            settings: r.settings.clone(),
+        };
+        let promoted = r.time.clone();
+        for o in history.releases.iter_mut() {
+            if o.outcome == ReleaseOutcome::Active && o.time != promoted {
+                o.outcome = ReleaseOutcome::Superseded;
             }
-            history.active = Some(active);
         }
+        history.active = Some(active);
     }
     for r in history.releases.iter_mut() {
         if r.outcome == ReleaseOutcome::Deploying {

@@ -17,5 +17,5 @@ pub use engine::{
     RuntimeChoice, Strategy, TargetLocation,
 };
 pub use error::DeployError;
-pub use state::{Active, History, Release, ReleaseOutcome, Slot};
+pub use state::{Active, History, Release, ReleaseOutcome, Settings, Slot};
 pub use template::{UnitContext, render_unit};

@@ -48,6 +48,17 @@ impl Slot {
     }
 }
 
+/// How a release was run, so that a rollback or restore runs it the same way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Settings {
+    pub container_port: u16,
+    pub health_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_cmd: Option<String>,
+}
+
 /// The release that serves traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Active {
@@ -55,6 +66,8 @@ pub struct Active {
     pub image: String,
     pub digest: String,
     pub sha: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -84,6 +97,8 @@ pub struct Release {
     pub outcome: ReleaseOutcome,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<Settings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -228,6 +243,7 @@ mod tests {
             kind: "deploy".into(),
             outcome,
             reason: None,
+            settings: None,
         }
     }
 
@@ -242,6 +258,7 @@ mod tests {
             image: "r/x:2".into(),
             digest: "d2".into(),
             sha: String::new(),
+            settings: None,
         });
         assert_eq!(h.previous_good().map(|r| r.digest.as_str()), Some("d1"));
     }

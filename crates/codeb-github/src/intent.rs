@@ -27,7 +27,12 @@ use crate::Intent;
 use crate::events::{Envelope, PackageEvent, PullRequestEvent, WorkflowRunEvent};
 
 /// The events codeb acts on (plus `ping`, which is answered and otherwise ignored).
-pub const SUPPORTED_EVENTS: &[&str] = &["pull_request", "package", "registry_package", "workflow_run"];
+pub const SUPPORTED_EVENTS: &[&str] = &[
+    "pull_request",
+    "package",
+    "registry_package",
+    "workflow_run",
+];
 
 /// The registry GitHub Packages container images live in.
 pub const GHCR: &str = "ghcr.io";
@@ -95,7 +100,11 @@ pub fn intents(event: &str, body: &[u8], approve_label: &str) -> Result<Vec<Inte
 
 /// Interprets a delivery of `event` (the `X-GitHub-Event` header) with raw `body`.
 /// `approve_label` is the label a maintainer adds to a fork's PR to allow its preview.
-pub fn interpret(event: &str, body: &[u8], approve_label: &str) -> Result<Interpretation, EventError> {
+pub fn interpret(
+    event: &str,
+    body: &[u8],
+    approve_label: &str,
+) -> Result<Interpretation, EventError> {
     match event {
         "pull_request" => pull_request(parse(event, body)?, approve_label),
         "package" | "registry_package" => package(event, parse(event, body)?),
@@ -148,7 +157,12 @@ fn pull_request(ev: PullRequestEvent, approve_label: &str) -> Result<Interpretat
             Some(head) => !head.full_name.eq_ignore_ascii_case(&repo),
             None => true,
         };
-        let labels = ev.pull_request.labels.iter().map(|l| l.name.clone()).collect();
+        let labels = ev
+            .pull_request
+            .labels
+            .iter()
+            .map(|l| l.name.clone())
+            .collect();
         Ok(Interpretation {
             intents: vec![Intent::EnsurePreview {
                 repo: repo.clone(),
@@ -178,7 +192,9 @@ fn pull_request(ev: PullRequestEvent, approve_label: &str) -> Result<Interpretat
         "converted_to_draft" => {
             Ok(i.ignore("converted to draft: the preview stays; the next push refreshes it"))
         }
-        other => Ok(i.ignore(format!("pull_request action `{other}` does not change a preview"))),
+        other => Ok(i.ignore(format!(
+            "pull_request action `{other}` does not change a preview"
+        ))),
     }
 }
 
@@ -221,8 +237,20 @@ fn package(event: &str, ev: PackageEvent) -> Result<Interpretation, EventError> 
     let owner = p.owner.login.to_ascii_lowercase();
     let name = p.name.to_ascii_lowercase();
     check(event, "package owner", &owner, "a GitHub login", is_login)?;
-    check(event, "package name", &name, "an OCI repository name", is_image_name)?;
-    check(event, "image tag", tag, "an OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})", is_tag)?;
+    check(
+        event,
+        "package name",
+        &name,
+        "an OCI repository name",
+        is_image_name,
+    )?;
+    check(
+        event,
+        "image tag",
+        tag,
+        "an OCI tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})",
+        is_tag,
+    )?;
     let image = format!("{GHCR}/{owner}/{name}:{tag}");
     let mut intents = vec![Intent::PullImage { image }];
     let mut pr_of_tag = None;
@@ -265,7 +293,9 @@ fn workflow_run(ev: WorkflowRunEvent) -> Result<Interpretation, EventError> {
     }
     let conclusion = run.conclusion.as_deref().unwrap_or("none");
     if conclusion != "success" {
-        return Ok(i.ignore(format!("workflow run concluded `{conclusion}`, not success")));
+        return Ok(i.ignore(format!(
+            "workflow run concluded `{conclusion}`, not success"
+        )));
     }
     if run.event != "pull_request" {
         return Ok(i.ignore(format!(
@@ -274,9 +304,9 @@ fn workflow_run(ev: WorkflowRunEvent) -> Result<Interpretation, EventError> {
         )));
     }
     if run.pull_requests.is_empty() {
-        return Ok(i.ignore(
-            "the run lists no pull request (GitHub leaves the list empty for forks)",
-        ));
+        return Ok(
+            i.ignore("the run lists no pull request (GitHub leaves the list empty for forks)")
+        );
     }
     let head_sha = check_sha(E, &run.head_sha)?;
     let fork = match &run.head_repository {
@@ -377,7 +407,11 @@ fn is_image_name(s: &str) -> bool {
                 && c.starts_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
                 && c.ends_with(|ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit())
                 && c.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+                    b.is_ascii_lowercase()
+                        || b.is_ascii_digit()
+                        || b == b'.'
+                        || b == b'_'
+                        || b == b'-'
                 })
         })
 }
@@ -386,7 +420,8 @@ fn is_image_name(s: &str) -> bool {
 fn is_tag(s: &str) -> bool {
     (1..=128).contains(&s.len())
         && !s.starts_with(['.', '-'])
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 #[cfg(test)]
@@ -491,15 +526,27 @@ mod tests {
 
         let mut v = pr_event("opened", Some("acme/app"));
         v["pull_request"]["head"]["sha"] = json!("--upload-pack=evil");
-        assert_eq!(run(&v, "pull_request").expect_err("refused").reason(), "invalid_field");
+        assert_eq!(
+            run(&v, "pull_request").expect_err("refused").reason(),
+            "invalid_field"
+        );
         let mut v = pr_event("opened", Some("acme/app"));
         v["repository"]["full_name"] = json!("../etc");
-        assert_eq!(run(&v, "pull_request").expect_err("refused").reason(), "invalid_field");
+        assert_eq!(
+            run(&v, "pull_request").expect_err("refused").reason(),
+            "invalid_field"
+        );
     }
 
     #[test]
     fn not_json_versus_wrong_shape() {
-        for body in [&b""[..], b"{", b"payload=%7B%7D", b"\xff\xfe", b"{\"action\": \"\xff\"}"] {
+        for body in [
+            &b""[..],
+            b"{",
+            b"payload=%7B%7D",
+            b"\xff\xfe",
+            b"{\"action\": \"\xff\"}",
+        ] {
             let err = interpret("pull_request", body, "preview").expect_err("refused");
             assert_eq!(err.reason(), "not_json", "{body:?}");
         }

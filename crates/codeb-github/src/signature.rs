@@ -116,14 +116,20 @@ pub fn verify(
     };
     let hex = header
         .strip_prefix(b"sha256=")
-        .ok_or(SignatureError::Malformed("it does not start with `sha256=`"))?;
+        .ok_or(SignatureError::Malformed(
+            "it does not start with `sha256=`",
+        ))?;
     if hex.len() != 64 {
-        return Err(SignatureError::Malformed("the digest is not 64 hex digits long"));
+        return Err(SignatureError::Malformed(
+            "the digest is not 64 hex digits long",
+        ));
     }
     let mut expected = [0u8; 32];
     for (i, pair) in hex.chunks_exact(2).enumerate() {
         let (Some(hi), Some(lo)) = (nibble(pair[0]), nibble(pair[1])) else {
-            return Err(SignatureError::Malformed("the digest has a non-hex character"));
+            return Err(SignatureError::Malformed(
+                "the digest has a non-hex character",
+            ));
         };
         expected[i] = (hi << 4) | lo;
     }
@@ -197,12 +203,17 @@ mod tests {
         let body = b"{}";
         let secrets = [s("k")];
         let good = sign(&secrets[0], body);
-        let cases: Vec<(Option<&[u8]>, Option<&[u8]>, SignatureError)> = vec![
+        type Case<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, SignatureError);
+        let cases: Vec<Case> = vec![
             (None, None, SignatureError::Missing),
             (None, Some(b"sha1=0123"), SignatureError::OnlySha1),
             (Some(b""), None, SignatureError::Malformed("")),
             (Some(b"sha1=abc"), None, SignatureError::Malformed("")),
-            (Some(&good.as_bytes()[..70]), None, SignatureError::Malformed("")),
+            (
+                Some(&good.as_bytes()[..70]),
+                None,
+                SignatureError::Malformed(""),
+            ),
             (Some(b"sha256="), None, SignatureError::Malformed("")),
             (
                 Some(b"sha256=zz07ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"),

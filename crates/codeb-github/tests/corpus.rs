@@ -8,18 +8,31 @@ use codeb_github::{Intent, WebhookSecret, interpret, sign, verify};
 fn corpus() -> PathBuf {
     // crates/codeb-github → the workspace root → ../shared/corpora
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/github-webhooks");
-    assert!(p.is_dir(), "the webhook corpus is missing at {}", p.display());
+    assert!(
+        p.is_dir(),
+        "the webhook corpus is missing at {}",
+        p.display()
+    );
     p
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 fn payloads() -> Vec<(String, String, Vec<u8>)> {
     let mut out = Vec::new();
-    for event in ["pull_request", "package", "registry_package", "workflow_run", "push", "ping"] {
+    for event in [
+        "pull_request",
+        "package",
+        "registry_package",
+        "workflow_run",
+        "push",
+        "ping",
+    ] {
         let dir = corpus().join(event);
         let mut files: Vec<_> = std::fs::read_dir(&dir)
             .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -29,7 +42,11 @@ fn payloads() -> Vec<(String, String, Vec<u8>)> {
         files.sort();
         for f in files {
             let name = f.file_name().expect("name").to_string_lossy().into_owned();
-            out.push((event.to_owned(), name, std::fs::read(&f).expect("read payload")));
+            out.push((
+                event.to_owned(),
+                name,
+                std::fs::read(&f).expect("read payload"),
+            ));
         }
     }
     out
@@ -40,8 +57,8 @@ fn every_corpus_payload_parses_with_the_promised_intents() {
     let all = payloads();
     assert!(all.len() >= 40, "only {} payloads found", all.len());
     for (event, name, body) in all {
-        let i = interpret(&event, &body, "preview")
-            .unwrap_or_else(|e| panic!("{event}/{name}: {e}"));
+        let i =
+            interpret(&event, &body, "preview").unwrap_or_else(|e| panic!("{event}/{name}: {e}"));
         let action = name.split('.').next().unwrap_or_default();
         let kinds: Vec<&str> = i.intents.iter().map(Intent::kind).collect();
         let want: &[&str] = match (event.as_str(), action) {
@@ -54,7 +71,10 @@ fn every_corpus_payload_parses_with_the_promised_intents() {
         };
         assert_eq!(kinds, want, "{event}/{name}");
         if kinds.is_empty() {
-            assert!(i.ignored.is_some(), "{event}/{name} ignored without a reason");
+            assert!(
+                i.ignored.is_some(),
+                "{event}/{name} ignored without a reason"
+            );
         }
         if event == "pull_request" {
             assert_eq!(i.repo.as_deref(), Some("Codertocat/Hello-World"), "{name}");
@@ -82,8 +102,12 @@ fn corpus_labeled_with_the_approve_label_ensures() {
 
 #[test]
 fn ghcr_publish_of_a_pr_tag_pulls_and_ensures() {
-    let i = interpret("package", &fixture("ghcr-package-published-pr-42.json"), "preview")
-        .expect("parses");
+    let i = interpret(
+        "package",
+        &fixture("ghcr-package-published-pr-42.json"),
+        "preview",
+    )
+    .expect("parses");
     assert_eq!(i.repo.as_deref(), Some("acme/shop"));
     assert_eq!(i.pr, Some(42));
     assert_eq!(
@@ -147,9 +171,19 @@ fn github_docs_signature_vector() {
     let payload = v["payload"].as_str().expect("payload").as_bytes();
     let header = v["x_hub_signature_256"].as_str().expect("header");
     assert_eq!(sign(&secret, payload), header);
-    assert_eq!(verify(&[secret.clone()], Some(header.as_bytes()), None, payload), Ok(0));
+    assert_eq!(
+        verify(
+            std::slice::from_ref(&secret),
+            Some(header.as_bytes()),
+            None,
+            payload
+        ),
+        Ok(0)
+    );
     // The SHA-1 signature alone is never enough.
-    let sha1 = v["note_sha1_locally_computed_not_in_docs"].as_str().expect("sha1");
+    let sha1 = v["note_sha1_locally_computed_not_in_docs"]
+        .as_str()
+        .expect("sha1");
     assert!(verify(&[secret], None, Some(sha1.as_bytes()), payload).is_err());
 }
 
@@ -165,10 +199,15 @@ fn signature_vectors_positive_and_negative() {
         let payload = v["payload"].as_str().expect("payload").as_bytes();
         if let Some(expected) = v["expected"].as_str() {
             assert_eq!(sign(&secret, payload), expected, "{}", v["source"]);
-            assert_eq!(verify(&[secret], Some(expected.as_bytes()), None, payload), Ok(0));
+            assert_eq!(
+                verify(&[secret], Some(expected.as_bytes()), None, payload),
+                Ok(0)
+            );
             pos += 1;
         } else {
-            let bad = v["expected_invalid_signature"].as_str().expect("negative vector");
+            let bad = v["expected_invalid_signature"]
+                .as_str()
+                .expect("negative vector");
             assert!(
                 verify(&[secret], Some(bad.as_bytes()), None, payload).is_err(),
                 "{} verified",
@@ -177,5 +216,8 @@ fn signature_vectors_positive_and_negative() {
             neg += 1;
         }
     }
-    assert!(pos >= 5 && neg >= 3, "{pos} positive, {neg} negative vectors");
+    assert!(
+        pos >= 5 && neg >= 3,
+        "{pos} positive, {neg} negative vectors"
+    );
 }

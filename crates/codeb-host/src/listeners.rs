@@ -24,7 +24,7 @@ pub struct Holder {
 impl Holder {
     pub fn describe(&self) -> String {
         match &self.container {
-            Some(c) => format!("container `{c}` (conmon pid {})", self.pid),
+            Some(c) => format!("container `{c}` ({} pid {})", self.comm, self.pid),
             None => format!("`{}` pid {}", self.comm, self.pid),
         }
     }
@@ -115,10 +115,12 @@ impl HostPorts {
                 let comm = fs::read_to_string(entry.path().join("comm"))
                     .map(|c| c.trim().to_owned())
                     .unwrap_or_default();
-                let container = if comm == "conmon" {
+                // conmon holds a running container's published ports; `podman run` itself
+                // holds them while it sets the container up.
+                let container = if comm == "conmon" || comm == "podman" {
                     fs::read(entry.path().join("cmdline"))
                         .ok()
-                        .and_then(|c| conmon_container_name(&c))
+                        .and_then(|c| container_name(&c, comm == "conmon"))
                 } else {
                     None
                 };
@@ -240,12 +242,22 @@ fn parse_table(text: &str) -> impl Iterator<Item = (u16, u64)> + '_ {
     })
 }
 
-/// The container name from conmon's command line (`-n NAME` or `--name NAME`).
-fn conmon_container_name(cmdline: &[u8]) -> Option<String> {
+/// The container name from conmon's (`-n NAME`, `--name NAME`) or podman's (`--name NAME`,
+/// `--name=NAME`) command line.
+fn container_name(cmdline: &[u8], conmon: bool) -> Option<String> {
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    args.windows(2).find_map(|w| match w[0] {
-        b"-n" | b"--name" => String::from_utf8(w[1].to_vec()).ok(),
-        _ => None,
+    args.iter().enumerate().find_map(|(i, a)| {
+        let next = || {
+            args.get(i + 1)
+                .and_then(|v| String::from_utf8(v.to_vec()).ok())
+        };
+        match *a {
+            b"--name" => next(),
+            b"-n" if conmon => next(),
+            _ => a
+                .strip_prefix(b"--name=")
+                .and_then(|v| String::from_utf8(v.to_vec()).ok()),
+        }
     })
 }
 
@@ -270,9 +282,16 @@ mod tests {
         let cmd =
             b"/usr/bin/conmon\0--api-version\x001\0-c\0abc\0-n\0myapp-production-blue\0-r\0runc\0";
         assert_eq!(
-            conmon_container_name(cmd).as_deref(),
+            container_name(cmd, true).as_deref(),
             Some("myapp-production-blue")
         );
+        let run = b"podman\0run\0-d\0--replace\0--name\0app-pr-7-blue\0--publish\x00127.0.0.1:15000:3000\0img\0";
+        assert_eq!(container_name(run, false).as_deref(), Some("app-pr-7-blue"));
+        assert_eq!(
+            container_name(b"podman\0run\0--name=x-blue\0img\0", false).as_deref(),
+            Some("x-blue")
+        );
+        assert_eq!(container_name(b"podman\0run\0-n\0x\0", false), None);
     }
 
     #[test]

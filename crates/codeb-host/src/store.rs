@@ -166,7 +166,14 @@ impl ManifestStore {
         if doc.manifest.assignment(target).is_some() {
             return Ok((doc, None));
         }
-        let mut free = |p: u16| host.is_none_or(|h| !h.is_listening(p));
+        // A port is free when nothing listens on it nor on its two slot ports.
+        let mut free = |p: u16| {
+            host.is_none_or(|h| {
+                !h.is_listening(p)
+                    && codeb_core::ports::slot_ports(p)
+                        .is_none_or(|(b, g)| !h.is_listening(b) && !h.is_listening(g))
+            })
+        };
         let port = doc.manifest.allocate(target, &mut free)?;
         let text = doc
             .with_port(target, port)

@@ -455,7 +455,8 @@ impl Previews {
                 )),
             },
             Err(codeb_deploy::DeployError::Registry(
-                codeb_registry::RegistryError::TagNotFound { .. },
+                codeb_registry::RegistryError::TagNotFound { .. }
+                | codeb_registry::RegistryError::RepositoryNotFound { .. },
             )) => {
                 self.github
                     .deployment_status(

@@ -85,7 +85,12 @@ struct Where {
     #[arg(long, value_name = "PATH")]
     manifest: Option<PathBuf>,
     /// Where Quadlet units (and codeb's state in .codeb/) live
-    #[arg(long, value_name = "DIR", default_value = "/etc/containers/systemd")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "CODEB_QUADLET_DIR",
+        default_value = "/etc/containers/systemd"
+    )]
     quadlet_dir: PathBuf,
 }
 
@@ -106,7 +111,7 @@ struct DeployArgs {
     #[arg(long, value_name = "PATH", default_value = "/api/health")]
     health_path: String,
     /// auto: systemd where it is PID 1 and podman has Quadlet (>= 4.4), else podman
-    #[arg(long, value_enum, default_value_t = RuntimeArg::Auto)]
+    #[arg(long, value_enum, env = "CODEB_RUNTIME", default_value_t = RuntimeArg::Auto)]
     runtime: RuntimeArg,
     /// blue-green (zero downtime) or restart [default: blue-green for production, else restart]
     #[arg(long, value_enum)]
@@ -127,7 +132,12 @@ struct DeployArgs {
     #[arg(long, value_name = "CMD")]
     health_cmd: Option<String>,
     /// Caddy admin API that fronts the manifest port, or `none` (restart only)
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:2019")]
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "CODEB_CADDY_ADMIN",
+        default_value = "http://127.0.0.1:2019"
+    )]
     caddy_admin: String,
     /// How long the old release keeps serving requests in flight after the switch
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]

@@ -1,0 +1,447 @@
+//! `codeb-daemon`: receives GitHub webhooks for PR previews. A delivery is verified
+//! (HMAC-SHA256), interpreted ([`codeb_github::interpret`]), stored with its jobs in SQLite
+//! and acknowledged; workers then run each job through [`codeb_previews::Previews::apply`],
+//! in order per pull request and in parallel across pull requests. Nothing accepted is lost
+//! across a crash, and nothing finished runs twice.
+//!
+//! Modules: [`config`] (TOML + secrets), [`server`] (HTTP), [`store`] (SQLite, group
+//! commit), [`worker`] (dispatcher, retries, reconciler), [`metrics`] (Prometheus text).
+//!
+//! Commands and exit codes:
+//!
+//! | command | does | exit codes |
+//! |---|---|---|
+//! | `serve --config FILE` | runs the daemon until SIGTERM/SIGINT | 0 clean stop, 1 invalid config, 2 I/O error (bind, state dir) |
+//! | `check-config --config FILE` | validates the config and the secrets | 0 valid, 1 invalid, 2 unreadable |
+//! | `jobs --config FILE [--state S] [--limit N]` | prints the job table as JSON | 0, 2 |
+//! | `deliveries --config FILE [--limit N]` | prints the delivery records as JSON | 0, 2 |
+//! | `sign [--config FILE] [BODY_FILE]` | prints the `X-Hub-Signature-256` of a body (stdin by default) | 0, 1, 2 |
+
+pub mod config;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod worker;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use clap::{Parser, Subcommand};
+use codeb_previews::Previews;
+use tokio::sync::{Notify, watch};
+use tracing::{error, info, warn};
+
+use crate::config::{Config, ConfigError, vars};
+use crate::metrics::Metrics;
+use crate::server::Intake;
+use crate::store::Store;
+use crate::worker::{Applier, WorkerConfig};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "codeb-daemon",
+    version,
+    about = "GitHub webhooks in, PR previews out."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The daemon's config file (TOML).
+    #[arg(long, env = vars::CODEB_DAEMON_CONFIG, default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve webhooks and run jobs until SIGTERM or SIGINT.
+    Serve(ConfigArg),
+    /// Check the config file and the webhook secrets, then exit.
+    CheckConfig(ConfigArg),
+    /// Print the job table (newest first) as JSON.
+    Jobs {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Only jobs in this state: queued, running, done, failed, superseded.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Print the delivery records (newest first) as JSON.
+    Deliveries {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// Print the X-Hub-Signature-256 header value for a body, signed with the first webhook
+    /// secret (from --config, else CODEB_WEBHOOK_SECRET): to replay a payload with curl.
+    Sign {
+        /// Take the secret from this config's secret source.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The body to sign; standard input when absent.
+        body: Option<PathBuf>,
+    },
+}
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The checked thing is wrong (exit 1).
+    #[error("{0}")]
+    Invalid(String),
+    /// Usage or I/O error (exit 2).
+    #[error("{0}")]
+    Io(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        if e.is_io() {
+            Failure::Io(e.to_string())
+        } else {
+            Failure::Invalid(e.to_string())
+        }
+    }
+}
+
+/// The binary's entry point.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            let code = match f {
+                Failure::Invalid(_) => 1,
+                Failure::Io(_) => 2,
+            };
+            // Logging may not be set up (config errors come first): write plainly too.
+            error!("{f}");
+            let _ = writeln!(std::io::stderr(), "codeb-daemon: {f}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn out(text: &str) -> Result<(), Failure> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(text.as_bytes())
+        .and_then(|()| o.write_all(b"\n"))
+        .and_then(|()| o.flush())
+        .map_err(|e| Failure::Io(format!("cannot write to standard output: {e}")))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve(c) => {
+            let config = config::load(&c.config, &env)?;
+            init_logging();
+            serve(config)
+        }
+        Command::CheckConfig(c) => {
+            let config = config::load(&c.config, &env)?;
+            let repos: Vec<&String> = config.previews.repos.keys().collect();
+            out(&format!(
+                "{}: valid; listen {}, state {}, {} secret(s), events {:?}, repositories {:?}, \
+                 max_concurrency {}, reconcile every {}",
+                c.config.display(),
+                config.listen,
+                config.db_path().display(),
+                config.secrets.len(),
+                config.events,
+                repos,
+                config.max_concurrency,
+                humantime::format_duration(config.reconcile_interval),
+            ))
+        }
+        Command::Jobs {
+            config: c,
+            state,
+            limit,
+        } => {
+            let config = config::load(&c.config, &env)?;
+            let db = config.db_path();
+            let rows = if store::exists(&db) {
+                store::list_jobs(&db, state.as_deref(), limit)
+                    .map_err(|e| Failure::Io(e.to_string()))?
+            } else {
+                Vec::new()
+            };
+            out(&serde_json::to_string_pretty(&rows).map_err(|e| Failure::Io(e.to_string()))?)
+        }
+        Command::Deliveries { config: c, limit } => {
+            let config = config::load(&c.config, &env)?;
+            let db = config.db_path();
+            let rows = if store::exists(&db) {
+                store::list_deliveries(&db, limit).map_err(|e| Failure::Io(e.to_string()))?
+            } else {
+                Vec::new()
+            };
+            out(&serde_json::to_string_pretty(&rows).map_err(|e| Failure::Io(e.to_string()))?)
+        }
+        Command::Sign { config: c, body } => {
+            let secret = match c {
+                Some(path) => config::load(&path, &env)?.secrets.into_iter().next(),
+                None => env(vars::CODEB_WEBHOOK_SECRET).and_then(|v| {
+                    codeb_github::WebhookSecret::parse_list(&v)
+                        .into_iter()
+                        .next()
+                }),
+            }
+            .ok_or_else(|| {
+                Failure::Invalid(format!(
+                    "no webhook secret: set {} or pass --config",
+                    vars::CODEB_WEBHOOK_SECRET
+                ))
+            })?;
+            let data = match body {
+                Some(p) => std::fs::read(&p)
+                    .map_err(|e| Failure::Io(format!("cannot read {}: {e}", p.display())))?,
+                None => {
+                    let mut v = Vec::new();
+                    std::io::stdin()
+                        .read_to_end(&mut v)
+                        .map_err(|e| Failure::Io(format!("cannot read standard input: {e}")))?;
+                    v
+                }
+            };
+            out(&codeb_github::sign(&secret, &data))
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_env(vars::CODEB_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = env(vars::CODEB_LOG_FORMAT).is_some_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+fn serve(config: Config) -> Result<(), Failure> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("codeb-daemon")
+        .build()
+        .map_err(|e| Failure::Io(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(async move {
+        let previews = Previews::new(config.previews.clone())
+            .map_err(|e| Failure::Invalid(format!("[previews] cannot be used: {e}")))?;
+        let daemon = Daemon::start(config, Arc::new(previews)).await?;
+        daemon.run_until(shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => info!("SIGTERM: stopping"),
+                _ = int.recv() => info!("SIGINT: stopping"),
+            }
+        }
+        _ => {
+            warn!("cannot install signal handlers; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// A running daemon: listener bound, store open, workers started.
+pub struct Daemon {
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    grace: std::time::Duration,
+}
+
+impl Daemon {
+    /// Opens the store in `state_dir`, binds `listen`, and starts the dispatcher and the
+    /// reconciler over `applier`.
+    pub async fn start<A: Applier>(config: Config, applier: Arc<A>) -> Result<Daemon, Failure> {
+        std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+            Failure::Io(format!(
+                "cannot create state_dir {}: {e}",
+                config.state_dir.display()
+            ))
+        })?;
+        let (store, opened) =
+            Store::open(&config.db_path()).map_err(|e| Failure::Io(e.to_string()))?;
+        if opened.requeued > 0 {
+            warn!(
+                jobs = opened.requeued,
+                "jobs interrupted by the last stop are queued again"
+            );
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| {
+                Failure::Io(format!(
+                    "cannot listen on {}: {e}; is another daemon running, or change `listen`",
+                    config.listen
+                ))
+            })?;
+        let (app, shutdown, tasks) = wire(&config, store, applier);
+        info!(
+            listen = %config.listen,
+            state = %config.db_path().display(),
+            repos = config.previews.repos.len(),
+            secrets = config.secrets.len(),
+            "codeb-daemon serving"
+        );
+        Ok(Daemon {
+            listener,
+            app,
+            shutdown,
+            tasks,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `stop` resolves, then stops accepting, lets requests and jobs in flight
+    /// finish (each bounded by `shutdown_grace`), and returns.
+    pub async fn run_until(
+        self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Failure> {
+        let Daemon {
+            listener,
+            app,
+            shutdown,
+            tasks,
+            grace,
+        } = self;
+        let (stopped_tx, mut stopped_rx) = watch::channel(false);
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            stop.await;
+            let _ = stopped_tx.send(true);
+        });
+        let bounded = async {
+            let _ = stopped_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            r = server => r.map_err(|e| Failure::Io(format!("HTTP server failed: {e}")))?,
+            () = bounded => warn!("requests still open after the shutdown grace; closing them"),
+        }
+        let _ = shutdown.send(true);
+        for t in tasks {
+            // The dispatcher bounds its own wait by the grace; this bounds the reconciler.
+            if tokio::time::timeout(grace, t).await.is_err() {
+                warn!("a background task did not stop within the shutdown grace");
+            }
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// Builds the router and starts the background tasks; returns the shutdown switch.
+fn wire<A: Applier>(
+    config: &Config,
+    store: Store,
+    applier: Arc<A>,
+) -> (
+    axum::Router,
+    watch::Sender<bool>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
+    let metrics = Arc::new(Metrics::new());
+    let wake = Arc::new(Notify::new());
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let repos: HashMap<String, String> = config
+        .previews
+        .repos
+        .keys()
+        .map(|r| (r.to_ascii_lowercase(), r.clone()))
+        .collect();
+    let pool_applier = applier.clone();
+    let intake = Arc::new(Intake {
+        store: store.clone(),
+        secrets: config.secrets.clone(),
+        events: config.events.clone(),
+        repos,
+        approve_label: config.previews.approve_label.clone(),
+        metrics: metrics.clone(),
+        wake: wake.clone(),
+        pool: Arc::new(move || pool_applier.pool_usage()),
+        in_flight: in_flight.clone(),
+    });
+    let worker_cfg = WorkerConfig {
+        max_concurrency: config.max_concurrency,
+        max_attempts: config.max_attempts,
+        retry_backoff: config.retry_backoff,
+        shutdown_grace: config.shutdown_grace,
+    };
+    let dispatcher = tokio::spawn(worker::dispatch(
+        store.clone(),
+        applier.clone(),
+        metrics.clone(),
+        worker_cfg,
+        wake,
+        in_flight,
+        shutdown_rx.clone(),
+    ));
+    let reconciler = tokio::spawn(worker::reconcile(
+        applier,
+        store,
+        metrics,
+        config.reconcile_interval,
+        config.retention,
+        shutdown_rx,
+    ));
+    (
+        server::router(intake),
+        shutdown,
+        vec![dispatcher, reconciler],
+    )
+}
+
+/// For in-process tests: the router and background tasks over `applier`, with the store at
+/// `config.db_path()`; dropping nothing stops them (the runtime's end does).
+pub fn app_for_tests<A: Applier>(
+    config: &Config,
+    applier: Arc<A>,
+) -> Result<(axum::Router, watch::Sender<bool>), String> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| e.to_string())?;
+    let (store, _) = Store::open(&config.db_path()).map_err(|e| e.to_string())?;
+    let (app, shutdown, _tasks) = wire(config, store, applier);
+    Ok((app, shutdown))
+}

@@ -524,6 +524,16 @@ struct Load {
 
 impl Load {
     fn start(port: u16) -> Self {
+        // Caddy reloads through SO_REUSEPORT listeners; only with this setting does the kernel
+        // move queued connections to the new listener instead of resetting them (see
+        // templates/sysctl/90-codeb.conf). Zero failed requests is only promised with it.
+        let migrate =
+            std::fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req").unwrap_or_default();
+        assert_eq!(
+            migrate.trim(),
+            "1",
+            "net.ipv4.tcp_migrate_req must be 1 for the zero-downtime tests: run scripts/setup (or sysctl -w net.ipv4.tcp_migrate_req=1)"
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let (s, out) = (stop.clone(), samples.clone());

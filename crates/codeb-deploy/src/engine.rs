@@ -108,6 +108,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct DeployReport {
     pub outcome: Outcome,
+    /// Things the operator should fix on this host (they did not stop the deploy).
+    pub warnings: Vec<String>,
     pub digest: String,
     pub port: u16,
     pub url: String,
@@ -502,6 +504,7 @@ impl Engine {
             }
             history.save(&state_dir)?;
             return Ok(DeployReport {
+                warnings: host_warnings(self.caddy.is_some()),
                 outcome: Outcome::RolledBack { reason },
                 digest: digest.to_string(),
                 port: public,
@@ -559,6 +562,7 @@ impl Engine {
             }
         }
         Ok(DeployReport {
+            warnings: host_warnings(self.caddy.is_some()),
             outcome: Outcome::Deployed,
             digest: digest.to_string(),
             port: public,
@@ -767,6 +771,22 @@ fn reconcile(history: &mut History, routed: Option<Slot>) {
             r.reason = Some("the deploy was interrupted before it finished".into());
         }
     }
+}
+
+/// The kernel setting that makes Caddy's reloads lossless.
+pub const TCP_MIGRATE_REQ: &str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+/// Host settings that zero-downtime switching needs. Caddy (2.6+) reloads its configuration
+/// by opening new SO_REUSEPORT listeners and closing the old ones; unless
+/// `net.ipv4.tcp_migrate_req` is 1, connections still queued on a closed listener are reset.
+fn host_warnings(caddy: bool) -> Vec<String> {
+    let mut out = Vec::new();
+    if caddy && std::fs::read_to_string(TCP_MIGRATE_REQ).is_ok_and(|v| v.trim() == "0") {
+        out.push(
+            "net.ipv4.tcp_migrate_req is 0, so Caddy's config reload at the switch can reset a few connections queued at that moment; for zero downtime run `sysctl -w net.ipv4.tcp_migrate_req=1` and keep it in /etc/sysctl.d/90-codeb.conf (see templates/sysctl/)".into(),
+        );
+    }
+    out
 }
 
 fn remove_file(p: &Path) {

@@ -460,6 +460,16 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
 }
 
 fn finish(step: &Step, r: &DeployReport) -> ExitCode {
+    for w in &r.warnings {
+        step.annotate(
+            Level::Warning,
+            &Annotation {
+                title: Some("codeb host setting".into()),
+                message: w.clone(),
+                ..Annotation::default()
+            },
+        );
+    }
     let result = match &r.outcome {
         Outcome::Deployed => "deployed",
         Outcome::RolledBack { .. } => "rolled-back",

@@ -266,6 +266,40 @@ impl Drop for Group {
     }
 }
 
+/// Parses the command line (with action inputs as flags, see [`args_with_inputs`]) into `P`.
+/// On failure it has already said why (`--help` and `--version` print and give exit code 0;
+/// a usage error gives 2): return the exit code.
+pub fn parse_args<P: clap::Parser>(step: &Step, title: &str) -> Result<P, std::process::ExitCode> {
+    let argv = match args_with_inputs(&P::command(), std::env::args_os()) {
+        Ok(a) => a,
+        Err(e) => {
+            step.annotate(
+                Level::Error,
+                &Annotation {
+                    title: Some(title.to_owned()),
+                    message: e.to_string(),
+                    ..Annotation::default()
+                },
+            );
+            return Err(std::process::ExitCode::from(2));
+        }
+    };
+    P::try_parse_from(argv).map_err(|e| {
+        let _ = e.print();
+        std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+    })
+}
+
+/// A duration flag: `500ms`, `30s`, `10m`, `1h 30m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 30s or 10m"))
+}
+
 /// A Markdown table cell: pipes and newlines would break the table.
 pub fn md_cell(s: &str) -> String {
     s.replace('|', "\\|").replace(['\n', '\r'], " ")

@@ -3,7 +3,7 @@
 //!
 //! Exit codes: 0 healthy, 1 not healthy by the deadline, 2 usage error.
 
-use clap::{CommandFactory, Parser};
+use clap::Parser;
 use codeb_actions::{Annotation, Level, Secret, Step};
 use codeb_health::{Attempt, Expectation, Policy, Probe, Prober, Report, format_secs};
 use std::process::ExitCode;
@@ -40,19 +40,19 @@ struct Args {
     url: String,
 
     /// Time between the starts of two probes
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = codeb_actions::parse_duration)]
     interval: Duration,
 
     /// Time one probe may take
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = codeb_actions::parse_duration)]
     timeout: Duration,
 
     /// Give up when the release is not healthy this long after the start
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = codeb_actions::parse_duration)]
     deadline: Duration,
 
     /// Failures in this first stretch are expected (the app is booting) and not reported
-    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = codeb_actions::parse_duration)]
     start_period: Duration,
 
     /// Consecutive healthy probes needed
@@ -62,15 +62,6 @@ struct Args {
     /// Require a field of the JSON body to have this value, e.g. version=<git sha> (repeatable)
     #[arg(long, value_name = "KEY=VALUE", action = clap::ArgAction::Append)]
     expect: Vec<String>,
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 2s or 1m"))
 }
 
 pub fn main() -> ExitCode {
@@ -86,16 +77,9 @@ pub fn main() -> ExitCode {
         );
         ExitCode::from(2)
     };
-    let argv = match codeb_actions::args_with_inputs(&Args::command(), std::env::args_os()) {
+    let args: Args = match codeb_actions::parse_args(&step, "codeb-healthcheck") {
         Ok(a) => a,
-        Err(e) => return usage(&step, &e.to_string()),
-    };
-    let args = match Args::try_parse_from(argv) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(code) => return code,
     };
     let probe = match Expectation::parse_all(&args.expect).and_then(|expect| {
         Ok(Probe::new(&args.url)?

@@ -4,7 +4,7 @@
 //!
 //! Exit codes: 0 valid, 1 validation failure, 2 usage or I/O error.
 
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
 use codeb_actions::{Annotation, Level, Step, md_cell};
 use codeb_core::manifest::{Manifest, PortUse, Problem, Scope, Target};
 use codeb_core::{Environment, ProjectName};
@@ -98,20 +98,9 @@ enum Outcome {
 
 pub fn main() -> ExitCode {
     let step = Step::from_env();
-    let args = match codeb_actions::args_with_inputs(&Args::command(), std::env::args_os()) {
+    let args: Args = match codeb_actions::parse_args(&step, "codeb-port-validate") {
         Ok(a) => a,
-        Err(e) => {
-            fail(&step, None, &e.to_string());
-            return ExitCode::from(2);
-        }
-    };
-    let args = match Args::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match run(&step, &args) {
         Outcome::Valid => ExitCode::SUCCESS,

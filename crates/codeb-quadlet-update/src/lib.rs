@@ -5,7 +5,7 @@
 //! Exit codes: 0 deployed; 1 the new release failed (and was rolled back) or the deploy failed
 //! after it began changing the host; 2 usage or input error (nothing on the host changed).
 
-use clap::{Args as ClapArgs, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use codeb_actions::{Annotation, Level, Step, md_cell};
 use codeb_core::manifest::Target;
 use codeb_core::{Environment, ProjectName};
@@ -117,10 +117,10 @@ struct DeployArgs {
     #[arg(long, value_enum)]
     strategy: Option<StrategyArg>,
     /// Give up on an unhealthy release after this long
-    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = codeb_actions::parse_duration)]
     health_deadline: Duration,
     /// Time between health probes
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = codeb_actions::parse_duration)]
     health_interval: Duration,
     /// Consecutive healthy probes needed
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=100))]
@@ -140,10 +140,10 @@ struct DeployArgs {
     )]
     caddy_admin: String,
     /// How long the old release keeps serving requests in flight after the switch
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = codeb_actions::parse_duration)]
     drain: Duration,
     /// Wait this long for another deploy of the same target
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = codeb_actions::parse_duration)]
     lock_timeout: Duration,
     /// Git sha of the release [default: $GITHUB_SHA]
     #[arg(long, value_name = "SHA")]
@@ -192,15 +192,6 @@ fn parse_env(s: &str) -> Result<Environment, String> {
         .map_err(|e: codeb_core::names::UnknownEnvironment| e.to_string())
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write e.g. 500ms, 30s or 10m"))
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -218,19 +209,9 @@ fn error(step: &Step, title: &str, message: &str) {
 
 pub fn main() -> ExitCode {
     let step = Step::from_env();
-    let argv = match codeb_actions::args_with_inputs(&Cli::command(), std::env::args_os()) {
+    let cli: Cli = match codeb_actions::parse_args(&step, "codeb-quadlet-update") {
         Ok(a) => a,
-        Err(e) => {
-            error(&step, "codeb-quadlet-update", &e.to_string());
-            return ExitCode::from(2);
-        }
-    };
-    let cli = match Cli::try_parse_from(argv) {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
-        }
+        Err(code) => return code,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

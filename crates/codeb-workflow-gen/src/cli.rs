@@ -2,7 +2,7 @@
 //! can come from its input, `INPUT_<NAME>`).
 
 use crate::{ActionsSource, OnDisk, Options, TemplateSet, inspect, render};
-use clap::{CommandFactory, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
 use codeb_actions::{Annotation, Level, Step};
 use codeb_core::ProjectName;
 use std::path::{Path, PathBuf};
@@ -110,20 +110,9 @@ enum Outcome {
 
 pub fn main() -> ExitCode {
     let step = Step::from_env();
-    let args = match codeb_actions::args_with_inputs(&Args::command(), std::env::args_os()) {
+    let args: Args = match codeb_actions::parse_args(&step, "codeb-workflow-gen") {
         Ok(a) => a,
-        Err(e) => {
-            fail(&step, None, &e.to_string());
-            return ExitCode::from(2);
-        }
-    };
-    let args = match Args::try_parse_from(args) {
-        Ok(a) => a,
-        Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
-            let _ = e.print();
-            return ExitCode::from(code);
-        }
+        Err(code) => return code,
     };
     match run(&step, &args) {
         Outcome::Done => ExitCode::SUCCESS,

@@ -667,3 +667,77 @@ fn an_exhausted_port_pool_fails_the_pr_clearly() {
             .is_some_and(|c| c.body.contains("is exhausted"))
     });
 }
+
+#[test]
+fn the_reconciler_expires_idle_previews_and_removes_orphans() {
+    let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup();
+    // Reconcile every second, previews expire after 3 s idle.
+    let text = std::fs::read_to_string(&s.config).expect("config");
+    let text = text
+        .replace("reconcile_interval = \"1h\"", "reconcile_interval = \"1s\"")
+        .replace("[previews]\n", "[previews]\nttl = \"3s\"\n");
+    std::fs::write(&s.config, text).expect("config");
+    publish(&s, "v1", "pr-31");
+    s.github.set_pr(Pr {
+        repo: REPO.into(),
+        number: 31,
+        open: true,
+        head_sha: "f".repeat(40),
+        head_repo: REPO.into(),
+        labels: vec![],
+    });
+    // An orphan: a preview container that belongs to no preview in the manifest.
+    let orphan = format!("{}-pr-99-blue", s.project);
+    sample_local_images(&s.podman);
+    s.podman
+        .run(&[
+            "run",
+            "-d",
+            "--init",
+            "--name",
+            &orphan,
+            "--label",
+            "codeb.slot=blue",
+            &sample_local_name("v1"),
+        ])
+        .expect("orphan container");
+    let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
+    wait_until("the orphan to be removed", Duration::from_secs(30), || {
+        !s.podman
+            .run(&["ps", "-a", "--format", "{{.Names}}"])
+            .unwrap_or_default()
+            .lines()
+            .any(|n| n == orphan)
+    });
+    daemon.post(
+        "pull_request",
+        &pr_event("opened", 31, &"f".repeat(40), REPO, &[]),
+    );
+    wait_until("PR 31's preview", Duration::from_secs(60), || {
+        get_host(&s.routes, "pr-31.preview.test", "/api/health")
+            .is_ok_and(|(c, b)| c == 200 && version_of(&b) == "v1")
+    });
+    // Idle past the TTL: the reconciler removes it and tells the PR why.
+    wait_until(
+        "the idle preview to expire",
+        Duration::from_secs(60),
+        || {
+            s.github
+                .comments(REPO, 31)
+                .first()
+                .is_some_and(|c| c.body.contains("idle for more than"))
+        },
+    );
+    assert!(
+        !std::fs::read_to_string(&s.manifest)
+            .expect("manifest")
+            .contains("-pr-31"),
+        "port released"
+    );
+    assert_eq!(
+        s.github.statuses("pr-31").last().map(String::as_str),
+        Some("inactive")
+    );
+    daemon.kill9();
+}

@@ -397,6 +397,7 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
             .clone()
             .or_else(|| env("GITHUB_ACTOR"))
             .or_else(|| env("USER"))
+            .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),
         listen_host: "127.0.0.1".into(),
     };

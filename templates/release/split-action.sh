@@ -5,7 +5,7 @@
 #   DEST/action.yml        actions/NAME/action.yml, with ../_lib/ rewritten to _lib/
 #   DEST/_lib/install.sh   actions/_lib/install.sh (finds or downloads the binary)
 #   DEST/README.md         where it comes from and both ways to reference it
-# The release workflow (templates/release/release.yml) pushes DEST as codeb/NAME with the
+# The release workflow (.github/workflows/release.yml) pushes DEST as codeb/NAME with the
 # release tag and the moving major tag; the tests run the result with act.
 # Usage: split-action.sh NAME DEST   (DEST must not exist or be empty)
 set -euo pipefail

@@ -705,4 +705,39 @@ fn check_config_validates_and_explains() {
         "names the unknown key: {}",
         r.all()
     );
+
+    // The [previews] section is checked too.
+    let token = dir.path().join("gh-token");
+    std::fs::write(&token, "t\n").expect("write");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let base = "listen = \"127.0.0.1:3102\"\nstate_dir = \"s\"\n[previews]\n";
+    for (section, needle) in [
+        ("ttl = \"soon\"\n", "ttl `soon`"),
+        ("runtime = \"docker\"\n", "expected auto, systemd or podman"),
+        (
+            "domain_pattern = \"preview.example.com\"\n",
+            "must contain {pr}",
+        ),
+        (
+            &format!("github_token_file = \"{}\"\n", token.display()),
+            "chmod 600",
+        ),
+        (
+            "[previews.repos.\"acme\"]\nproject = \"shop\"\nimage = \"ghcr.io/acme/shop\"\n",
+            "owner/name",
+        ),
+        (
+            "[previews.repos.\"acme/shop\"]\nproject = \"Shop\"\nimage = \"ghcr.io/acme/shop\"\n",
+            "DNS label",
+        ),
+    ] {
+        std::fs::write(&cfg, format!("{base}{section}")).expect("write");
+        let r = check(Some("s"));
+        assert_eq!(r.code, 1, "{section}: {}", r.all());
+        assert!(
+            r.stderr.contains(needle),
+            "{section}: expected {needle:?} in {}",
+            r.all()
+        );
+    }
 }

@@ -160,6 +160,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::CheckConfig(c) => {
             let config = config::load(&c.config, &env)?;
+            config
+                .previews
+                .validate()
+                .map_err(|e| Failure::Invalid(format!("{}: [previews] {e}", c.config.display())))?;
             let repos: Vec<&String> = config.previews.repos.keys().collect();
             out(&format!(
                 "{}: valid; listen {}, state {}, {} secret(s), events {:?}, repositories {:?}, \

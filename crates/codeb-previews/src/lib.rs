@@ -159,25 +159,45 @@ fn progress_log(line: &str) {
     tracing::info!(target: "codeb_previews::deploy", "{line}");
 }
 
-impl Previews {
-    pub fn new(config: PreviewConfig) -> Result<Self, PreviewError> {
-        let token = match &config.github_token_file {
-            Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .map_err(|e| {
-                        PreviewError::Config(format!("github_token_file {}: {e}", f.display()))
-                    })?
-                    .trim()
-                    .to_owned(),
-            ),
+impl PreviewConfig {
+    /// Checks everything that can be checked without the network: durations, runtime, names,
+    /// the domain pattern, and the token file (readable, not readable by everyone). Returns
+    /// the token, the TTL, the health deadline and the runtime.
+    fn checked(&self) -> Result<(Option<String>, Duration, Duration, RuntimeChoice), PreviewError> {
+        let token = match &self.github_token_file {
+            Some(f) => {
+                use std::os::unix::fs::PermissionsExt;
+                let meta = std::fs::metadata(f).map_err(|e| {
+                    PreviewError::Config(format!("github_token_file {}: {e}", f.display()))
+                })?;
+                if meta.permissions().mode() & 0o004 != 0 {
+                    return Err(PreviewError::Config(format!(
+                        "github_token_file {} is readable by everyone; it holds a secret: chmod 600 {}",
+                        f.display(),
+                        f.display()
+                    )));
+                }
+                Some(
+                    std::fs::read_to_string(f)
+                        .map_err(|e| {
+                            PreviewError::Config(format!("github_token_file {}: {e}", f.display()))
+                        })?
+                        .trim()
+                        .to_owned(),
+                )
+            }
             None => std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
         };
-        let ttl = humantime::parse_duration(&config.ttl)
-            .map_err(|e| PreviewError::Config(format!("ttl `{}`: {e}", config.ttl)))?;
-        let health_deadline = humantime::parse_duration(&config.health_deadline).map_err(|e| {
-            PreviewError::Config(format!("health_deadline `{}`: {e}", config.health_deadline))
+        let ttl = humantime::parse_duration(&self.ttl).map_err(|e| {
+            PreviewError::Config(format!("ttl `{}`: {e}; write e.g. \"7d\"", self.ttl))
         })?;
-        let runtime = match config.runtime.as_str() {
+        let health_deadline = humantime::parse_duration(&self.health_deadline).map_err(|e| {
+            PreviewError::Config(format!(
+                "health_deadline `{}`: {e}; write e.g. \"120s\"",
+                self.health_deadline
+            ))
+        })?;
+        let runtime = match self.runtime.as_str() {
             "auto" => RuntimeChoice::Auto,
             "systemd" => RuntimeChoice::Systemd,
             "podman" => RuntimeChoice::Podman,
@@ -187,20 +207,34 @@ impl Previews {
                 )));
             }
         };
-        for (repo, rc) in &config.repos {
-            if !repo.contains('/') {
+        for (repo, rc) in &self.repos {
+            if repo.split('/').count() != 2 || repo.starts_with('/') || repo.ends_with('/') {
                 return Err(PreviewError::Config(format!(
                     "repos.\"{repo}\": write the repository as owner/name"
                 )));
             }
             ProjectName::new(&rc.project)
                 .map_err(|e| PreviewError::Config(format!("repos.\"{repo}\".project: {e}")))?;
+            codeb_registry::ImageRef::parse(&format!("{}:pr-1", rc.image))
+                .map_err(|e| PreviewError::Config(format!("repos.\"{repo}\".image: {e}")))?;
         }
-        if !config.domain_pattern.contains("{pr}") {
+        if !self.domain_pattern.contains("{pr}") {
             return Err(PreviewError::Config(
-                "domain_pattern must contain {pr}".into(),
+                "domain_pattern must contain {pr}, e.g. \"pr-{pr}.preview.example.com\"".into(),
             ));
         }
+        Ok((token, ttl, health_deadline, runtime))
+    }
+
+    /// Checks the section (what `codeb-daemon check-config` reports).
+    pub fn validate(&self) -> Result<(), PreviewError> {
+        self.checked().map(drop)
+    }
+}
+
+impl Previews {
+    pub fn new(config: PreviewConfig) -> Result<Self, PreviewError> {
+        let (token, ttl, health_deadline, runtime) = config.checked()?;
         let github = GitHub::new(&config.github_api_url, token)?;
         let store = ManifestStore::resolve(config.manifest.clone());
         Ok(Self {

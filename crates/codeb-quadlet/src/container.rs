@@ -124,7 +124,7 @@ pub const SUPPORTED_CONTAINER_KEYS: &[&str] = &[
 const QUADLET_SECTION_KEYS: &[&str] = &["DefaultDependencies"];
 
 /// `[Unit]` keys whose Quadlet-unit values podman rewrites to service names.
-const UNIT_DEPENDENCY_KEYS: &[&str] = &[
+pub const UNIT_DEPENDENCY_KEYS: &[&str] = &[
     "After",
     "Before",
     "BindsTo",

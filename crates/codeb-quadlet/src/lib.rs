@@ -36,7 +36,7 @@ mod port;
 mod split;
 mod unit;
 
-pub use container::{ContainerUnit, SUPPORTED_CONTAINER_KEYS, Warning};
+pub use container::{ContainerUnit, SUPPORTED_CONTAINER_KEYS, UNIT_DEPENDENCY_KEYS, Warning};
 pub use error::{Location, QuadletError};
 pub use port::PortMapping;
 pub use split::{SplitMode, split_words};

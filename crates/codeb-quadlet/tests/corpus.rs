@@ -27,23 +27,7 @@ const PODMAN_ARG_OPS: &[&str] = &[
 /// The generator's systemd-only prefix; the deploy engine adds its own.
 const PREFIX_TOKENS: &[&str] = &["--replace", "--rm", "--cgroups=split", "-d"];
 
-const UNIT_DEPENDENCY_KEYS: &[&str] = &[
-    "After",
-    "Before",
-    "BindsTo",
-    "Conflicts",
-    "OnFailure",
-    "OnSuccess",
-    "PartOf",
-    "PropagatesReloadTo",
-    "PropagatesStopTo",
-    "ReloadPropagatedFrom",
-    "Requires",
-    "Requisite",
-    "StopPropagatedFrom",
-    "Upholds",
-    "Wants",
-];
+use codeb_quadlet::UNIT_DEPENDENCY_KEYS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {

@@ -24,7 +24,7 @@ use crate::util::{codeb, dead_port, repo, run, tempdir};
 const SECRET: &str = "integration-secret";
 
 fn corpus() -> PathBuf {
-    let p = repo().join("../shared/corpora/github-webhooks");
+    let p = repo().join("tests/corpora/github-webhooks");
     assert!(
         p.is_dir(),
         "the webhook corpus is missing at {}",

@@ -25,7 +25,7 @@ const REPO: &str = "codeb/app";
 
 fn corpus(rel: &str) -> Value {
     let p = crate::util::repo()
-        .join("../shared/corpora/github-webhooks")
+        .join("tests/corpora/github-webhooks")
         .join(rel);
     serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .expect("json")

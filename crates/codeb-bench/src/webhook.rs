@@ -38,7 +38,7 @@ pub fn webhook(runs: usize) -> Result<(), String> {
 fn measure(dir: &Path, rounds: usize) -> Result<(), String> {
     let daemon_bin = sibling("codeb-daemon")?;
     let payload_path =
-        workspace()?.join("../shared/corpora/github-webhooks/pull_request/opened.payload.json");
+        workspace()?.join("tests/corpora/github-webhooks/pull_request/opened.payload.json");
     let body =
         std::fs::read(&payload_path).map_err(|e| format!("{}: {e}", payload_path.display()))?;
     let body_file = dir.join("body.json");

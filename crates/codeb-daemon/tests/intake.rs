@@ -120,7 +120,7 @@ fn daemon() -> Daemon {
 }
 
 fn corpus() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/github-webhooks");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpora/github-webhooks");
     assert!(
         p.is_dir(),
         "the webhook corpus is missing at {}",

@@ -1,4 +1,4 @@
-//! Every example payload of GitHub's (octokit/webhooks, in the shared corpus) parses or is
+//! Every example payload of GitHub's (octokit/webhooks, vendored in tests/corpora) parses or is
 //! cleanly ignored, with the intents the rules promise; GitHub's signature vectors verify.
 
 use std::path::{Path, PathBuf};
@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use codeb_github::{Intent, WebhookSecret, interpret, sign, verify};
 
 fn corpus() -> PathBuf {
-    // crates/codeb-github → the workspace root → ../shared/corpora
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpora/github-webhooks");
+    // crates/codeb-github → the workspace root → tests/corpora (vendored, see its SOURCE)
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/corpora/github-webhooks");
     assert!(
         p.is_dir(),
         "the webhook corpus is missing at {}",

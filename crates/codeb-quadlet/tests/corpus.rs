@@ -10,7 +10,7 @@ use codeb_quadlet::{ContainerUnit, SUPPORTED_CONTAINER_KEYS, UnitFile};
 
 const CORPUS: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/corpora/podman-quadlet"
+    "/../../tests/corpora/podman-quadlet"
 );
 
 /// Assertions about the `podman run` argument list; everything else is about the generated
@@ -435,7 +435,7 @@ fn podman_quadlet_corpus() {
     let manifest_path = source.join("cases_manifest.json");
     assert!(
         manifest_path.is_file(),
-        "the podman Quadlet corpus is missing: expected {} (see /work/shared/corpora/README.md)",
+        "the podman Quadlet corpus is missing: expected {} (vendored in tests/corpora, see its SOURCE)",
         manifest_path.display()
     );
     let manifest: serde_json::Value = serde_json::from_str(

@@ -85,6 +85,21 @@ pub enum QuadletError {
     /// The unit as a whole is not usable (e.g. no image, conflicting keys).
     #[error("{location}: {message}")]
     Invalid { location: Location, message: String },
+
+    /// A key, or a form of its value, that the target podman's Quadlet generator does not
+    /// accept (it would skip the whole unit: `systemctl start` then says the unit does not
+    /// exist) or translates differently from later podman.
+    #[error(
+        "{location}: {key}= {problem} in podman {version}'s Quadlet generator (podman {since} and later take it as codeb does); {fix}"
+    )]
+    NeedsNewerPodman {
+        location: Location,
+        key: String,
+        problem: String,
+        version: String,
+        since: String,
+        fix: String,
+    },
 }
 
 impl QuadletError {
@@ -93,7 +108,8 @@ impl QuadletError {
         match self {
             Self::UnsupportedKey { key, .. }
             | Self::UnsupportedValue { key, .. }
-            | Self::InvalidValue { key, .. } => Some(key),
+            | Self::InvalidValue { key, .. }
+            | Self::NeedsNewerPodman { key, .. } => Some(key),
             Self::Io { .. } | Self::Syntax { .. } | Self::Invalid { .. } => None,
         }
     }
@@ -106,7 +122,8 @@ impl QuadletError {
             | Self::UnsupportedKey { location, .. }
             | Self::UnsupportedValue { location, .. }
             | Self::InvalidValue { location, .. }
-            | Self::Invalid { location, .. } => Some(location),
+            | Self::Invalid { location, .. }
+            | Self::NeedsNewerPodman { location, .. } => Some(location),
         }
     }
 }

@@ -6,6 +6,7 @@
 //! slots, blue (`10000 + P`) and green (`20000 + P`); see ARCHITECTURE.md.
 
 mod caddy;
+pub mod compat;
 mod engine;
 mod error;
 mod state;

@@ -53,7 +53,7 @@ impl HostPodman {
         let target = self.target();
         match codeb_quadlet::lower_for(unit_file, &text, target) {
             Ok(lowered) => Ok(lowered.text),
-            Err(e @ codeb_quadlet::QuadletError::NeedsNewerPodman { .. }) => {
+            Err(e @ codeb_quadlet::QuadletError::NeedsNewerPodman(_)) => {
                 Err(DeployError::Input(format!(
                     "the unit for {} cannot be written for this host's podman {target}: {e}",
                     unit_file.display()

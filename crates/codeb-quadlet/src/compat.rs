@@ -20,7 +20,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use crate::container::{ContainerUnit, SUPPORTED_CONTAINER_KEYS};
-use crate::error::{Location, QuadletError};
+use crate::error::{Location, QuadletError, VersionGap};
 use crate::unit::UnitFile;
 
 /// A podman version, `MAJOR.MINOR[.PATCH]`. Ordered numerically; a missing patch is 0.
@@ -328,14 +328,14 @@ fn needs_newer(
     version: PodmanVersion,
     fix: impl Into<String>,
 ) -> QuadletError {
-    QuadletError::NeedsNewerPodman {
+    QuadletError::NeedsNewerPodman(Box::new(VersionGap {
         location: location.clone(),
         key: key.to_string(),
         problem,
         version: version.to_string(),
         since: since.to_string(),
         fix: fix.into(),
-    }
+    }))
 }
 
 impl ContainerUnit {

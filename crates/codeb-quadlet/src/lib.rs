@@ -46,7 +46,7 @@ pub use compat::{
     has_podman_args_equivalent, lower_for, newer_keys,
 };
 pub use container::{ContainerUnit, SUPPORTED_CONTAINER_KEYS, UNIT_DEPENDENCY_KEYS, Warning};
-pub use error::{Location, QuadletError};
+pub use error::{Location, QuadletError, VersionGap};
 pub use port::PortMapping;
 pub use split::{SplitMode, split_words};
 pub use unit::{Entry, Section, UnitFile, drop_in_dirs};

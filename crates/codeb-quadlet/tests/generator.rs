@@ -59,14 +59,20 @@ fn codeb_matches_podmans_own_generators_on_the_corpus() {
             .expect("read cases_manifest.json"),
     )
     .expect("JSON");
-    let cases: Vec<(String, Vec<String>)> = manifest
-        .as_object()
-        .expect("object")
-        .iter()
-        .filter(|(name, _)| name.ends_with(".container"))
-        .map(|(name, meta)| {
-            let deps = meta
-                .get("depends_on")
+    // Every .container file of the corpus, with what its manifest entry says it depends on.
+    let mut files = Vec::new();
+    walk(Path::new(CORPUS), &mut files);
+    files.sort();
+    let cases: Vec<(PathBuf, Vec<String>)> = files
+        .into_iter()
+        .map(|path| {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default();
+            let deps = manifest
+                .get(name)
+                .and_then(|m| m.get("depends_on"))
                 .and_then(|d| d.as_array())
                 .map(|a| {
                     a.iter()
@@ -74,7 +80,7 @@ fn codeb_matches_podmans_own_generators_on_the_corpus() {
                         .collect()
                 })
                 .unwrap_or_default();
-            (name.clone(), deps)
+            (path, deps)
         })
         .collect();
     assert!(cases.len() >= 100, "only {} .container cases", cases.len());
@@ -83,20 +89,18 @@ fn codeb_matches_podmans_own_generators_on_the_corpus() {
     let mut table = String::new();
     let mut failures = Vec::new();
     let mut same = BTreeMap::<String, usize>::new();
-    for (n, (name, deps)) in cases.iter().enumerate() {
+    for (n, (source, deps)) in cases.iter().enumerate() {
         // Each case in a directory of its own with what it depends on and its drop-ins, as
         // podman's own test harness sets it up.
         let dir = tmp.path().join(format!("case-{n}"));
         std::fs::create_dir_all(&dir).expect("mkdir");
-        let source =
-            find(Path::new(CORPUS), name).unwrap_or_else(|| panic!("{name} not in the corpus"));
         let rel = source
             .strip_prefix(CORPUS)
             .expect("under corpus")
             .to_path_buf();
         let case = dir.join(&rel);
         std::fs::create_dir_all(case.parent().expect("parent")).expect("mkdir");
-        std::fs::copy(&source, &case).expect("copy case");
+        std::fs::copy(source, &case).expect("copy case");
         for dep in deps {
             std::fs::copy(Path::new(CORPUS).join(dep), dir.join(dep)).expect("copy dependency");
         }
@@ -133,18 +137,15 @@ fn codeb_matches_podmans_own_generators_on_the_corpus() {
     insta::assert_snapshot!("generator_outcomes", table);
 }
 
-fn find(dir: &Path, name: &str) -> Option<PathBuf> {
-    for item in std::fs::read_dir(dir).ok()? {
-        let path = item.ok()?.path();
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    for item in std::fs::read_dir(dir).expect("read dir") {
+        let path = item.expect("dir entry").path();
         if path.is_dir() {
-            if let Some(found) = find(&path, name) {
-                return Some(found);
-            }
-        } else if path.file_name().is_some_and(|n| n == name) {
-            return Some(path);
+            walk(&path, out);
+        } else if path.extension().is_some_and(|e| e == "container") {
+            out.push(path);
         }
     }
-    None
 }
 
 /// One case against one generator; the table cell. Disagreements go to `failures`.

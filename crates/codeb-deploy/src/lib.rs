@@ -19,4 +19,4 @@ pub use engine::{
 };
 pub use error::DeployError;
 pub use state::{Active, History, Release, ReleaseOutcome, Settings, Slot};
-pub use template::{UnitContext, render_unit};
+pub use template::{KeyValue, UnitContext, render_unit};

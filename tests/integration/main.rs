@@ -11,6 +11,7 @@ mod util;
 mod actions;
 mod daemon_intake;
 mod deploy;
+mod doctor;
 mod fake_github;
 mod healthcheck;
 mod infra;

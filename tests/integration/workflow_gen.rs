@@ -48,8 +48,8 @@ fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 // Validators over every variant
 // ---------------------------------------------------------------------------------------------
 
-/// `(file name, flags)` of every variant: each type, with and without database/redis (types
-/// with tests), each environment set; plus local actions with another registry and labels.
+/// `(file name, flags)` of every variant: each type, with and without database/redis, each
+/// environment set; plus local actions with another registry and labels.
 fn variants() -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     let services: [(&str, &[&str]); 4] = [
@@ -59,11 +59,7 @@ fn variants() -> Vec<(String, Vec<String>)> {
         ("-database-redis", &["--database", "--redis"]),
     ];
     for kind in ["nextjs", "node", "rust", "static", "dockerfile"] {
-        let with_tests = !matches!(kind, "static" | "dockerfile");
         for (suffix, flags) in &services {
-            if !with_tests && !flags.is_empty() {
-                continue;
-            }
             for envs in ["staging", "production", "staging,production"] {
                 let name = format!("{kind}-{}{suffix}.yml", envs.replace(',', "+"));
                 let mut args: Vec<String> = vec!["--type".into(), kind.into()];
@@ -363,8 +359,8 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
             "may not list preview",
         ),
         (
-            &["--project", "myapp", "--type", "static", "--database"],
-            "--database needs a test job",
+            &["doctor", "--repo", "acme"],
+            "--repo `acme` is not OWNER/NAME",
         ),
         (
             &["--project", "myapp", "--check", "--force"],
@@ -530,7 +526,7 @@ fn pinned(action: &str) -> String {
 }
 
 /// `act EVENT -e payload` in `dir` with the platforms mapped to the host, the split codeb
-/// actions standing in for `codeb/<name>@v1`, `extra` arguments and `env`.
+/// actions standing in for `codeb/<name>@<pinned sha>`, `extra` arguments and `env`.
 fn act(
     dir: &Path,
     workflows: &str,
@@ -556,7 +552,8 @@ fn act(
         .args(["-P", "ubuntu-latest=-self-hosted"]);
     for name in ["port-validate", "quadlet-update", "healthcheck"] {
         c.arg("--local-repository").arg(format!(
-            "codeb/{name}@v1={}",
+            "{}={}",
+            pinned(&format!("codeb/{name}")),
             split_dir.join(name).display()
         ));
     }

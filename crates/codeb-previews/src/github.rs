@@ -2,6 +2,7 @@
 //! their statuses, and the one preview comment per pull request (found by a marker).
 
 use crate::PreviewError;
+use codeb_secret::Secret;
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -34,14 +35,14 @@ fn err(what: &str, e: octocrab::Error) -> PreviewError {
 }
 
 impl GitHub {
-    pub fn new(api_url: &str, token: Option<String>) -> Result<Self, PreviewError> {
+    pub fn new(api_url: &str, token: Option<Secret>) -> Result<Self, PreviewError> {
         let mut b = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| PreviewError::Config(format!("github_api_url `{api_url}`: {e}")))?
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(30)));
         if let Some(t) = token {
-            b = b.personal_token(t);
+            b = b.personal_token(t.expose().to_owned());
         }
         let oc = b
             .build()

@@ -18,6 +18,7 @@ use codeb_core::manifest::Target;
 use codeb_core::{Environment, ProjectName};
 use codeb_deploy::{DeployOptions, Engine, Outcome, RuntimeChoice, Strategy, TargetLocation};
 use codeb_host::{AllocateError, HostPorts, ManifestStore};
+use codeb_secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -163,7 +164,7 @@ impl PreviewConfig {
     /// Checks everything that can be checked without the network: durations, runtime, names,
     /// the domain pattern, and the token file (readable, not readable by everyone). Returns
     /// the token, the TTL, the health deadline and the runtime.
-    fn checked(&self) -> Result<(Option<String>, Duration, Duration, RuntimeChoice), PreviewError> {
+    fn checked(&self) -> Result<(Option<Secret>, Duration, Duration, RuntimeChoice), PreviewError> {
         let token = match &self.github_token_file {
             Some(f) => {
                 use std::os::unix::fs::PermissionsExt;
@@ -177,16 +178,18 @@ impl PreviewConfig {
                         f.display()
                     )));
                 }
-                Some(
+                Some(Secret::new(
                     std::fs::read_to_string(f)
                         .map_err(|e| {
                             PreviewError::Config(format!("github_token_file {}: {e}", f.display()))
                         })?
-                        .trim()
-                        .to_owned(),
-                )
+                        .trim(),
+                ))
             }
-            None => std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
+            None => std::env::var(codeb_core::vars::GITHUB_TOKEN)
+                .ok()
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
         };
         let ttl = humantime::parse_duration(&self.ttl).map_err(|e| {
             PreviewError::Config(format!("ttl `{}`: {e}; write e.g. \"7d\"", self.ttl))

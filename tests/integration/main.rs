@@ -17,4 +17,5 @@ mod healthcheck;
 mod infra;
 mod port_validate;
 mod previews;
+mod tidy;
 mod workflow_gen;

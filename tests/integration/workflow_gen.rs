@@ -884,3 +884,51 @@ fn act_replays_a_pull_request_onto_the_preview_tag_path() {
         assert!(job_lines(&r.stdout, job).is_empty(), "{}", r.all());
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The release updates the pins of codeb's own actions
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn generated_workflows_pin_codebs_own_actions_by_the_commit_the_release_wrote() {
+    let dir = tempdir();
+    let tpl = dir.path().join("tpl");
+    fs::create_dir_all(&tpl).expect("mkdir");
+    let pins = tpl.join("pins.toml");
+    fs::copy(repo().join("templates/workflows/pins.toml"), &pins).expect("copy pins");
+    let sha = |c: char| c.to_string().repeat(40);
+    let r = run(scrubbed(repo().join("templates/release/update-pins.sh"))
+        .arg(&pins)
+        .arg("v9.8.7")
+        .arg(format!("port-validate={}", sha('a')))
+        .arg(format!("quadlet-update={}", sha('b')))
+        .arg(format!("healthcheck={}", sha('c'))));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = gen_in(
+        dir.path(),
+        &["--project", "myapp", "--templates", "tpl", "--stdout"],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    for (name, c) in [("port-validate", 'a'), ("quadlet-update", 'b'), ("healthcheck", 'c')] {
+        let line = format!("uses: codeb/{name}@{} # v9.8.7", sha(c));
+        assert!(r.stdout.contains(&line), "{line} in\n{}", r.stdout);
+    }
+    assert!(!r.stdout.contains("zizmor"), "{}", r.stdout);
+    // A short or moving ref is refused and the file is left as it was.
+    let before = fs::read(&pins).expect("read");
+    let r = run(scrubbed(repo().join("templates/release/update-pins.sh"))
+        .arg(&pins)
+        .arg("v9.8.8")
+        .arg("healthcheck=v1"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("not a full 40-character commit SHA"), "{}", r.all());
+    assert_eq!(before, fs::read(&pins).expect("read"));
+}
+
+#[test]
+fn no_zizmor_ignore_remains_in_the_repository() {
+    let r = run(scrubbed("git")
+        .current_dir(repo())
+        .args(["grep", "-n", "-I", "zizmor: ignore", "--", ".", ":!tests/integration/workflow_gen.rs"]));
+    assert_eq!(r.code, 1, "git grep found silenced zizmor findings:\n{}", r.all());
+}

@@ -21,7 +21,7 @@ mod reference;
 mod resolve;
 
 pub use auth::{
-    Auth, ENV_GITHUB_TOKEN, ENV_REGISTRY_PASSWORD, ENV_REGISTRY_TOKEN, ENV_REGISTRY_USERNAME, GHCR,
+    Auth, GHCR,
     TOKEN_USERNAME,
 };
 pub use error::RegistryError;

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use codeb_deploy::compat::HostPodman;
-use codeb_deploy::{DEFAULT_HEALTH_CMD, UnitContext, render_unit};
+use codeb_deploy::{DEFAULT_HEALTH_CMD, KeyValue, UnitContext, render_unit};
 use codeb_quadlet::ContainerUnit;
 
 #[path = "../../codeb-quadlet/tests/support/oracle.rs"]
@@ -32,7 +32,27 @@ fn context(environment: &str, slot: &str, host_port: u16) -> UnitContext {
         container_port: 3000,
         env_file: Some("/home/codeb/env/myapp.env".into()),
         health_cmd: Some(DEFAULT_HEALTH_CMD.into()),
+        extra: Vec::new(),
     }
+}
+
+/// The `[Container]` keys codeb-previews adds to a preview by default (its sandbox: see
+/// `SandboxConfig` in crates/codeb-previews/src/config.rs).
+fn preview_sandbox() -> Vec<KeyValue> {
+    [
+        ("UserNS", "auto"),
+        ("NoNewPrivileges", "true"),
+        ("DropCapability", "all"),
+        ("AddCapability", "CAP_NET_BIND_SERVICE"),
+        ("PidsLimit", "256"),
+        ("PodmanArgs", "--memory=512m"),
+    ]
+    .into_iter()
+    .map(|(key, value)| KeyValue {
+        key: key.into(),
+        value: value.into(),
+    })
+    .collect()
 }
 
 /// The embedded template's keys plus the preview hardening (issue 9 #10) that uses keys
@@ -67,6 +87,7 @@ fn every_unit_the_engine_writes_is_what_each_podman_generator_runs() {
     let mut preview = context("pr-42", "blue", 15000);
     preview.health_cmd = None; // as codeb-previews deploys
     preview.env_file = None;
+    preview.extra = preview_sandbox();
     let mut bare = context("production", "blue", 14001);
     bare.env_file = None;
     bare.health_cmd = None;

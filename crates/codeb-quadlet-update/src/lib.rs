@@ -439,6 +439,7 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
             .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),
         listen_host: "127.0.0.1".into(),
+        container_keys: Vec::new(),
     };
     let engine = match Engine::new(location(&d.at, caddy, runtime, d.templates.clone())).await {
         Ok(e) => e,

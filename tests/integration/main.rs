@@ -9,6 +9,7 @@
 mod util;
 
 mod actions;
+mod caddy_reload;
 mod daemon_intake;
 mod deploy;
 mod doctor;

@@ -395,7 +395,12 @@ fn settings_route(
             json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
         ));
     }
-    let not_found = || (404, json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}));
+    let not_found = || {
+        (
+            404,
+            json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+        )
+    };
     match seg {
         ["repos", o, r, rest @ ..] => {
             let full = format!("{o}/{r}");
@@ -478,7 +483,10 @@ fn settings_route(
                             v
                         })
                         .collect();
-                    (200, json!({"total_count": list.len(), "runner_groups": list}))
+                    (
+                        200,
+                        json!({"total_count": list.len(), "runner_groups": list}),
+                    )
                 }
                 [id, "runners"] => match groups.iter().find(|g| g.id.to_string() == *id) {
                     Some(g) => (200, runners_json(&g.runners, query)),

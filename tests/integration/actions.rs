@@ -207,10 +207,12 @@ fn released_actions(dest: &Path, assets: &Path, version: &str) -> PathBuf {
         .arg(dest));
     assert_eq!(r.code, 0, "{}", r.all());
     let lib = dest.join("actions/_lib");
-    let r = run(scrubbed(repo().join("templates/release/write-checksums.sh"))
-        .arg(assets)
-        .arg(version)
-        .arg(&lib));
+    let r = run(
+        scrubbed(repo().join("templates/release/write-checksums.sh"))
+            .arg(assets)
+            .arg(version)
+            .arg(&lib),
+    );
     assert_eq!(r.code, 0, "{}", r.all());
     lib.join("install.sh")
 }
@@ -246,8 +248,9 @@ fn installer_refuses_a_tampered_binary_whose_release_checksum_matches() {
     let r = install(&script, &base, &runner_temp, &output);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
-        r.stdout
-            .contains(&format!("Downloading {base}/download/{version}/codeb-port-validate-")),
+        r.stdout.contains(&format!(
+            "Downloading {base}/download/{version}/codeb-port-validate-"
+        )),
         "the version is the one the action release pins: {}",
         r.all()
     );
@@ -271,17 +274,16 @@ fn installer_refuses_a_tampered_binary_whose_release_checksum_matches() {
         "codeb-port-validate",
         Some("codeb-healthcheck"),
     );
-    let swapped = fs::read_to_string(
-        assets.join(format!(
-            "codeb-port-validate-{}-unknown-linux-gnu.tar.gz.sha256",
-            std::env::consts::ARCH
-        )),
-    )
+    let swapped = fs::read_to_string(assets.join(format!(
+        "codeb-port-validate-{}-unknown-linux-gnu.tar.gz.sha256",
+        std::env::consts::ARCH
+    )))
     .expect("release checksum");
     let r = install(&script, &base, &runner_temp, &dir.path().join("output2"));
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
-        r.stdout.contains("checksum mismatch for codeb-port-validate-")
+        r.stdout
+            .contains("checksum mismatch for codeb-port-validate-")
             && r.stdout.contains("it was discarded and not run"),
         "{}",
         r.all()
@@ -295,7 +297,10 @@ fn installer_refuses_a_tampered_binary_whose_release_checksum_matches() {
         r.all()
     );
     let out2 = fs::read_to_string(dir.path().join("output2")).unwrap_or_default();
-    assert!(out2.is_empty(), "no path output for a refused binary: {out2}");
+    assert!(
+        out2.is_empty(),
+        "no path output for a refused binary: {out2}"
+    );
 
     // Without RUNNER_TEMP (and no tool cache) it refuses rather than fall back to /tmp.
     let r = run(scrubbed("bash")
@@ -304,7 +309,12 @@ fn installer_refuses_a_tampered_binary_whose_release_checksum_matches() {
         .env("CODEB_BIN", "codeb-port-validate")
         .env("CODEB_RELEASE_URL", &base));
     assert_ne!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("neither RUNNER_TEMP nor RUNNER_TOOL_CACHE"), "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("neither RUNNER_TEMP nor RUNNER_TOOL_CACHE"),
+        "{}",
+        r.all()
+    );
 }
 
 #[test]
@@ -322,17 +332,25 @@ fn act_refuses_to_download_without_checksums_committed_into_the_action() {
         "install.yml",
         &[
             ("CODEB_TEST_MANIFEST", manifest.display().to_string()),
-            ("CODEB_TEST_RELEASE_URL", "http://127.0.0.1:9/releases".to_owned()),
+            (
+                "CODEB_TEST_RELEASE_URL",
+                "http://127.0.0.1:9/releases".to_owned(),
+            ),
         ],
         &path_without_codeb(),
     );
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
-        r.all().contains("this copy of the action has no checksums.txt/VERSION"),
+        r.all()
+            .contains("this copy of the action has no checksums.txt/VERSION"),
         "{}",
         r.all()
     );
-    assert!(!r.all().contains("downloaded binary validated"), "{}", r.all());
+    assert!(
+        !r.all().contains("downloaded binary validated"),
+        "{}",
+        r.all()
+    );
 }
 
 /// Every action.yml and workflow file of the repository.

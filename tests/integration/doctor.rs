@@ -47,7 +47,10 @@ fn forks_reach_a_repository_runner_of_a_public_repo_despite_the_if_guard() {
         all.contains("approval_policy=all_external_contributors"),
         "{all}"
     );
-    assert!(!all.contains("t0ken-value"), "the token never prints: {all}");
+    assert!(
+        !all.contains("t0ken-value"),
+        "the token never prints: {all}"
+    );
     let asked = gh.lock().requests.clone();
     for path in [
         "GET /repos/acme/app",
@@ -83,9 +86,8 @@ fn forks_reach_an_org_runner_group_not_restricted_to_workflows() {
         r.all()
     );
     assert!(
-        r.all().contains(
-            "PATCH /orgs/acme/actions/runner-groups/1 with restricted_to_workflows=true"
-        ),
+        r.all()
+            .contains("PATCH /orgs/acme/actions/runner-groups/1 with restricted_to_workflows=true"),
         "{}",
         r.all()
     );
@@ -120,7 +122,11 @@ fn a_runner_group_restricted_to_the_deploy_workflow_on_main_is_safe() {
     );
     let r = doctor(&gh, "acme/app", Some("t"));
     assert_eq!(r.code, 0, "{}", r.all());
-    assert!(r.stdout.contains("ok: no fork pull request can reach"), "{}", r.all());
+    assert!(
+        r.stdout.contains("ok: no fork pull request can reach"),
+        "{}",
+        r.all()
+    );
 
     // The same group with a wildcard ref lets a fork's refs/pull/N/merge run in.
     let gh = FakeGitHub::start();
@@ -131,7 +137,11 @@ fn a_runner_group_restricted_to_the_deploy_workflow_on_main_is_safe() {
     );
     let r = doctor(&gh, "acme/app", Some("t"));
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.all().contains("Pin each selected workflow"), "{}", r.all());
+    assert!(
+        r.all().contains("Pin each selected workflow"),
+        "{}",
+        r.all()
+    );
 }
 
 #[test]
@@ -148,7 +158,8 @@ fn a_private_repository_without_fork_runs_is_safe_and_with_them_is_not() {
     let r = doctor(&gh, "octo/app", Some("t"));
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(
-        r.stderr.contains("does not run workflows from fork pull requests"),
+        r.stderr
+            .contains("does not run workflows from fork pull requests"),
         "{}",
         r.all()
     );
@@ -157,7 +168,8 @@ fn a_private_repository_without_fork_runs_is_safe_and_with_them_is_not() {
     let r = doctor(&gh, "octo/app", Some("t"));
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
-        r.all().contains("run_workflows_from_fork_pull_requests=false"),
+        r.all()
+            .contains("run_workflows_from_fork_pull_requests=false"),
         "{}",
         r.all()
     );
@@ -185,7 +197,8 @@ fn doctor_errors_name_the_request_and_the_fix() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr.contains("403 Forbidden")
-            && r.stderr.contains("Resource not accessible by personal access token")
+            && r.stderr
+                .contains("Resource not accessible by personal access token")
             && r.stderr.contains("repository Administration read"),
         "{}",
         r.all()
@@ -196,7 +209,8 @@ fn doctor_errors_name_the_request_and_the_fix() {
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(
         r.stderr.contains("404 Not Found to GET ")
-            && r.stderr.contains("/repos/acme/missing: the repository not found; check --repo"),
+            && r.stderr
+                .contains("/repos/acme/missing: the repository not found; check --repo"),
         "{}",
         r.all()
     );

@@ -48,10 +48,10 @@ pub struct State {
     pub deployments: Vec<Deployment>,
     pub comments: Vec<Comment>,
     pub requests: Vec<String>,
-    /// Repositories whose pull request list answers 500.
-    pub failing: std::collections::BTreeSet<String>,
     /// Actions settings and runners of repositories and organizations (`doctor`).
     pub settings: Settings,
+    /// Repositories whose pull request list answers 500.
+    pub failing: std::collections::BTreeSet<String>,
     next_id: u64,
 }
 
@@ -425,7 +425,12 @@ fn settings_route(
             json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
         ));
     }
-    let not_found = || (404, json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}));
+    let not_found = || {
+        (
+            404,
+            json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+        )
+    };
     match seg {
         ["repos", o, r, rest @ ..] => {
             let full = format!("{o}/{r}");
@@ -508,7 +513,10 @@ fn settings_route(
                             v
                         })
                         .collect();
-                    (200, json!({"total_count": list.len(), "runner_groups": list}))
+                    (
+                        200,
+                        json!({"total_count": list.len(), "runner_groups": list}),
+                    )
                 }
                 [id, "runners"] => match groups.iter().find(|g| g.id.to_string() == *id) {
                     Some(g) => (200, runners_json(&g.runners, query)),

@@ -36,7 +36,10 @@ struct Crate {
 
 fn crates() -> Vec<Crate> {
     let mut out = Vec::new();
-    for e in fs::read_dir(repo().join("crates")).expect("crates/").flatten() {
+    for e in fs::read_dir(repo().join("crates"))
+        .expect("crates/")
+        .flatten()
+    {
         let dir = e.path();
         let Ok(text) = fs::read_to_string(dir.join("Cargo.toml")) else {
             continue;
@@ -146,7 +149,10 @@ fn tidy_only_the_daemon_depends_on_axum() {
             ));
         }
     }
-    report(v, "ARCHITECTURE.md: only codeb-daemon serves HTTP (depends on axum)");
+    report(
+        v,
+        "ARCHITECTURE.md: only codeb-daemon serves HTTP (depends on axum)",
+    );
 }
 
 #[test]
@@ -191,7 +197,14 @@ fn tidy_core_does_no_io() {
     for f in sources(&core.dir.join("src")) {
         for (n, line) in product_lines(&f) {
             let l = code(&line);
-            for io in ["std::fs", "std::net", "std::env", "std::process", "tokio", "File::"] {
+            for io in [
+                "std::fs",
+                "std::net",
+                "std::env",
+                "std::process",
+                "tokio",
+                "File::",
+            ] {
                 if l.contains(io) {
                     v.push(format!(
                         "{}:{n}: `{}` uses {io}: codeb-core does no I/O; read or probe in the caller (codeb-host) and pass the result in",

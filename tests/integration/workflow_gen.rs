@@ -153,17 +153,17 @@ fn every_generated_variant_passes_every_validator() {
         files.push(path);
     }
     println!("generated {} variants in {:?}", files.len(), t.elapsed());
-    assert_eq!(files.len(), 43);
+    assert_eq!(files.len(), 61);
     let v = Validators {
         parser: workflow_parser(dir.path()),
     };
 
     let r = v.parser(&files);
     assert_eq!(r.code, 0, "GitHub's workflow parser:\n{}", r.all());
-    assert!(r.stdout.contains("43 file(s), 0 error(s)"), "{}", r.all());
+    assert!(r.stdout.contains("61 file(s), 0 error(s)"), "{}", r.all());
     let r = v.actionlint(&files);
     assert_eq!(r.code, 0, "actionlint:\n{}", r.all());
-    assert!(r.stdout.contains("43 file(s), 0 finding(s)"), "{}", r.all());
+    assert!(r.stdout.contains("61 file(s), 0 finding(s)"), "{}", r.all());
     let r = v.zizmor(&files);
     assert_eq!(r.code, 0, "zizmor:\n{}", r.all());
     assert!(r.all().contains("No findings to report"), "{}", r.all());
@@ -909,7 +909,11 @@ fn generated_workflows_pin_codebs_own_actions_by_the_commit_the_release_wrote() 
         &["--project", "myapp", "--templates", "tpl", "--stdout"],
     );
     assert_eq!(r.code, 0, "{}", r.all());
-    for (name, c) in [("port-validate", 'a'), ("quadlet-update", 'b'), ("healthcheck", 'c')] {
+    for (name, c) in [
+        ("port-validate", 'a'),
+        ("quadlet-update", 'b'),
+        ("healthcheck", 'c'),
+    ] {
         let line = format!("uses: codeb/{name}@{} # v9.8.7", sha(c));
         assert!(r.stdout.contains(&line), "{line} in\n{}", r.stdout);
     }
@@ -921,14 +925,29 @@ fn generated_workflows_pin_codebs_own_actions_by_the_commit_the_release_wrote() 
         .arg("v9.8.8")
         .arg("healthcheck=v1"));
     assert_ne!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains("not a full 40-character commit SHA"), "{}", r.all());
+    assert!(
+        r.stderr.contains("not a full 40-character commit SHA"),
+        "{}",
+        r.all()
+    );
     assert_eq!(before, fs::read(&pins).expect("read"));
 }
 
 #[test]
 fn no_zizmor_ignore_remains_in_the_repository() {
-    let r = run(scrubbed("git")
-        .current_dir(repo())
-        .args(["grep", "-n", "-I", "zizmor: ignore", "--", ".", ":!tests/integration/workflow_gen.rs"]));
-    assert_eq!(r.code, 1, "git grep found silenced zizmor findings:\n{}", r.all());
+    let r = run(scrubbed("git").current_dir(repo()).args([
+        "grep",
+        "-n",
+        "-I",
+        "zizmor: ignore",
+        "--",
+        ".",
+        ":!tests/integration/workflow_gen.rs",
+    ]));
+    assert_eq!(
+        r.code,
+        1,
+        "git grep found silenced zizmor findings:\n{}",
+        r.all()
+    );
 }

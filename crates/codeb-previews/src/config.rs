@@ -1,10 +1,10 @@
 //! The `[previews]` section of the daemon's config: [`PreviewConfig`] as written, parsed once
 //! by [`PreviewConfig::settings`] into typed [`Settings`] that the rest of the crate uses.
 
-use codeb_secret::Secret;
 use crate::PreviewError;
 use codeb_core::ProjectName;
 use codeb_deploy::RuntimeChoice;
+use codeb_secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -140,6 +140,7 @@ pub struct Settings {
     pub domain_pattern: String,
     pub url_scheme: String,
     pub github_api_url: String,
+    /// The GitHub token (a `Secret`: `Settings` derives `Debug`).
     pub token: Option<Secret>,
     pub bot_login: Option<String>,
     pub ttl: Duration,

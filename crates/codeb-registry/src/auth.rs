@@ -155,10 +155,7 @@ mod tests {
             Auth::Bearer(Secret::new("gh"))
         );
         assert_eq!(
-            select(
-                ghcr,
-                &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "cb")]
-            ),
+            select(ghcr, &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "cb")]),
             Auth::Bearer(Secret::new("cb"))
         );
         assert_eq!(
@@ -207,17 +204,17 @@ mod tests {
             "ghcr.io:8443/org/app:v1",
         ] {
             assert_eq!(
-                select(
-                    image,
-                    &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "cb")]
-                ),
+                select(image, &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "cb")]),
                 Auth::Anonymous,
                 "{image}"
             );
             assert_eq!(
                 select(
                     image,
-                    &[(CODEB_REGISTRY_USERNAME, "u"), (CODEB_REGISTRY_PASSWORD, "p")]
+                    &[
+                        (CODEB_REGISTRY_USERNAME, "u"),
+                        (CODEB_REGISTRY_PASSWORD, "p")
+                    ]
                 ),
                 basic("u", "p"),
                 "{image}"

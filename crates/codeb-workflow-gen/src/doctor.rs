@@ -93,9 +93,7 @@ pub enum DoctorError {
         "GitHub answered 401 Unauthorized to GET {url}: {why}; set CODEB_GITHUB_TOKEN (or GITHUB_TOKEN) to a token of an administrator of the repository"
     )]
     Unauthorized { url: String, why: &'static str },
-    #[error(
-        "GitHub answered 403 Forbidden to GET {url} ({message}); reading {what} needs {needs}"
-    )]
+    #[error("GitHub answered 403 Forbidden to GET {url} ({message}); reading {what} needs {needs}")]
     Forbidden {
         url: String,
         message: String,
@@ -450,7 +448,9 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect())
         };
         match status {
-            200 => serde_json::from_slice(&body).map_err(|source| DoctorError::Decode { url, source }),
+            200 => {
+                serde_json::from_slice(&body).map_err(|source| DoctorError::Decode { url, source })
+            }
             401 => Err(DoctorError::Unauthorized {
                 url,
                 why: if self.token.is_some() {
@@ -656,20 +656,29 @@ mod tests {
                 .contains("acme/app/.github/workflows/app-deploy.yml@refs/heads/main"),
             "{v:?}"
         );
-        assert!(v.findings.iter().any(|x| x.fix.contains("all_external_contributors")));
+        assert!(
+            v.findings
+                .iter()
+                .any(|x| x.fix.contains("all_external_contributors"))
+        );
     }
 
     #[test]
     fn restricted_group_pinned_to_a_branch_is_safe_and_a_wildcard_is_not() {
         let mut f = facts(true, true);
-        f.groups
-            .push(group(true, &["acme/app/.github/workflows/app-deploy.yml@refs/heads/main"]));
+        f.groups.push(group(
+            true,
+            &["acme/app/.github/workflows/app-deploy.yml@refs/heads/main"],
+        ));
         assert!(assess(&f, WF).safe(), "{:?}", assess(&f, WF));
         f.groups[0].selected_workflows = vec!["acme/app/.github/workflows/app-deploy.yml@*".into()];
         assert!(!assess(&f, WF).safe());
         f.groups[0].restricted_to_workflows = false;
         let v = assess(&f, WF);
-        assert!(v.findings[0].fix.contains("restricted_to_workflows=true"), "{v:?}");
+        assert!(
+            v.findings[0].fix.contains("restricted_to_workflows=true"),
+            "{v:?}"
+        );
     }
 
     #[test]

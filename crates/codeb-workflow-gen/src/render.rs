@@ -174,7 +174,10 @@ mod tests {
                 text.contains(&format!("--type {kind} --database --redis")),
                 "the header keeps the flags for provisioning:\n{text}"
             );
-            assert!(!text.contains("services:"), "no test job, no services:\n{text}");
+            assert!(
+                !text.contains("services:"),
+                "no test job, no services:\n{text}"
+            );
             let body = |t: &str| {
                 t.split_once(stamp::HASH_LINE)
                     .and_then(|(_, rest)| rest.split_once('\n'))

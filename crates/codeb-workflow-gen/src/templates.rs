@@ -544,7 +544,10 @@ mod tests {
             .and_then(|rest| rest.split_once(" # "))
             .expect("codeb/port-validate@<sha> # <version>");
         assert_eq!(sha.len(), 40, "{pinned}");
-        assert!(!version.is_empty() && !pinned.contains("zizmor"), "{pinned}");
+        assert!(
+            !version.is_empty() && !pinned.contains("zizmor"),
+            "{pinned}"
+        );
         assert_eq!(set.uses(true)["codeb/healthcheck"], "./actions/healthcheck");
     }
 

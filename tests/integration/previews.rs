@@ -658,11 +658,11 @@ fn fork_approval_binds_to_its_commit_and_ends_with_the_label() {
     wait_until(
         "the unapproved preview to go",
         Duration::from_secs(30),
-        || containers_of(&s, &unit).is_empty() && not_served(&s, host),
-    );
-    assert_eq!(
-        s.github.statuses("pr-9").last().map(String::as_str),
-        Some("inactive")
+        || {
+            containers_of(&s, &unit).is_empty()
+                && not_served(&s, host)
+                && s.github.statuses("pr-9").last().map(String::as_str) == Some("inactive")
+        },
     );
 
     // A fresh approval on d: the preview of d.
@@ -682,7 +682,11 @@ fn fork_approval_binds_to_its_commit_and_ends_with_the_label() {
         &pr_event("converted_to_draft", 9, &d, "mallory/app", &["preview"]),
     );
     wait_until("the draft's preview to go", Duration::from_secs(30), || {
-        containers_of(&s, &unit).is_empty() && not_served(&s, host)
+        containers_of(&s, &unit).is_empty()
+            && not_served(&s, host)
+            && !std::fs::read_to_string(&s.manifest)
+                .unwrap_or_default()
+                .contains(&unit)
     });
     let m = std::fs::read_to_string(&s.manifest).expect("manifest");
     assert!(!m.contains(&unit), "port released: {m}");
@@ -740,7 +744,9 @@ fn a_preview_is_not_reported_for_a_commit_it_does_not_serve() {
     );
     let comment = s.github.comments(REPO, 8)[0].body.clone();
     assert!(
-        comment.contains("waiting for the build of bbbbbbb"),
+        comment.contains("Preview waiting")
+            && comment.contains("for the build of bbbbbbb")
+            && comment.contains("still the image of aaaaaaa"),
         "{comment}"
     );
 

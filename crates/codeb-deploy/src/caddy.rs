@@ -21,6 +21,8 @@ pub struct Caddy {
     admin: String,
     /// The URL requests go to (`http://localhost` over a unix socket).
     base: String,
+    /// Over a unix socket Caddy only accepts an empty `Host` (its origin for unix listeners).
+    empty_host: bool,
     client: reqwest::Client,
     lock_file: Option<PathBuf>,
 }
@@ -129,6 +131,7 @@ impl Caddy {
             .map_err(|e| DeployError::Input(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {
             admin: admin.trim_end_matches('/').to_owned(),
+            empty_host: matches!(address, AdminAddress::Unix(_)),
             base,
             client,
             lock_file: None,
@@ -192,6 +195,9 @@ impl Caddy {
     ) -> Result<(u16, String), DeployError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.client.request(method.clone(), &url);
+        if self.empty_host {
+            req = req.header(reqwest::header::HOST, "");
+        }
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")

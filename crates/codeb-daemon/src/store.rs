@@ -1128,7 +1128,7 @@ mod tests {
             s.accept(delivery("4"), vec![ensure(3, &sha('d'))])
                 .await
                 .expect("accept");
-            assert!(supersedes(&expire(3), &ensure(3, &sha('d'))) == false);
+            assert!(!supersedes(&expire(3), &ensure(3, &sha('d'))));
         });
     }
 

@@ -127,7 +127,7 @@ fn measure(dir: &Path, rounds: usize) -> Result<(), String> {
         daemon_lat.ok, daemon_lat.sent, peer_lat.ok, peer_lat.sent
     );
     println!(
-        "codeb-daemon commits each delivery (SQLite WAL, synchronous=NORMAL, group commit) before answering 202; webhook answers before its command ends."
+        "codeb-daemon commits each delivery (SQLite WAL, synchronous=FULL: fsynced, group commit) before answering 202; webhook answers before its command ends."
     );
     if daemon_errors > 0 || daemon_lat.ok != daemon_lat.sent {
         return Err("codeb-daemon refused or failed requests during the benchmark".into());

@@ -144,6 +144,7 @@ pub struct Engine {
     systemd: Option<Systemd>,
     caddy: Option<Caddy>,
     resolver: Resolver,
+    compat: crate::compat::HostPodman,
 }
 
 fn settings_of(opts: &DeployOptions) -> Settings {
@@ -199,7 +200,9 @@ impl Engine {
                 caddy.map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
             })
             .transpose()?;
+        let compat = crate::compat::HostPodman::detect(&podman).await;
         Ok(Self {
+            compat,
             loc,
             podman,
             systemd,
@@ -465,6 +468,17 @@ impl Engine {
         if let Some(c) = &self.caddy {
             c.check().await.map_err(|e| input(e.to_string()))?;
         }
+        // The unit must be expressible for the host's podman (compat.rs): render it once now.
+        let probe = Digest::parse(&format!("sha256:{}", "0".repeat(64)))?;
+        self.render(
+            opts,
+            &target,
+            Slot::Blue,
+            &image,
+            &image.pinned(&probe),
+            &probe,
+            public,
+        )?;
 
         // 2. One deploy of this target at a time.
         let holder = format!(
@@ -702,7 +716,12 @@ impl Engine {
                 })
                 .collect(),
         };
-        render_unit(&ctx, self.loc.templates.as_deref())
+        let file = self
+            .loc
+            .quadlet_dir
+            .join(format!("{}.container", ctx.container_name));
+        self.compat
+            .adapt(&file, render_unit(&ctx, self.loc.templates.as_deref())?)
     }
 
     async fn start(

@@ -7,6 +7,7 @@
 //! the fronts and preview routes from `.codeb/` when Caddy lost them.
 
 mod caddy;
+pub mod compat;
 mod engine;
 mod error;
 pub mod restore;
@@ -21,4 +22,4 @@ pub use engine::{
 pub use error::DeployError;
 pub use restore::{HostRoute, RestoreReport, restore_routes};
 pub use state::{Active, Front, History, Release, ReleaseOutcome, Settings, Slot};
-pub use template::{UnitContext, render_unit};
+pub use template::{KeyValue, UnitContext, render_unit};

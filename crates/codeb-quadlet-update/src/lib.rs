@@ -8,7 +8,7 @@
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use codeb_actions::{Annotation, Exit, Level, Step, md_cell};
 use codeb_core::manifest::Target;
-use codeb_core::{Environment, ProjectName};
+use codeb_core::{Environment, ProjectName, vars};
 use codeb_deploy::{
     DeployOptions, DeployReport, Engine, Outcome, RollbackOptions, RuntimeChoice, Strategy,
     TargetLocation,
@@ -72,9 +72,14 @@ enum Command {
     /// Caddy reload or restart); routes that exist are left alone, so it is safe to repeat
     RestoreRoutes(RestoreArgs),
     /// Print the podman run arguments of a .container file, one per line
+    #[command(after_help = podman_args_help())]
     PodmanArgs {
         /// The .container unit file
         file: PathBuf,
+        /// Refuse keys (and values) that this podman's Quadlet generator lacks or translates
+        /// differently, naming the versions that accept them and the PodmanArgs= equivalent
+        #[arg(long, value_name = "X.Y", value_parser = parse_podman_version)]
+        podman_version: Option<codeb_quadlet::PodmanVersion>,
     },
 }
 
@@ -96,7 +101,7 @@ struct Where {
     #[arg(
         long,
         value_name = "DIR",
-        env = codeb_core::vars::CODEB_QUADLET_DIR,
+        env = vars::CODEB_QUADLET_DIR,
         default_value = "/etc/containers/systemd"
     )]
     quadlet_dir: PathBuf,
@@ -119,7 +124,7 @@ struct DeployArgs {
     #[arg(long, value_name = "PATH", default_value = "/api/health")]
     health_path: String,
     /// auto: systemd where it is PID 1 and podman has Quadlet (>= 4.4), else podman
-    #[arg(long, value_enum, env = codeb_core::vars::CODEB_RUNTIME, default_value_t = RuntimeArg::Auto)]
+    #[arg(long, value_enum, env = vars::CODEB_RUNTIME, default_value_t = RuntimeArg::Auto)]
     runtime: RuntimeArg,
     /// blue-green (zero downtime) or restart [default: blue-green for production, else restart]
     #[arg(long, value_enum)]
@@ -165,7 +170,7 @@ struct AdminArgs {
     #[arg(
         long,
         value_name = "ADDRESS",
-        env = codeb_core::vars::CODEB_CADDY_ADMIN,
+        env = vars::CODEB_CADDY_ADMIN,
         default_value = "http://127.0.0.1:2019"
     )]
     caddy_admin: String,
@@ -180,7 +185,7 @@ struct RestoreArgs {
     #[arg(
         long,
         value_name = "DIR",
-        env = codeb_core::vars::CODEB_QUADLET_DIR,
+        env = vars::CODEB_QUADLET_DIR,
         default_value = "/etc/containers/systemd"
     )]
     quadlet_dir: PathBuf,
@@ -265,9 +270,43 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(&step, cli)).into()
 }
 
+fn parse_podman_version(s: &str) -> Result<codeb_quadlet::PodmanVersion, String> {
+    s.parse()
+        .map_err(|e: codeb_quadlet::InvalidVersion| e.to_string())
+}
+
+/// Which podman versions accept which keys (from codeb-quadlet's table, checked against
+/// podman's own generators).
+fn podman_args_help() -> String {
+    let checked: Vec<String> = codeb_quadlet::CHECKED_GENERATORS
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut help = format!(
+        "Podman versions: every supported [Container] key is accepted by podman {} and later, except:\n",
+        checked[0]
+    );
+    for (key, _) in codeb_quadlet::newer_keys() {
+        help.push_str(&format!("  {}\n", codeb_quadlet::describe(key)));
+    }
+    help.push_str(&format!(
+        "(checked against the Quadlet generators of podman {}; deploys write the PodmanArgs= \
+         equivalent for the host's podman)",
+        checked.join(", ")
+    ));
+    help
+}
+
 async fn run(step: &Step, cli: Cli) -> Exit {
     match cli.command {
-        Command::PodmanArgs { file } => match codeb_quadlet::ContainerUnit::load(&file) {
+        Command::PodmanArgs {
+            file,
+            podman_version,
+        } => match codeb_quadlet::ContainerUnit::load(&file).and_then(|unit| {
+            podman_version
+                .map_or(Ok(()), |v| unit.check_podman_version(v))
+                .map(|()| unit)
+        }) {
             Ok(unit) => {
                 for a in unit.podman_run_args() {
                     step.result(&a);
@@ -498,12 +537,12 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> Exit {
         sha: d
             .sha
             .clone()
-            .or_else(|| env("GITHUB_SHA"))
+            .or_else(|| env(vars::GITHUB_SHA))
             .unwrap_or_default(),
         actor: d
             .actor
             .clone()
-            .or_else(|| env("GITHUB_ACTOR"))
+            .or_else(|| env(vars::GITHUB_ACTOR))
             .or_else(|| env("USER"))
             .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),

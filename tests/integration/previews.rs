@@ -672,11 +672,11 @@ fn fork_approval_binds_to_its_commit_and_ends_with_the_label() {
     wait_until(
         "the unapproved preview to go",
         Duration::from_secs(30),
-        || containers_of(&s, &unit).is_empty() && not_served(&s, host),
-    );
-    assert_eq!(
-        s.github.statuses("pr-9").last().map(String::as_str),
-        Some("inactive")
+        || {
+            containers_of(&s, &unit).is_empty()
+                && not_served(&s, host)
+                && s.github.statuses("pr-9").last().map(String::as_str) == Some("inactive")
+        },
     );
 
     // A fresh approval on d: the preview of d.
@@ -696,7 +696,11 @@ fn fork_approval_binds_to_its_commit_and_ends_with_the_label() {
         &pr_event("converted_to_draft", 9, &d, "mallory/app", &["preview"]),
     );
     wait_until("the draft's preview to go", Duration::from_secs(30), || {
-        containers_of(&s, &unit).is_empty() && not_served(&s, host)
+        containers_of(&s, &unit).is_empty()
+            && not_served(&s, host)
+            && !std::fs::read_to_string(&s.manifest)
+                .unwrap_or_default()
+                .contains(&unit)
     });
     let m = std::fs::read_to_string(&s.manifest).expect("manifest");
     assert!(!m.contains(&unit), "port released: {m}");
@@ -754,7 +758,9 @@ fn a_preview_is_not_reported_for_a_commit_it_does_not_serve() {
     );
     let comment = s.github.comments(REPO, 8)[0].body.clone();
     assert!(
-        comment.contains("waiting for the build of bbbbbbb"),
+        comment.contains("Preview waiting")
+            && comment.contains("for the build of bbbbbbb")
+            && comment.contains("still the image of aaaaaaa"),
         "{comment}"
     );
 
@@ -1010,9 +1016,17 @@ fn reconcile_keeps_project_named_my_pr_tool() {
             .unwrap_or_default()
     };
 
+    let before = names();
+    assert!(
+        [orphan.as_str(), tool, unlabelled.as_str()]
+            .iter()
+            .all(|n| before.lines().any(|l| l == *n)),
+        "the test's containers run: {before}"
+    );
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
     wait_until("the orphan to be removed", Duration::from_secs(30), || {
-        !names().lines().any(|n| n == orphan)
+        let n = names();
+        !n.is_empty() && !n.lines().any(|n| n == orphan)
     });
     daemon.post("pull_request", &pr_event("opened", 31, &f, REPO, &[]));
     daemon.post("pull_request", &pr_event("opened", 32, &g, REPO, &[]));
@@ -1076,5 +1090,47 @@ fn reconcile_keeps_project_named_my_pr_tool() {
     for n in [tool, unlabelled.as_str()] {
         let _ = s.podman.run(&["rm", "-f", "-t", "0", n]);
     }
+    daemon.kill9();
+}
+
+/// Issue 9 #4 (the daemon's part): a Caddy reload with an unrelated config erases codeb's
+/// preview front and host route; the reconciler (at start and every interval) restores them
+/// from `.codeb/` and the preview answers again.
+#[test]
+fn the_reconciler_restores_preview_routes_after_a_caddy_reload() {
+    let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup();
+    let text = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        text.replace("reconcile_interval = \"1h\"", "reconcile_interval = \"1s\""),
+    )
+    .expect("config");
+    let sha = "4".repeat(40);
+    publish(&s, "v1", "pr-41", &sha);
+    s.github.set_pr(Pr {
+        repo: REPO.into(),
+        number: 41,
+        open: true,
+        head_sha: sha.clone(),
+        head_repo: REPO.into(),
+        labels: vec![],
+        draft: false,
+    });
+    let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
+    let host = "pr-41.preview.test";
+    daemon.post("pull_request", &pr_event("opened", 41, &sha, REPO, &[]));
+    wait_until("PR 41's preview", Duration::from_secs(60), || {
+        serves(&s, host, "v1")
+    });
+    s.caddy
+        .load(
+            r#"{"apps":{"http":{"servers":{"unrelated":{"listen":["127.0.0.1:1"],"routes":[]}}}}}"#,
+        )
+        .expect("reload with an unrelated config");
+    assert!(!serves(&s, host, "v1"), "the reload erased the route");
+    wait_until("the restored route", Duration::from_secs(30), || {
+        serves(&s, host, "v1")
+    });
     daemon.kill9();
 }

@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|guest]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|preview|workflows|webhook|guest]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
 //! guest of scripts/vm and runs only when named).
 
@@ -42,6 +42,12 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"deploy"))
         && let Err(e) = deploy::deploy(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"preview"))
+        && let Err(e) = deploy::preview(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

@@ -474,6 +474,38 @@ image = "ghcr.io/acme/shop"
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid_and_states_the_defaults() {
+        let text = include_str!("../../../templates/systemd/daemon.toml")
+            .replace("secret_file = \"/etc/codeb/webhook-secret\"\n", "");
+        let c = parse(
+            Path::new("/etc/codeb/daemon.toml"),
+            &text,
+            &env_with(Some("s")),
+        )
+        .expect("the example parses");
+        assert_eq!(c.limits, Limits::default());
+        c.previews.validate().expect("its [previews] is valid");
+    }
+
+    #[test]
+    fn intake_limits_out_of_range_are_named() {
+        let base = "listen = \"127.0.0.1:1\"\nstate_dir = \"x\"\n[intake]\n";
+        for (extra, needle) in [
+            ("header_read_timeout = \"0s\"\n", "header_read_timeout"),
+            ("max_webhooks_in_flight = 0\n", "max_webhooks_in_flight"),
+            ("max_body_bytes = 10\n", "max_body_bytes"),
+            ("max_body_bytes = 99999999999\n", "max_body_bytes"),
+            ("bogus = 1\n", "bogus"),
+        ] {
+            let text = format!("{base}{extra}");
+            let err = parse(Path::new("d.toml"), &text, &env_with(Some("s")))
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn secret_file_must_be_private() {
         let dir = tempfile::tempdir().expect("tempdir");
         let secret = dir.path().join("secret");

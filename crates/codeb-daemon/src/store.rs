@@ -1054,6 +1054,124 @@ mod tests {
         });
     }
 
+    fn expire(pr: u64) -> Intent {
+        Intent::ExpirePreview {
+            repo: "acme/shop".into(),
+            pr,
+        }
+    }
+
+    /// Issue 9 #7: the reconciler's removals run in the pull request's queue: an expiry never
+    /// runs beside or ahead of a queued push, never supersedes it, and is skipped while the
+    /// preview has work pending.
+    #[test]
+    fn reconciler_expiry_goes_through_the_pull_requests_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("d.sqlite3");
+        let sha = |c: char| c.to_string().repeat(40);
+        rt().block_on(async {
+            let (s, _) = Store::open(&db).expect("open");
+            // A push is queued: the expiry of that PR is not even queued.
+            s.accept(delivery("1"), vec![ensure(1, &sha('a'))])
+                .await
+                .expect("accept");
+            let ids = s
+                .enqueue(vec![expire(1), expire(2)], "reconcile-1")
+                .await
+                .expect("enqueue");
+            assert_eq!(ids.len(), 1, "only PR 2's expiry: {ids:?}");
+            // Claimed while PR 2's ensure comes in behind its expiry: the ensure wins.
+            s.accept(delivery("2"), vec![ensure(2, &sha('b'))])
+                .await
+                .expect("accept");
+            let c = s.claim(vec![], 10).await.expect("claim");
+            let got: Vec<_> = c.jobs.iter().map(|j| j.intent.clone()).collect();
+            assert_eq!(got, vec![ensure(1, &sha('a')), ensure(2, &sha('b'))]);
+            assert_eq!(c.superseded, vec!["expire_preview".to_owned()]);
+            // While PR 1's ensure runs, another expiry is not queued beside it.
+            let ids = s
+                .enqueue(vec![expire(1)], "reconcile-2")
+                .await
+                .expect("enqueue");
+            assert!(ids.is_empty(), "running work of the key: {ids:?}");
+            for j in &c.jobs {
+                s.finish(
+                    j.id,
+                    Finish::Done {
+                        result: "ok".into(),
+                    },
+                )
+                .await
+                .expect("finish");
+            }
+            // Idle now: the expiry is queued, and a push that comes after it is not lost.
+            let ids = s
+                .enqueue(vec![expire(1)], "reconcile-3")
+                .await
+                .expect("enqueue");
+            assert_eq!(ids.len(), 1);
+            s.accept(delivery("3"), vec![ensure(1, &sha('c'))])
+                .await
+                .expect("accept");
+            let c = s.claim(vec![], 10).await.expect("claim");
+            let got: Vec<_> = c.jobs.iter().map(|j| j.intent.clone()).collect();
+            assert_eq!(got, vec![ensure(1, &sha('c'))]);
+            // An ensure queued before an expiry is never superseded by it.
+            s.finish(
+                c.jobs[0].id,
+                Finish::Done {
+                    result: "ok".into(),
+                },
+            )
+            .await
+            .expect("finish");
+            s.accept(delivery("4"), vec![ensure(3, &sha('d'))])
+                .await
+                .expect("accept");
+            assert!(!supersedes(&expire(3), &ensure(3, &sha('d'))));
+        });
+    }
+
+    /// Issue 9 #2: coalescing must not carry a fork's approval over to a later commit.
+    #[test]
+    fn an_approval_does_not_carry_over_to_a_later_commit_when_coalescing() {
+        let sha = |c: char| c.to_string().repeat(40);
+        let approve = |sha: &str| Intent::EnsurePreview {
+            repo: "acme/shop".into(),
+            pr: 1,
+            head_sha: sha.into(),
+            fork: true,
+            labels: vec!["preview".into()],
+            image_tag: None,
+            approves: true,
+        };
+        let mut push = ensure(1, &sha('b'));
+        if let Intent::EnsurePreview { fork, .. } = &mut push {
+            *fork = true;
+        }
+        let merged = merge(&approve(&sha('a')), &push).unwrap_or(push.clone());
+        assert!(
+            matches!(
+                merged,
+                Intent::EnsurePreview {
+                    approves: false,
+                    ..
+                }
+            ),
+            "{merged:?}"
+        );
+        // A package event (no commit) after the approval keeps the approval of that commit.
+        let mut package = ensure(1, "");
+        if let Intent::EnsurePreview { fork, .. } = &mut package {
+            *fork = true;
+        }
+        let merged = merge(&approve(&sha('a')), &package).expect("merged");
+        assert!(
+            matches!(&merged, Intent::EnsurePreview { approves: true, head_sha, .. } if *head_sha == sha('a')),
+            "{merged:?}"
+        );
+    }
+
     #[test]
     fn interrupted_jobs_rerun_and_done_jobs_never_do() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -270,6 +270,7 @@ pub async fn reconcile<A: Applier>(
                 info!(
                     expire = ?expire,
                     orphans_removed = ?report.orphans_removed,
+                    restored = ?report.restored,
                     "reconciled"
                 );
             }

@@ -54,6 +54,8 @@ pub struct ReconcileReport {
     /// Previews of closed pull requests or idle past the TTL.
     pub expire: Vec<Intent>,
     pub orphans_removed: Vec<String>,
+    /// Caddy fronts and routes that were missing and were put back from `.codeb/`.
+    pub restored: Vec<String>,
     /// Repositories (or steps) that failed; the others were reconciled all the same.
     pub errors: Vec<String>,
 }
@@ -151,6 +153,7 @@ impl Previews {
             manifest: self.store.clone(),
             quadlet_dir: self.settings.quadlet_dir.clone(),
             caddy_admin: Some(self.settings.caddy_admin.clone()),
+            allow_remote_admin: false,
             runtime: self.settings.runtime,
             templates: None,
         })
@@ -479,15 +482,17 @@ impl Previews {
             self.comment(&mut record, &text).await?;
             return Err(e);
         }
-        if let Some(c) = engine.caddy() {
-            c.host_route(
-                "codeb-previews",
-                &self.settings.routes_listen,
-                &route_id(&target),
-                &domain,
-                port,
-            )
-            .await?;
+        if engine.caddy().is_some() {
+            // Recorded in `.codeb/` too, so a Caddy reload or restart does not lose it.
+            engine
+                .add_host_route(&codeb_deploy::HostRoute {
+                    server: "codeb-previews".into(),
+                    listen: self.settings.routes_listen.clone(),
+                    id: route_id(&target),
+                    host: domain.clone(),
+                    upstream: port,
+                })
+                .await?;
         }
         self.github
             .deployment_status(repo, dep, "success", Some(&url), log_url, "preview is live")
@@ -582,9 +587,7 @@ impl Previews {
         let target = self.target(rc, pr)?;
         let engine = self.engine().await?;
         engine.remove(&target, &progress_log).await?;
-        if let Some(c) = engine.caddy() {
-            c.remove_id(&route_id(&target)).await?;
-        }
+        engine.remove_host_route(&route_id(&target)).await?;
         self.store.release(&target)?;
         let mut record = self.load_record(repo, pr)?;
         let why = why.text();
@@ -630,6 +633,17 @@ impl Previews {
         let mut report = ReconcileReport::default();
         let projects = self.settings.projects();
         let engine = self.engine().await?;
+        // Caddy may have been reloaded or restarted since: put back every front and preview
+        // route recorded in `.codeb/` that it lacks (idempotent; present routes stay).
+        match engine.restore_routes().await {
+            Ok(r) => {
+                report.restored = r.restored;
+                for (what, why) in r.skipped {
+                    report.errors.push(format!("cannot restore {what}: {why}"));
+                }
+            }
+            Err(e) => report.errors.push(format!("restoring Caddy routes: {e}")),
+        }
         // What runs first, the manifest second: a preview's port is written before its
         // container starts and its route is added, so anything listed here that belongs to
         // a preview being made is already in the manifest read below.

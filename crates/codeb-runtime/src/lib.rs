@@ -163,11 +163,27 @@ impl Podman {
     }
 
     /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container; a missing one is fine.
+    ///
+    /// A container in a user namespace of its own (`UserNS=auto`) can make podman 4.3 report
+    /// "device or resource busy" for its shm mount while it is being torn down; the removal
+    /// is tried again then (a few times, 200 ms apart).
     pub async fn remove(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
         let t = grace.as_secs().to_string();
-        self.podman(&["rm", "--force", "--ignore", "--time", &t, name])
-            .await
-            .map(drop)
+        let mut tries = 0;
+        loop {
+            match self
+                .podman(&["rm", "--force", "--ignore", "--time", &t, name])
+                .await
+            {
+                Err(RuntimeError::Failed { stderr, .. })
+                    if tries < 4 && stderr.contains("resource busy") =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other.map(drop),
+            }
+        }
     }
 
     /// Names of containers (running or not) carrying `label` (`key=value`).

@@ -449,7 +449,8 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         let rel = path
             .strip_prefix(root)
             .map_or_else(|_| path.display().to_string(), |p| p.display().to_string());
-        if rel.contains("lock") {
+        // Lock files and the lock holder's note change with every deploy that takes the lock.
+        if rel.contains("lock") || rel.ends_with(".holder") {
             continue;
         }
         if path.is_dir() {
@@ -2092,4 +2093,88 @@ fn deploy_drives_caddy_through_its_admin_unix_socket_and_refuses_remote_admin() 
     let r = restore_routes(&t, &unix.admin());
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(restore_counts(&r), (0, 1, 0), "{}", r.all());
+}
+
+/// Issue 9 (low): the restart strategy stopped the old release before it wrote the new unit,
+/// so a unit that could not be written left the target down.
+#[test]
+fn restart_strategy_keeps_the_old_release_when_the_new_unit_cannot_be_written() {
+    let t = Target::new(&TargetSpec {
+        staging: true,
+        extra: &[],
+    });
+    let env = t.env.clone();
+    let (v1, v2) = (env.v("v1"), env.v("v2"));
+    let (r, _) = t.deploy(
+        "staging",
+        &v1.reference,
+        &[
+            ("--strategy", "restart"),
+            ("--expect", "version=v1"),
+            ("--sha", &sha('1')),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let c1 = assert_one_running(&t, "staging", v1, &sha('1'));
+    // The slot's unit file becomes a non-empty directory: the atomic rename onto it fails.
+    let unit = t.unit_file("staging", c1.label("codeb.slot"));
+    fs::remove_file(&unit).expect("remove the unit file");
+    fs::create_dir_all(unit.join("blocker")).expect("a directory in its place");
+    let (r, _) = t.deploy(
+        "staging",
+        &v2.reference,
+        &[("--strategy", "restart"), ("--sha", &sha('2'))],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.all().contains(&unit.display().to_string()), "{}", r.all());
+    assert_serves(&t, "staging", "v1");
+    let still = assert_one_running(&t, "staging", v1, &sha('1'));
+    assert_eq!(still.id, c1.id, "the old release was never stopped");
+    let h = t.history("staging");
+    assert_eq!(field(&releases(&h)[0], "outcome"), "rolled-back", "{h:#}");
+    assert_eq!(field(&h["active"], "digest"), v1.digest, "{h:#}");
+}
+
+/// Issue 8 §1: a host whose podman cannot run the unit (no catatonit for RunInit=true, no
+/// Quadlet for the systemd runtime) failed midway; the preflight refuses it, exit 2, naming
+/// the package, with nothing changed (the release deployed before keeps serving).
+#[test]
+fn deploy_preflight_refuses_a_host_without_catatonit_or_quadlet() {
+    let t = Target::new(&TargetSpec {
+        staging: false,
+        extra: &[],
+    });
+    let v1 = t.env.v("v1");
+    let (r, _) = t.deploy("production", &v1.reference, &[("--expect", "version=v1")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let before = t.snapshot();
+
+    let conf = t.dir.path().join("no-init.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{}init_path = \"/nonexistent/catatonit\"\nhelper_binaries_dir = [\"/nonexistent\"]\n",
+            crate::infra::TEST_CONTAINERS_CONF
+        ),
+    )
+    .expect("write containers.conf");
+    let (mut cmd, _) = t.command(
+        "deploy",
+        &t.project,
+        "production",
+        &[("--image", &v1.reference)],
+    );
+    let r = run(cmd.env("CONTAINERS_CONF", &conf));
+    println!("no init binary: exit {}\n{}", r.code, indent(&r.all()));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.all().contains("apt-get install catatonit"), "{}", r.all());
+    assert_eq!(t.snapshot(), before, "nothing changed");
+
+    // This host's podman (4.3) has no Quadlet, so the systemd runtime is refused up front.
+    let (r, _) = t.deploy("production", &v1.reference, &[("--runtime", "systemd")]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.all().contains("Quadlet"), "{}", r.all());
+    assert!(r.all().contains("apt-get install podman"), "{}", r.all());
+    assert_eq!(t.snapshot(), before, "nothing changed");
+    assert_serves(&t, "production", "v1");
 }

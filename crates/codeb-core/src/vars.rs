@@ -20,3 +20,9 @@ pub const CODEB_CADDY_ADMIN: &str = "CODEB_CADDY_ADMIN";
 pub const CODEB_REGISTRY_TOKEN: &str = "CODEB_REGISTRY_TOKEN";
 /// Webhook secrets of codeb-daemon, comma-separated.
 pub const CODEB_WEBHOOK_SECRET: &str = "CODEB_WEBHOOK_SECRET";
+/// podman's containers.conf override (read by the deploy preflight to find the init binary).
+pub const CONTAINERS_CONF: &str = "CONTAINERS_CONF";
+/// The user's config directory (rootless podman's containers.conf).
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// The user's home directory.
+pub const HOME: &str = "HOME";

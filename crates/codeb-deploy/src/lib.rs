@@ -9,6 +9,7 @@
 mod caddy;
 mod engine;
 mod error;
+pub mod hostcheck;
 pub mod restore;
 mod state;
 mod template;

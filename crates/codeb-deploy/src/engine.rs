@@ -90,6 +90,9 @@ pub struct DeployOptions {
     pub sha: String,
     pub actor: String,
     pub listen_host: String,
+    /// How many releases the history keeps ([`crate::state::KEEP`] by default); the images
+    /// of releases that fall out are removed from the host unless another target uses them.
+    pub keep_releases: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -587,19 +590,22 @@ impl Engine {
             text,
             parsed,
         } = plan;
-        history.push(Release {
-            time: now(),
-            image: shown_image.unwrap_or_else(|| image.to_string()),
-            digest: digest.to_string(),
-            sha: opts.sha.clone(),
-            actor: opts.actor.clone(),
-            slot: new_slot,
-            strategy: strategy.as_str().into(),
-            kind,
-            outcome: ReleaseOutcome::Deploying,
-            reason: None,
-            settings: Some(settings_of(opts)),
-        });
+        let dropped = history.push(
+            Release {
+                time: now(),
+                image: shown_image.unwrap_or_else(|| image.to_string()),
+                digest: digest.to_string(),
+                sha: opts.sha.clone(),
+                actor: opts.actor.clone(),
+                slot: new_slot,
+                strategy: strategy.as_str().into(),
+                kind,
+                outcome: ReleaseOutcome::Deploying,
+                reason: None,
+                settings: Some(settings_of(opts)),
+            },
+            opts.keep_releases,
+        );
         history.save(&state_dir)?;
 
         // The new unit first: if it cannot be written, nothing else has changed and the old
@@ -734,6 +740,7 @@ impl Engine {
                 s.daemon_reload().await?;
             }
         }
+        self.prune(&state_dir, &dropped, progress).await;
         Ok(DeployReport {
             warnings: host_warnings(self.caddy.is_some()),
             outcome: Outcome::Deployed,
@@ -744,6 +751,42 @@ impl Engine {
             slot: new_slot,
             unit_file,
         })
+    }
+
+    /// Removes the images of releases that fell out of the history, unless a history in this
+    /// state directory still refers to them; images a container uses are kept by podman
+    /// itself (`podman rmi` without force). Never fails the deploy.
+    async fn prune(&self, state_dir: &Path, dropped: &[Release], progress: Progress<'_>) {
+        if dropped.is_empty() {
+            return;
+        }
+        let mut kept = std::collections::BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(state_dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "json")
+                    && let Some(unit) = p.file_stem().map(|s| s.to_string_lossy().into_owned())
+                    && let Ok(h) = History::load(state_dir, &unit)
+                {
+                    kept.extend(h.digests().map(str::to_owned));
+                }
+            }
+        }
+        let mut done = std::collections::BTreeSet::new();
+        for r in dropped {
+            if kept.contains(&r.digest) || !done.insert(r.digest.clone()) {
+                continue;
+            }
+            let (Ok(image), Ok(digest)) = (ImageRef::parse(&r.image), Digest::parse(&r.digest))
+            else {
+                continue;
+            };
+            let pinned = image.pinned(&digest);
+            match self.podman.remove_image(&pinned).await {
+                Ok(()) => progress(&format!("pruned the old image {pinned}")),
+                Err(e) => progress(&format!("kept the old image {pinned}: {e}")),
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1078,5 +1121,40 @@ fn clean_auth_dir(dir: &Path) {
         if !alive {
             remove_file(&e.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9 (low): the registry auth file lived in /tmp, where a SIGKILLed deploy left it.
+    /// It lives in `.codeb/auth/` (0700) and files of dead deploys are removed at the next one.
+    #[test]
+    fn auth_files_of_killed_deploys_are_removed_and_live_in_a_private_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join(".codeb");
+        let auth = state.join("auth");
+        crate::state::state_dir(&state).expect("state dir");
+        crate::state::state_dir(&auth).expect("auth dir");
+        // pid_max is at most 2^22, so this pid never runs.
+        let dead = auth.join("codeb-auth-4194305-abc.json");
+        let mine = auth.join(format!("codeb-auth-{}-def.json", std::process::id()));
+        std::fs::write(&dead, "{}").expect("write");
+        std::fs::write(&mine, "{}").expect("write");
+        clean_auth_dir(&auth);
+        assert!(!dead.exists(), "the killed deploy's credentials are gone");
+        assert!(mine.exists(), "a running deploy's file is kept");
+        let mode = std::fs::metadata(&auth).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let image = ImageRef::parse("127.0.0.1:5999/x/y:1").expect("image");
+        // Anonymous registries need no file at all.
+        assert!(
+            AuthFile::new(&image, &state)
+                .expect("auth")
+                .path()
+                .is_none()
+        );
     }
 }

@@ -21,5 +21,7 @@ pub use engine::{
 };
 pub use error::DeployError;
 pub use restore::{HostRoute, RestoreReport, restore_routes};
-pub use state::{Active, Front, History, Release, ReleaseOutcome, Settings, Slot};
+pub use state::{
+    Active, Front, History, KEEP as KEEP_RELEASES, Release, ReleaseOutcome, Settings, Slot,
+};
 pub use template::{UnitContext, render_unit};

@@ -478,6 +478,7 @@ impl Previews {
             sha: head_sha.clone(),
             actor: "codeb-daemon".into(),
             listen_host: "127.0.0.1".into(),
+            keep_releases: codeb_deploy::KEEP_RELEASES,
         };
         let engine = self.engine().await?;
         let result = engine.deploy(&opts, &progress_log).await;

@@ -7,6 +7,7 @@
 //! the fronts and preview routes from `.codeb/` when Caddy lost them.
 
 mod caddy;
+pub mod compat;
 mod engine;
 mod error;
 pub mod hostcheck;
@@ -16,12 +17,12 @@ mod template;
 
 pub use caddy::{AdminAddress, Caddy};
 pub use engine::{
-    DEFAULT_HEALTH_CMD, DeployOptions, DeployReport, Engine, Outcome, Progress, RollbackOptions,
-    RuntimeChoice, Strategy, TargetLocation,
+    DEFAULT_HEALTH_CMD, DeployOptions, DeployReport, Engine, Outcome, PreviewContainer, Progress,
+    RollbackOptions, RuntimeChoice, Strategy, TargetLocation,
 };
 pub use error::DeployError;
 pub use restore::{HostRoute, RestoreReport, restore_routes};
 pub use state::{
     Active, Front, History, KEEP as KEEP_RELEASES, Release, ReleaseOutcome, Settings, Slot,
 };
-pub use template::{UnitContext, render_unit};
+pub use template::{KeyValue, UnitContext, render_unit};

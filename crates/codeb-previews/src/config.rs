@@ -140,6 +140,7 @@ pub struct Settings {
     pub domain_pattern: String,
     pub url_scheme: String,
     pub github_api_url: String,
+    /// The GitHub token (a `Secret`: `Settings` derives `Debug`).
     pub token: Option<Secret>,
     pub bot_login: Option<String>,
     pub ttl: Duration,

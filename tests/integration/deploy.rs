@@ -452,7 +452,8 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
         let rel = path
             .strip_prefix(root)
             .map_or_else(|_| path.display().to_string(), |p| p.display().to_string());
-        if rel.contains("lock") {
+        // Lock files and the lock holder's note change with every deploy that takes the lock.
+        if rel.contains("lock") || rel.ends_with(".holder") {
             continue;
         }
         if path.is_dir() {
@@ -1901,9 +1902,19 @@ fn route_answers(
 
 #[test]
 fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
+    routes_survive_caddy_reload_and_restart(CaddyBuild::Debian);
+}
+
+#[test]
+fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore_current_caddy() {
+    routes_survive_caddy_reload_and_restart(CaddyBuild::Current);
+}
+
+fn routes_survive_caddy_reload_and_restart(build: CaddyBuild) {
     let mut t = Target::new(&TargetSpec {
         staging: false,
         extra: &["b"],
+        caddy: build,
     });
     let env = t.env.clone();
     let (v1, v2) = (env.v("v1"), env.v("v2"));
@@ -2012,7 +2023,7 @@ fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
         ),
     )
     .expect("write the unrelated config");
-    let mut reload = Command::new("caddy");
+    let mut reload = Command::new(build.checked_binary());
     reload
         .arg("reload")
         .arg("--config")
@@ -2080,12 +2091,22 @@ fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
 /// Issue 9 #12: codeb reached Caddy's admin API only over unauthenticated TCP, at any address.
 #[test]
 fn deploy_drives_caddy_through_its_admin_unix_socket_and_refuses_remote_admin() {
+    deploy_through_unix_socket(CaddyBuild::Debian);
+}
+
+#[test]
+fn deploy_drives_caddy_through_its_admin_unix_socket_current_caddy() {
+    deploy_through_unix_socket(CaddyBuild::Current);
+}
+
+fn deploy_through_unix_socket(build: CaddyBuild) {
     let t = Target::new(&TargetSpec {
         staging: false,
         extra: &[],
+        caddy: build,
     });
     let v1 = t.env.v("v1");
-    let unix = crate::infra::UnixCaddy::start();
+    let unix = crate::infra::UnixCaddy::start(build);
     use std::os::unix::fs::FileTypeExt;
     assert!(
         fs::metadata(unix.socket())
@@ -2125,4 +2146,144 @@ fn deploy_drives_caddy_through_its_admin_unix_socket_and_refuses_remote_admin() 
     let r = restore_routes(&t, &unix.admin());
     assert_eq!(r.code, 0, "{}", r.all());
     assert_eq!(restore_counts(&r), (0, 1, 0), "{}", r.all());
+}
+
+/// Issue 9 (low): the restart strategy stopped the old release before it wrote the new unit,
+/// so a unit that could not be written left the target down.
+#[test]
+fn restart_strategy_keeps_the_old_release_when_the_new_unit_cannot_be_written() {
+    let t = Target::new(&TargetSpec {
+        staging: true,
+        extra: &[],
+        caddy: CaddyBuild::Debian,
+    });
+    let env = t.env.clone();
+    let (v1, v2) = (env.v("v1"), env.v("v2"));
+    let (r, _) = t.deploy(
+        "staging",
+        &v1.reference,
+        &[
+            ("--strategy", "restart"),
+            ("--expect", "version=v1"),
+            ("--sha", &sha('1')),
+        ],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    let c1 = assert_one_running(&t, "staging", v1, &sha('1'));
+    // The slot's unit file becomes a non-empty directory: the atomic rename onto it fails.
+    let unit = t.unit_file("staging", c1.label("codeb.slot"));
+    fs::remove_file(&unit).expect("remove the unit file");
+    fs::create_dir_all(unit.join("blocker")).expect("a directory in its place");
+    let (r, _) = t.deploy(
+        "staging",
+        &v2.reference,
+        &[("--strategy", "restart"), ("--sha", &sha('2'))],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.all().contains(&unit.display().to_string()), "{}", r.all());
+    assert_serves(&t, "staging", "v1");
+    let still = assert_one_running(&t, "staging", v1, &sha('1'));
+    assert_eq!(still.id, c1.id, "the old release was never stopped");
+    let h = t.history("staging");
+    assert_eq!(field(&releases(&h)[0], "outcome"), "rolled-back", "{h:#}");
+    assert_eq!(field(&h["active"], "digest"), v1.digest, "{h:#}");
+}
+
+/// Issue 8 §1: a host whose podman cannot run the unit (no catatonit for RunInit=true, no
+/// Quadlet for the systemd runtime) failed midway; the preflight refuses it, exit 2, naming
+/// the package, with nothing changed (the release deployed before keeps serving).
+#[test]
+fn deploy_preflight_refuses_a_host_without_catatonit_or_quadlet() {
+    let t = Target::new(&TargetSpec {
+        staging: false,
+        extra: &[],
+        caddy: CaddyBuild::Debian,
+    });
+    let v1 = t.env.v("v1");
+    let (r, _) = t.deploy("production", &v1.reference, &[("--expect", "version=v1")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let before = t.snapshot();
+
+    let conf = t.dir.path().join("no-init.conf");
+    fs::write(
+        &conf,
+        format!(
+            "{}init_path = \"/nonexistent/catatonit\"\nhelper_binaries_dir = [\"/nonexistent\"]\n",
+            crate::infra::TEST_CONTAINERS_CONF
+        ),
+    )
+    .expect("write containers.conf");
+    let (mut cmd, _) = t.command(
+        "deploy",
+        &t.project,
+        "production",
+        &[("--image", &v1.reference)],
+    );
+    let r = run(cmd.env("CONTAINERS_CONF", &conf));
+    println!("no init binary: exit {}\n{}", r.code, indent(&r.all()));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.all().contains("apt-get install catatonit"), "{}", r.all());
+    assert_eq!(t.snapshot(), before, "nothing changed");
+
+    // This host's podman (4.3) has no Quadlet, so the systemd runtime is refused up front.
+    let (r, _) = t.deploy("production", &v1.reference, &[("--runtime", "systemd")]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.all().contains("Quadlet"), "{}", r.all());
+    assert!(r.all().contains("apt-get install podman"), "{}", r.all());
+    assert_eq!(t.snapshot(), before, "nothing changed");
+    assert_serves(&t, "production", "v1");
+}
+
+/// Issue 9 (low): pulled images were never pruned. Images of releases that fall out of the
+/// history go; the releases in the history (what a rollback needs) stay.
+#[test]
+fn deploy_prunes_images_of_releases_that_fell_out_of_the_history() {
+    let t = Target::new(&TargetSpec {
+        staging: true,
+        extra: &[],
+        caddy: CaddyBuild::Debian,
+    });
+    let env = t.env.clone();
+    let id = unique_id();
+    // Images of their own (unique digests), so no other test shares them.
+    let images: Vec<(String, String, String)> = (1..=3)
+        .map(|n| {
+            let version = format!("p{n}-{id}");
+            let local = format!("localhost/codeb-test/prune-{id}:v{n}");
+            build_sample_image(&env.podman, &local, &[("VERSION", version.as_str())])
+                .unwrap_or_else(|e| panic!("build {local}: {e}"));
+            let reference = format!("{}/codeb/prune-{id}:v{n}", env.registry.host_port());
+            let digest = push_image(&env.podman, &env.registry, &local, &reference)
+                .unwrap_or_else(|e| panic!("push {reference}: {e}"));
+            env.podman
+                .run(&["rmi", &local])
+                .expect("drop the local build");
+            let pinned = format!("{}/codeb/prune-{id}@{digest}", env.registry.host_port());
+            (reference, version, pinned)
+        })
+        .collect();
+    for (reference, version, _) in &images {
+        let expect = format!("version={version}");
+        let (r, _) = t.deploy(
+            "staging",
+            reference,
+            &[("--keep-releases", "2"), ("--expect", &expect)],
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+    }
+    assert_serves(&t, "staging", &images[2].1);
+    let exists: Vec<bool> = images
+        .iter()
+        .map(|(_, _, pinned)| env.podman.image_exists(pinned))
+        .collect();
+    assert_eq!(
+        exists,
+        [false, true, true],
+        "v1 fell out of the 2-release history and its image was pruned; v2 (rollback target) and v3 stay"
+    );
+    let h = t.history("staging");
+    assert_eq!(releases(&h).len(), 2, "{h:#}");
+    for (_, _, pinned) in &images[1..] {
+        let _ = env.podman.run(&["rmi", "--force", pinned]);
+    }
 }

@@ -742,7 +742,7 @@ pub struct UnixCaddy {
 }
 
 impl UnixCaddy {
-    pub fn start() -> Self {
+    pub fn start(build: CaddyBuild) -> Self {
         let dir = ScratchDir::new("caddy-unix");
         let socket = dir.path().join("admin.sock");
         let config_path = dir.path().join("caddy.json");
@@ -754,7 +754,7 @@ impl UnixCaddy {
             ),
         )
         .expect("write caddy.json");
-        let mut cmd = Command::new("caddy");
+        let mut cmd = Command::new(build.checked_binary());
         cmd.arg("run")
             .arg("--config")
             .arg(&config_path)
@@ -860,7 +860,7 @@ impl Caddy {
     pub fn kill_and_restart(&mut self) {
         let _ = self.daemon.child.kill();
         let _ = self.daemon.child.wait();
-        let mut cmd = Command::new("caddy");
+        let mut cmd = Command::new(self.build.checked_binary());
         cmd.arg("run")
             .arg("--config")
             .arg(self.dir.path().join("caddy.json"))

@@ -79,4 +79,16 @@ pub const ALL: &[&str] = &[
     GITHUB_ACTOR,
     GITHUB_TOKEN,
     GITHUB_API_URL,
+    CONTAINERS_CONF,
+    XDG_CONFIG_HOME,
+    HOME,
 ];
+
+// --- read by the deploy preflight ------------------------------------------------------------
+
+/// podman's containers.conf override (read by the deploy preflight to find the init binary).
+pub const CONTAINERS_CONF: &str = "CONTAINERS_CONF";
+/// The user's config directory (rootless podman's containers.conf).
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// The user's home directory.
+pub const HOME: &str = "HOME";

@@ -10,6 +10,7 @@ mod caddy;
 pub mod compat;
 mod engine;
 mod error;
+pub mod hostcheck;
 pub mod restore;
 mod state;
 mod template;
@@ -21,5 +22,7 @@ pub use engine::{
 };
 pub use error::DeployError;
 pub use restore::{HostRoute, RestoreReport, restore_routes};
-pub use state::{Active, Front, History, Release, ReleaseOutcome, Settings, Slot};
+pub use state::{
+    Active, Front, History, KEEP as KEEP_RELEASES, Release, ReleaseOutcome, Settings, Slot,
+};
 pub use template::{KeyValue, UnitContext, render_unit};

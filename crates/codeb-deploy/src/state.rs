@@ -157,9 +157,24 @@ impl History {
             .map_err(|source| DeployError::Io { path, source })
     }
 
-    pub fn push(&mut self, release: Release) {
+    /// Adds the newest release and keeps the `keep` newest (at least 2); returns the ones that
+    /// fell out (their images may be pruned).
+    pub fn push(&mut self, release: Release, keep: usize) -> Vec<Release> {
         self.releases.insert(0, release);
-        self.releases.truncate(KEEP);
+        let keep = keep.max(2);
+        if self.releases.len() > keep {
+            self.releases.split_off(keep)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Every digest this history still refers to (its releases and the active one).
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        self.releases
+            .iter()
+            .map(|r| r.digest.as_str())
+            .chain(self.active.iter().map(|a| a.digest.as_str()))
     }
 
     /// The newest release whose outcome is `Deploying` and which used `slot`.
@@ -263,9 +278,9 @@ mod tests {
     #[test]
     fn previous_good_skips_failed_and_active() {
         let mut h = History::empty("t");
-        h.push(release("d1", ReleaseOutcome::Superseded));
-        h.push(release("d2", ReleaseOutcome::Active));
-        h.push(release("d3", ReleaseOutcome::RolledBack));
+        h.push(release("d1", ReleaseOutcome::Superseded), KEEP);
+        h.push(release("d2", ReleaseOutcome::Active), KEEP);
+        h.push(release("d3", ReleaseOutcome::RolledBack), KEEP);
         h.active = Some(Active {
             slot: Slot::Green,
             image: "r/x:2".into(),
@@ -280,9 +295,12 @@ mod tests {
     fn history_is_bounded_and_roundtrips() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = History::empty("t");
+        let mut dropped = Vec::new();
         for i in 0..30 {
-            h.push(release(&format!("d{i}"), ReleaseOutcome::Superseded));
+            dropped.extend(h.push(release(&format!("d{i}"), ReleaseOutcome::Superseded), KEEP));
         }
+        assert_eq!(dropped.len(), 30 - KEEP);
+        assert_eq!(dropped[0].digest, "d0");
         assert_eq!(h.releases.len(), KEEP);
         assert_eq!(h.releases[0].digest, "d29");
         h.save(dir.path()).expect("save");

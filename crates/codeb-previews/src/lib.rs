@@ -461,6 +461,7 @@ impl Previews {
             sha: head.to_owned(),
             actor: "codeb-daemon".into(),
             listen_host: "127.0.0.1".into(),
+            keep_releases: codeb_deploy::KEEP_RELEASES,
             container_keys: rc.sandbox.clone(),
         };
         let engine = self.engine().await?;

@@ -158,6 +158,10 @@ struct DeployArgs {
     /// Who deploys [default: $GITHUB_ACTOR, else $USER]
     #[arg(long, value_name = "NAME")]
     actor: Option<String>,
+    /// How many releases the history keeps; older releases' images are pruned from the host
+    /// (unless another target still uses them)
+    #[arg(long, value_name = "N", default_value_t = codeb_deploy::KEEP_RELEASES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
+    keep_releases: usize,
     /// Directory with an app.container.tera overriding the embedded unit template
     #[arg(long, value_name = "DIR")]
     templates: Option<PathBuf>,
@@ -547,6 +551,7 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> Exit {
             .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),
         listen_host: "127.0.0.1".into(),
+        keep_releases: d.keep_releases,
         container_keys: Vec::new(),
     };
     let engine = match Engine::new(location(

@@ -186,6 +186,17 @@ impl Podman {
         }
     }
 
+    /// `podman rmi NAME` (no force: an image a container uses stays); a missing one is fine.
+    pub async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.podman(&["rmi", name]).await {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Failed { stderr, .. }) if stderr.contains("image not known") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// Names of containers (running or not) carrying `label` (`key=value`).
     pub async fn containers_with_label(&self, label: &str) -> Result<Vec<String>, RuntimeError> {
         let filter = format!("label={label}");

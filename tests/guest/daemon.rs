@@ -1,13 +1,42 @@
 //! The daemon under its shipped systemd unit (`templates/systemd/codeb-daemon.service`, with
-//! its hardening).
+//! its hardening): it starts, serves, and deploys a pull request preview through the guest's
+//! systemd and Caddy, telling (fake) GitHub about it.
 
-use crate::Ctx;
-use std::time::Duration;
+use crate::fake_github::Pr;
+use crate::{Ctx, GUEST_GITHUB, GUEST_REGISTRY};
+use hmac::{Hmac, Mac};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use std::time::{Duration, Instant};
 
-const DAEMON_CONFIG: &str = r#"listen = "127.0.0.1:3102"
+const SECRET: &str = "guest-webhook-secret";
+/// The repository whose pull requests get previews, in project `gp`.
+pub const REPO: &str = "codeb/app";
+/// Caddy's listener for preview host names (Debian's Caddyfile keeps :80).
+pub const PREVIEW_LISTEN: &str = "127.0.0.1:8080";
+pub const PREVIEW_HOST: &str = "pr-7.preview.test";
+
+fn daemon_config() -> String {
+    format!(
+        r#"listen = "127.0.0.1:3102"
 state_dir = "/var/lib/codeb"
 secret_file = "/etc/codeb/webhook-secret"
-"#;
+reconcile_interval = "1h"
+retry_backoff = "5s"
+max_attempts = 3
+
+[previews]
+github_api_url = "http://{GUEST_GITHUB}"
+domain_pattern = "pr-{{pr}}.preview.test"
+routes_listen = "{PREVIEW_LISTEN}"
+health_deadline = "180s"
+
+[previews.repos."{REPO}"]
+project = "gp"
+image = "{GUEST_REGISTRY}/codeb/sample"
+"#
+    )
+}
 
 pub fn daemon_unit_starts_and_serves(ctx: &Ctx) {
     let out = ctx.guest.ok(
@@ -15,9 +44,9 @@ pub fn daemon_unit_starts_and_serves(ctx: &Ctx) {
         &format!(
             r#"install -d -m 0750 /etc/codeb
 cat >/etc/codeb/daemon.toml <<'EOF'
-{DAEMON_CONFIG}EOF
+{config}EOF
 chmod 0640 /etc/codeb/daemon.toml
-head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >/etc/codeb/webhook-secret
+printf '%s\n' '{SECRET}' >/etc/codeb/webhook-secret
 chmod 0600 /etc/codeb/webhook-secret
 install -m 0644 /mnt/host/templates/systemd/codeb-daemon.service /etc/systemd/system/
 systemctl daemon-reload
@@ -38,7 +67,8 @@ echo "unsigned=$(curl -s -o /dev/null -w '%{{http_code}}' -X POST http://127.0.0
   -H 'content-type: application/json' -H 'X-GitHub-Event: ping' \
   -H 'X-GitHub-Delivery: 1f1a7a36-0000-4000-8000-000000000002' --data-binary "$body")"
 ls -ld /var/lib/codeb | cut -d' ' -f1
-"#
+"#,
+            config = daemon_config()
         ),
         Duration::from_secs(240),
     );
@@ -56,4 +86,128 @@ ls -ld /var/lib/codeb | cut -d' ' -f1
     );
     // StateDirectory=codeb with StateDirectoryMode=0700.
     assert!(out.contains("drwx------"), "{out}");
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).expect("hmac key");
+    mac.update(body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("sha256={hex}")
+}
+
+/// GitHub's own `pull_request` `opened` example, pointed at [`REPO`], PR 7 and `sha`.
+fn opened_event(sha: &str) -> Value {
+    let path = crate::infra::workspace_root()
+        .join("tests/corpora/github-webhooks/pull_request/opened.payload.json");
+    let mut v: Value = serde_json::from_slice(
+        &std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .expect("the corpus payload is JSON");
+    v["action"] = json!("opened");
+    v["number"] = json!(7);
+    v["repository"]["full_name"] = json!(REPO);
+    let p = &mut v["pull_request"];
+    p["number"] = json!(7);
+    p["head"]["sha"] = json!(sha);
+    p["head"]["repo"]["full_name"] = json!(REPO);
+    p["base"]["repo"]["full_name"] = json!(REPO);
+    p["labels"] = json!([]);
+    v
+}
+
+/// `curl` of `GET /api/health` with the preview's host name through Caddy, in the guest:
+/// `(status, body)`.
+pub fn preview_answer(ctx: &Ctx) -> (u16, String) {
+    let out = ctx.guest.sh(
+        &format!(
+            "curl -s -o /tmp/preview-body --max-time 10 -w '%{{http_code}}' -H 'Host: {PREVIEW_HOST}' \
+             http://{PREVIEW_LISTEN}/api/health; echo; cat /tmp/preview-body"
+        ),
+        Duration::from_secs(60),
+    );
+    let mut lines = out.stdout.lines();
+    let status = lines
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    (status, lines.next().unwrap_or_default().to_owned())
+}
+
+pub fn daemon_unit_deploys_a_pull_request_preview(ctx: &Ctx) {
+    let active = ctx.guest.sh(
+        "systemctl is-active codeb-daemon.service",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        active.stdout.trim(),
+        "active",
+        "the daemon unit runs (installed by daemon_unit_starts_and_serves)"
+    );
+    let sha = "7".repeat(40);
+    ctx.github.set_pr(Pr {
+        repo: REPO.into(),
+        number: 7,
+        open: true,
+        head_sha: sha.clone(),
+        head_repo: REPO.into(),
+        labels: vec![],
+    });
+    let body = serde_json::to_vec(&opened_event(&sha)).expect("serialize the event");
+    std::fs::write(ctx.guest.share().join("pr-7-opened.json"), &body).expect("write the event");
+    let answer = ctx.guest.ok(
+        "deliver pull_request opened",
+        &format!(
+            "curl -s -w ' %{{http_code}}' -X POST http://127.0.0.1:3102/webhook/github \
+             -H 'content-type: application/json' -H 'X-GitHub-Event: pull_request' \
+             -H 'X-GitHub-Delivery: 1f1a7a36-0000-4000-8000-000000000007' \
+             -H 'X-Hub-Signature-256: {sig}' --data-binary @/mnt/host/pr-7-opened.json",
+            sig = sign(&body)
+        ),
+        Duration::from_secs(60),
+    );
+    assert!(answer.trim_end().ends_with(" 202"), "accepted: {answer}");
+    // The job deploys pr-7 (v2's image) as a Quadlet unit through systemd, then routes the
+    // preview's host name through Caddy.
+    let t = Instant::now();
+    let mut last = preview_answer(ctx);
+    while !(last.0 == 200 && last.1.contains(r#""version":"v2""#)) {
+        assert!(
+            t.elapsed() < Duration::from_secs(360),
+            "no preview after {:?}: {last:?}; daemon journal:\n{}",
+            t.elapsed(),
+            ctx.guest
+                .sh(
+                    "journalctl -u codeb-daemon --no-pager -n 40",
+                    Duration::from_secs(60)
+                )
+                .stdout
+        );
+        std::thread::sleep(Duration::from_secs(3));
+        last = preview_answer(ctx);
+    }
+    println!("preview answered after {:?}: {last:?}", t.elapsed());
+    let units = ctx.guest.ok(
+        "the preview's unit",
+        "ls /etc/containers/systemd/ | grep -- '-pr-7' ; systemctl list-units --no-legend 'gp-*' | cat",
+        Duration::from_secs(60),
+    );
+    assert!(
+        units.contains("gp-"),
+        "the preview is a Quadlet unit: {units}"
+    );
+    // GitHub was told: a deployment for environment pr-7 whose last status is success.
+    let wait = Instant::now();
+    while ctx.github.statuses("pr-7").last().map(String::as_str) != Some("success") {
+        assert!(
+            wait.elapsed() < Duration::from_secs(60),
+            "deployment statuses of pr-7: {:?}",
+            ctx.github.statuses("pr-7")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

@@ -15,6 +15,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
 
+#[path = "../integration/fake_github.rs"]
+mod fake_github;
 #[path = "../integration/infra.rs"]
 mod infra;
 
@@ -22,6 +24,7 @@ mod daemon;
 mod deploy;
 mod vm;
 
+use fake_github::FakeGitHub;
 use infra::{Podman, Registry, SampleImages, push_image};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -32,10 +35,15 @@ use vm::{Guest, share_file};
 /// Where the guest reaches the host's test registry (its loopback; forwarded).
 pub const GUEST_REGISTRY: &str = "127.0.0.1:15000";
 const GUEST_REGISTRY_PORT: u16 = 15000;
+/// Where the guest reaches the fake GitHub API on the host (forwarded).
+pub const GUEST_GITHUB: &str = "127.0.0.1:15001";
+const GUEST_GITHUB_PORT: u16 = 15001;
 
 /// Everything the tests share: the guest, and on the host the registry with the images.
 pub struct Ctx {
     pub guest: Guest,
+    /// GitHub's REST API for the daemon in the guest (the suite's one stand-in).
+    pub github: FakeGitHub,
     pub images: SampleImages,
     pub podman: Podman,
     pub registry: Registry,
@@ -65,7 +73,17 @@ impl Ctx {
             registry.host_port(),
             t.elapsed()
         );
-        let guest = Guest::start(&[(GUEST_REGISTRY_PORT, registry.port())])?;
+        let github = FakeGitHub::start();
+        let github_port: u16 = github
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("fake GitHub url {}", github.url))?;
+        let guest = Guest::start(&[
+            (GUEST_REGISTRY_PORT, registry.port()),
+            (GUEST_GITHUB_PORT, github_port),
+        ])?;
         let bins = bin_dir();
         for name in [
             "codeb-quadlet-update",
@@ -121,6 +139,7 @@ curl -sf http://{GUEST_REGISTRY}/v2/ >/dev/null
         );
         Ok(Self {
             guest,
+            github,
             images,
             podman,
             registry,
@@ -167,6 +186,10 @@ const TESTS: &[Test] = &[
     (
         "daemon::daemon_unit_starts_and_serves",
         daemon::daemon_unit_starts_and_serves,
+    ),
+    (
+        "daemon::daemon_unit_deploys_a_pull_request_preview",
+        daemon::daemon_unit_deploys_a_pull_request_preview,
     ),
 ];
 

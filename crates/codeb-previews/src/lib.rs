@@ -151,6 +151,7 @@ impl Previews {
             manifest: self.store.clone(),
             quadlet_dir: self.settings.quadlet_dir.clone(),
             caddy_admin: Some(self.settings.caddy_admin.clone()),
+            allow_remote_admin: false,
             runtime: self.settings.runtime,
             templates: None,
         })
@@ -479,15 +480,16 @@ impl Previews {
             self.comment(&mut record, &text).await?;
             return Err(e);
         }
-        if let Some(c) = engine.caddy() {
-            c.host_route(
-                "codeb-previews",
-                &self.settings.routes_listen,
-                &route_id(&target),
-                &domain,
-                port,
-            )
-            .await?;
+        if engine.caddy().is_some() {
+            engine
+                .add_host_route(&codeb_deploy::HostRoute {
+                    server: "codeb-previews".into(),
+                    listen: self.settings.routes_listen.clone(),
+                    id: route_id(&target),
+                    host: domain.clone(),
+                    upstream: port,
+                })
+                .await?;
         }
         self.github
             .deployment_status(repo, dep, "success", Some(&url), log_url, "preview is live")
@@ -582,9 +584,7 @@ impl Previews {
         let target = self.target(rc, pr)?;
         let engine = self.engine().await?;
         engine.remove(&target, &progress_log).await?;
-        if let Some(c) = engine.caddy() {
-            c.remove_id(&route_id(&target)).await?;
-        }
+        engine.remove_host_route(&route_id(&target)).await?;
         self.store.release(&target)?;
         let mut record = self.load_record(repo, pr)?;
         let why = why.text();

@@ -1,7 +1,9 @@
 //! The daemon under its shipped systemd unit (`templates/systemd/codeb-daemon.service`, with
 //! its hardening): it starts, serves, and deploys a pull request preview through the guest's
-//! systemd and Caddy, telling (fake) GitHub about it.
+//! systemd and Caddy, telling (fake) GitHub about it; and after a reboot of the host every
+//! route answers again (`codeb-restore-routes.service`).
 
+use crate::deploy::{App, PROJECTS};
 use crate::fake_github::Pr;
 use crate::{Ctx, GUEST_GITHUB, GUEST_REGISTRY};
 use hmac::{Hmac, Mac};
@@ -148,7 +150,7 @@ pub fn daemon_unit_deploys_a_pull_request_preview(ctx: &Ctx) {
         "active",
         "the daemon unit runs (installed by daemon_unit_starts_and_serves)"
     );
-    let sha = "7".repeat(40);
+    let sha = crate::PR_SHA.to_owned();
     ctx.github.set_pr(Pr {
         repo: REPO.into(),
         number: 7,
@@ -156,6 +158,7 @@ pub fn daemon_unit_deploys_a_pull_request_preview(ctx: &Ctx) {
         head_sha: sha.clone(),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
     let body = serde_json::to_vec(&opened_event(&sha)).expect("serialize the event");
     std::fs::write(ctx.guest.share().join("pr-7-opened.json"), &body).expect("write the event");
@@ -210,4 +213,82 @@ pub fn daemon_unit_deploys_a_pull_request_preview(ctx: &Ctx) {
         );
         std::thread::sleep(Duration::from_millis(500));
     }
+}
+
+/// After a reboot of the guest every production front and the preview's host route answer
+/// again: Debian's Caddy starts from its Caddyfile (codeb's routes, added through the admin
+/// API, are not in it) and `codeb-restore-routes.service` (templates/systemd) rebuilds them
+/// from the state in /etc/containers/systemd/.codeb/. Runs last: it restores what the tests
+/// before it deployed.
+pub fn routes_answer_again_after_a_reboot(ctx: &Ctx) {
+    let deployed: Vec<App<'_>> = PROJECTS
+        .iter()
+        .map(|(p, _)| App::new(ctx, p))
+        .filter(|a| !a.unit_files().is_empty())
+        .collect();
+    assert!(
+        deployed.len() >= 4,
+        "the deploy tests leave releases behind to restore: {:?}",
+        deployed.iter().map(|a| a.project).collect::<Vec<_>>()
+    );
+    let before: Vec<(u16, String)> = deployed.iter().map(App::serving).collect();
+    for (app, s) in deployed.iter().zip(&before) {
+        assert_eq!(s.0, 200, "{} before the reboot", app.project);
+    }
+    let preview_before = preview_answer(ctx);
+    assert_eq!(preview_before.0, 200, "the preview before the reboot");
+    // The shipped unit; this guest's Caddy keeps Debian's default admin address (TCP on
+    // loopback), which the unit's CODEB_CADDY_ADMIN is set to by a drop-in.
+    let out = ctx.guest.ok(
+        "install codeb-restore-routes.service",
+        "install -m 0644 /mnt/host/templates/systemd/codeb-restore-routes.service /etc/systemd/system/
+mkdir -p /etc/systemd/system/codeb-restore-routes.service.d
+printf '[Service]\\nEnvironment=CODEB_CADDY_ADMIN=http://127.0.0.1:2019\\n' \
+  >/etc/systemd/system/codeb-restore-routes.service.d/admin.conf
+systemctl daemon-reload
+systemctl enable --now codeb-restore-routes.service
+journalctl -u codeb-restore-routes --no-pager -o cat | tail -n 20",
+        Duration::from_secs(180),
+    );
+    println!("restore-routes while every route exists:\n{out}");
+    for (app, s) in deployed.iter().zip(&before) {
+        assert_eq!(
+            &app.serving(),
+            s,
+            "{}: a restore of present routes",
+            app.project
+        );
+    }
+    ctx.guest
+        .reboot(Duration::from_secs(480))
+        .unwrap_or_else(|e| panic!("reboot: {e}"));
+    // Nothing but the boot restored the routes: Caddy came up with its Caddyfile alone.
+    let status = ctx.guest.ok(
+        "the units after the reboot",
+        "systemctl is-active caddy codeb-restore-routes codeb-daemon || true
+journalctl -b -u codeb-restore-routes --no-pager -o cat | tail -n 20",
+        Duration::from_secs(120),
+    );
+    println!("after the reboot:\n{status}");
+    let settle = |mut probe: Box<dyn FnMut() -> (u16, String) + '_>,
+                  want: &dyn Fn(&(u16, String)) -> bool| {
+        let t = Instant::now();
+        let mut now = probe();
+        // The apps' own units start at boot too, slowly under emulation.
+        while !want(&now) && t.elapsed() < Duration::from_secs(240) {
+            std::thread::sleep(Duration::from_secs(3));
+            now = probe();
+        }
+        now
+    };
+    for (app, s) in deployed.iter().zip(&before) {
+        let now = settle(Box::new(|| app.serving()), &|n| n.0 == 200);
+        assert_eq!(&now, s, "{} after the reboot:\n{status}", app.project);
+    }
+    let preview = settle(Box::new(|| preview_answer(ctx)), &|n| n.0 == 200);
+    assert_eq!(
+        preview.0, 200,
+        "the preview route after the reboot: {preview:?}\n{status}"
+    );
+    assert!(preview.1.contains(r#""version":"v2""#), "{preview:?}");
 }

@@ -32,6 +32,7 @@ fn context(environment: &str, slot: &str, host_port: u16) -> UnitContext {
         container_port: 3000,
         env_file: Some("/home/codeb/env/myapp.env".into()),
         health_cmd: Some(DEFAULT_HEALTH_CMD.into()),
+        extra: Vec::new(),
     }
 }
 

@@ -15,6 +15,8 @@
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // tests report what they measured
 
+#[path = "../integration/fake_github.rs"]
+mod fake_github;
 #[path = "../integration/infra.rs"]
 mod infra;
 
@@ -22,6 +24,7 @@ mod daemon;
 mod deploy;
 mod vm;
 
+use fake_github::FakeGitHub;
 use infra::{Podman, Registry, SampleImages, push_image};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -32,10 +35,17 @@ use vm::{Guest, share_file};
 /// Where the guest reaches the host's test registry (its loopback; forwarded).
 pub const GUEST_REGISTRY: &str = "127.0.0.1:15000";
 const GUEST_REGISTRY_PORT: u16 = 15000;
+/// The head commit of pull request 7, whose preview the daemon tests deploy.
+pub const PR_SHA: &str = "7777777777777777777777777777777777777777";
+/// Where the guest reaches the fake GitHub API on the host (forwarded).
+pub const GUEST_GITHUB: &str = "127.0.0.1:15001";
+const GUEST_GITHUB_PORT: u16 = 15001;
 
 /// Everything the tests share: the guest, and on the host the registry with the images.
 pub struct Ctx {
     pub guest: Guest,
+    /// GitHub's REST API for the daemon in the guest (the suite's one stand-in).
+    pub github: FakeGitHub,
     pub images: SampleImages,
     pub podman: Podman,
     pub registry: Registry,
@@ -53,11 +63,35 @@ impl Ctx {
         let registry = Registry::start();
         podman.trust_insecure(&registry.host_port());
         let images = SampleImages::build_and_push(&podman, &registry);
-        // The preview of pull request 7 runs v2's image under its pr-7 tag.
+        // The preview of pull request 7 runs v2's app, built from the PR's head commit (its
+        // revision label, as docker/metadata-action writes it), under its pr-7 tag.
+        let ctx_dir = infra::ScratchDir::new("pr-7-image");
+        std::fs::write(
+            ctx_dir.path().join("Containerfile"),
+            format!(
+                "FROM {}\nLABEL org.opencontainers.image.revision={PR_SHA}\n",
+                images.get("v2").local
+            ),
+        )
+        .map_err(|e| format!("write the pr-7 Containerfile: {e}"))?;
+        let dir = ctx_dir.path().to_string_lossy().into_owned();
+        let local = "localhost/codeb-test/sample-rev:pr-7";
+        podman.run(&[
+            "build",
+            "--quiet",
+            "--timestamp",
+            "0",
+            "--layers=false",
+            "-t",
+            local,
+            "-f",
+            &format!("{dir}/Containerfile"),
+            &dir,
+        ])?;
         push_image(
             &podman,
             &registry,
-            &images.get("v2").local,
+            local,
             &registry.image(&format!("{}:pr-7", SampleImages::REPO)),
         )?;
         println!(
@@ -65,7 +99,17 @@ impl Ctx {
             registry.host_port(),
             t.elapsed()
         );
-        let guest = Guest::start(&[(GUEST_REGISTRY_PORT, registry.port())])?;
+        let github = FakeGitHub::start();
+        let github_port: u16 = github
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .ok_or_else(|| format!("fake GitHub url {}", github.url))?;
+        let guest = Guest::start(&[
+            (GUEST_REGISTRY_PORT, registry.port()),
+            (GUEST_GITHUB_PORT, github_port),
+        ])?;
         let bins = bin_dir();
         for name in [
             "codeb-quadlet-update",
@@ -85,17 +129,10 @@ impl Ctx {
         let root = infra::workspace_root();
         for rel in [
             "templates/systemd/codeb-daemon.service",
+            "templates/systemd/codeb-restore-routes.service",
             "templates/sysctl/90-codeb.conf",
         ] {
             share_file(&guest, &root.join(rel), rel);
-        }
-        let restore = root.join("templates/systemd/codeb-restore-routes.service");
-        if restore.is_file() {
-            share_file(
-                &guest,
-                &restore,
-                "templates/systemd/codeb-restore-routes.service",
-            );
         }
         // What an installed codeb host has: the binaries, the sysctl file, the manifest
         // directory; plus the test registry marked as plain HTTP for podman.
@@ -111,6 +148,11 @@ cat >/home/codeb/config/port-manifest.yaml <<'EOF'
 printf '[[registry]]\nlocation = "{GUEST_REGISTRY}"\ninsecure = true\n' \
   > /etc/containers/registries.conf.d/50-codeb-test.conf
 test "$(cat /proc/sys/net/ipv4/tcp_migrate_req)" = 1
+# Preview units run with UserNS=auto (the daemon's sandbox): rootful podman takes those
+# ids from the subordinate ranges of the user "containers", which a fresh Debian 13 lacks
+# ("no subuid ranges found for user containers"). Nothing in codeb sets them up yet.
+grep -q '^containers:' /etc/subuid || echo 'containers:2147483647:2147483648' >>/etc/subuid
+grep -q '^containers:' /etc/subgid || echo 'containers:2147483647:2147483648' >>/etc/subgid
 systemctl is-active caddy
 podman --version
 curl -sf http://{GUEST_REGISTRY}/v2/ >/dev/null
@@ -121,6 +163,7 @@ curl -sf http://{GUEST_REGISTRY}/v2/ >/dev/null
         );
         Ok(Self {
             guest,
+            github,
             images,
             podman,
             registry,
@@ -167,6 +210,14 @@ const TESTS: &[Test] = &[
     (
         "daemon::daemon_unit_starts_and_serves",
         daemon::daemon_unit_starts_and_serves,
+    ),
+    (
+        "daemon::daemon_unit_deploys_a_pull_request_preview",
+        daemon::daemon_unit_deploys_a_pull_request_preview,
+    ),
+    (
+        "daemon::routes_answer_again_after_a_reboot",
+        daemon::routes_answer_again_after_a_reboot,
     ),
 ];
 

@@ -14,6 +14,7 @@ mod deploy;
 mod fake_github;
 mod healthcheck;
 mod infra;
+mod install;
 mod port_validate;
 mod previews;
 mod workflow_gen;

@@ -20,3 +20,11 @@ pub const CODEB_CADDY_ADMIN: &str = "CODEB_CADDY_ADMIN";
 pub const CODEB_REGISTRY_TOKEN: &str = "CODEB_REGISTRY_TOKEN";
 /// Webhook secrets of codeb-daemon, comma-separated.
 pub const CODEB_WEBHOOK_SECRET: &str = "CODEB_WEBHOOK_SECRET";
+/// Registration token of the self-hosted runner for `codeb-install` (else `--runner-token-file`).
+pub const CODEB_RUNNER_TOKEN: &str = "CODEB_RUNNER_TOKEN";
+/// Set by `codeb-install` for the runner's scripts (their environment is otherwise empty).
+pub const HOME: &str = "HOME";
+/// Set by `codeb-install` for the runner's scripts.
+pub const USER: &str = "USER";
+/// Set by `codeb-install` for the runner's scripts.
+pub const PATH: &str = "PATH";

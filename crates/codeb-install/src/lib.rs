@@ -34,7 +34,7 @@ What a codeb host gets (paths under --root when given):
   kernel     /etc/sysctl.d/90-codeb.conf (net.ipv4.tcp_migrate_req = 1), applied at once
   units      codeb-daemon.service (enabled, started) and codeb-restore-routes.service
   Caddy      codeb's routes live in Caddy's memory (admin API). The restore unit is linked into
-             caddy.service.wants/ and ordered After= and PartOf=caddy.service, so it runs after
+             caddy.service.wants/ and ordered After=, PartOf= and BindsTo=caddy.service, so it runs after
              every start and restart of Caddy; a drop-in adds it to `systemctl reload caddy`.
   podman     /etc/containers/containers.conf.d/90-codeb.conf (runtime = runc) only on a host
              without unified cgroups (v2), where crun cannot run; nothing on Debian 12/13's

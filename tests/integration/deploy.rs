@@ -1803,3 +1803,293 @@ fn deploy_bad_input_changes_nothing() {
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 9 #4: routes survive Caddy reloads and restarts through restore-routes
+// ---------------------------------------------------------------------------------------------
+
+/// `codeb-quadlet-update restore-routes` against this target's Caddy and quadlet dir.
+fn restore_routes(t: &Target, admin: &str) -> Run {
+    let mut cmd = scrubbed(bin(BINARY));
+    t.env.podman.configure(&mut cmd);
+    cmd.arg("restore-routes")
+        .arg("--quadlet-dir")
+        .arg(t.quadlet_dir())
+        .arg("--caddy-admin")
+        .arg(admin)
+        .stdin(Stdio::null());
+    let r = run(&mut cmd);
+    println!(
+        "[{}] restore-routes: exit {}\n{}",
+        t.project,
+        r.code,
+        indent(&r.all())
+    );
+    r
+}
+
+/// The summary line's counts: `(restored, already there, skipped)`.
+fn restore_counts(r: &Run) -> (usize, usize, usize) {
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.contains(" restored, "))
+        .unwrap_or_else(|| panic!("no summary line in {}", r.all()));
+    let n: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+/// What each route answers now: `(what, Ok(version) | Err(why))`.
+fn route_answers(
+    routes: &[(String, u16, Option<String>)],
+) -> Vec<(String, Result<String, String>)> {
+    routes
+        .iter()
+        .map(|(what, port, host)| {
+            let headers: Vec<(&str, &str)> = host.iter().map(|h| ("host", h.as_str())).collect();
+            let answer = crate::infra::http_request(
+                "GET",
+                &format!("http://127.0.0.1:{port}/api/health"),
+                &headers,
+                b"",
+                Duration::from_secs(3),
+            )
+            .and_then(|(status, body)| match status {
+                200 => Ok(version_of(&body)),
+                s => Err(format!("HTTP {s}")),
+            });
+            (what.clone(), answer)
+        })
+        .collect()
+}
+
+#[test]
+fn caddy_reload_or_restart_no_longer_erases_codeb_routes_after_restore() {
+    let mut t = Target::new(&TargetSpec {
+        staging: false,
+        extra: &["b"],
+    });
+    let env = t.env.clone();
+    let (v1, v2) = (env.v("v1"), env.v("v2"));
+    let (other, other_port) = t.extra[0].clone();
+    // A preview of the project: its own front on a preview port, and a host route on a
+    // shared server, as codeb-previews makes them.
+    let preview_port = reserve_port(5000..=5999);
+    let mut manifest = fs::read_to_string(t.manifest()).expect("manifest");
+    manifest.push_str(&format!(
+        "previews:\n  {p}-pr-7: {{project: {p}, pr: 7, port: {preview_port}}}\n",
+        p = t.project
+    ));
+    fs::write(t.manifest(), manifest).expect("write manifest");
+
+    let (r, _) = t.deploy("production", &v1.reference, &[("--expect", "version=v1")]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let (mut cmd, _) = t.command(
+        "deploy",
+        &other,
+        "production",
+        &[("--image", &v2.reference), ("--expect", "version=v2")],
+    );
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let (mut cmd, _) = t.command(
+        "deploy",
+        &t.project,
+        "preview",
+        &[("--pr", "7"), ("--image", &v2.reference)],
+    );
+    let r = run(&mut cmd);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    let routes_port = crate::infra::free_port();
+    let host = format!("pr-7.{}.test", t.project);
+    let route_id = format!("codeb-route-{}-pr-7", t.project);
+    let engine_location = codeb_deploy::TargetLocation {
+        manifest: codeb_host::ManifestStore::new(t.manifest()),
+        quadlet_dir: t.quadlet_dir(),
+        caddy_admin: Some(t.caddy.admin_url()),
+        allow_remote_admin: false,
+        runtime: codeb_deploy::RuntimeChoice::Podman,
+        templates: None,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let engine = codeb_deploy::Engine::new(engine_location).await?;
+            engine
+                .add_host_route(&codeb_deploy::HostRoute {
+                    server: "codeb-previews".into(),
+                    listen: format!("127.0.0.1:{routes_port}"),
+                    id: route_id.clone(),
+                    host: host.clone(),
+                    upstream: preview_port,
+                })
+                .await
+        })
+        .unwrap_or_else(|e| panic!("add the preview host route: {e}"));
+
+    let routes = vec![
+        (format!("{} production", t.project), t.prod, None),
+        (format!("{other} production"), other_port, None),
+        (format!("{} pr-7 front", t.project), preview_port, None),
+        (
+            format!("{host} host route"),
+            routes_port,
+            Some(host.clone()),
+        ),
+    ];
+    let expected: Vec<(String, Result<String, String>)> = routes
+        .iter()
+        .zip(["v1", "v2", "v2", "v2"])
+        .map(|((what, _, _), v)| (what.clone(), Ok(v.to_owned())))
+        .collect();
+    assert_eq!(
+        route_answers(&routes),
+        expected,
+        "every route answers after the deploys"
+    );
+
+    // Routes that exist are left alone: nothing to restore, Caddy's config unchanged.
+    let before = t.caddy.config().expect("config");
+    let r = restore_routes(&t, &t.caddy.admin_url());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(restore_counts(&r), (0, 4, 0), "{}", r.all());
+    assert_eq!(
+        t.caddy.config().expect("config"),
+        before,
+        "a restore with nothing missing changes nothing"
+    );
+
+    // 1. `caddy reload` with an unrelated config drops every codeb route.
+    let unrelated_port = crate::infra::free_port();
+    let unrelated = t.quadlet_dir().join("../unrelated.json");
+    fs::write(
+        &unrelated,
+        format!(
+            r#"{{"admin":{{"listen":"127.0.0.1:{admin}","config":{{"persist":false}}}},
+               "apps":{{"http":{{"servers":{{"site":{{"listen":["127.0.0.1:{unrelated_port}"],
+               "automatic_https":{{"disable":true}},
+               "routes":[{{"handle":[{{"handler":"static_response","body":"unrelated"}}]}}]}}}}}}}}}}"#,
+            admin = t.caddy.admin_port()
+        ),
+    )
+    .expect("write the unrelated config");
+    let mut reload = Command::new("caddy");
+    reload
+        .arg("reload")
+        .arg("--config")
+        .arg(&unrelated)
+        .arg("--address")
+        .arg(format!("127.0.0.1:{}", t.caddy.admin_port()));
+    let r = run(&mut reload);
+    assert_eq!(r.code, 0, "caddy reload: {}", r.all());
+    assert!(
+        route_answers(&routes).iter().all(|(_, a)| a.is_err()),
+        "the reload dropped codeb's routes: {:?}",
+        route_answers(&routes)
+    );
+    let r = restore_routes(&t, &t.caddy.admin_url());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(restore_counts(&r), (4, 0, 0), "{}", r.all());
+    assert_eq!(
+        route_answers(&routes),
+        expected,
+        "every route answers after the restore"
+    );
+    assert_eq!(
+        http_get(
+            &format!("http://127.0.0.1:{unrelated_port}/"),
+            Duration::from_secs(3)
+        ),
+        Ok((200, "unrelated".to_owned())),
+        "the operator's own site is kept"
+    );
+    let once = t.caddy.config().expect("config");
+    let r = restore_routes(&t, &t.caddy.admin_url());
+    assert_eq!(restore_counts(&r), (0, 4, 0), "{}", r.all());
+    assert_eq!(
+        t.caddy.config().expect("config"),
+        once,
+        "the second restore changes nothing"
+    );
+
+    // 2. Caddy killed and started again (no --resume): everything added is gone.
+    t.caddy.kill_and_restart();
+    assert!(
+        route_answers(&routes).iter().all(|(_, a)| a.is_err()),
+        "the restart dropped codeb's routes: {:?}",
+        route_answers(&routes)
+    );
+    let r = restore_routes(&t, &t.caddy.admin_url());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(restore_counts(&r), (4, 0, 0), "{}", r.all());
+    assert_eq!(
+        route_answers(&routes),
+        expected,
+        "every route answers after the restore"
+    );
+    let once = t.caddy.config().expect("config");
+    let r = restore_routes(&t, &t.caddy.admin_url());
+    assert_eq!(restore_counts(&r), (0, 4, 0), "{}", r.all());
+    assert_eq!(
+        t.caddy.config().expect("config"),
+        once,
+        "the second restore changes nothing"
+    );
+    release_port(preview_port);
+}
+
+/// Issue 9 #12: codeb reached Caddy's admin API only over unauthenticated TCP, at any address.
+#[test]
+fn deploy_drives_caddy_through_its_admin_unix_socket_and_refuses_remote_admin() {
+    let t = Target::new(&TargetSpec {
+        staging: false,
+        extra: &[],
+    });
+    let v1 = t.env.v("v1");
+    let unix = crate::infra::UnixCaddy::start();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        fs::metadata(unix.socket())
+            .expect("socket")
+            .file_type()
+            .is_socket(),
+        "Caddy listens on a unix socket"
+    );
+
+    // A remote admin URL is refused before anything changes (exit 2).
+    let before = t.snapshot();
+    let (r, _) = t.deploy(
+        "production",
+        &v1.reference,
+        &[("--caddy-admin", "http://192.0.2.10:2019")],
+    );
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.all().contains("--allow-remote-caddy-admin"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(t.snapshot(), before, "the refused deploy changed nothing");
+
+    let (r, _) = t.deploy(
+        "production",
+        &v1.reference,
+        &[("--caddy-admin", &unix.admin()), ("--expect", "version=v1")],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_serves(&t, "production", "v1");
+    let config = unix.config().expect("config through the socket");
+    assert!(
+        config.contains(&format!("codeb-{}-production-proxy", t.project)),
+        "the front is in the socket-administered Caddy: {config}"
+    );
+    let r = restore_routes(&t, &unix.admin());
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(restore_counts(&r), (0, 1, 0), "{}", r.all());
+}

@@ -118,8 +118,14 @@ pub fn http_request(
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("{url}: {e}"))?;
+    // A `host` header in `headers` replaces the default (the URL's authority).
+    let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        String::new()
+    } else {
+        format!("host: {authority}\r\n")
+    };
     let mut head = format!(
-        "{method} {path} HTTP/1.0\r\nhost: {authority}\r\nconnection: close\r\nuser-agent: codeb-test-infra\r\n"
+        "{method} {path} HTTP/1.0\r\n{host}connection: close\r\nuser-agent: codeb-test-infra\r\n"
     );
     for (name, value) in headers {
         let _ = write!(head, "{name}: {value}\r\n");
@@ -696,6 +702,80 @@ pub struct Caddy {
     dir: ScratchDir,
 }
 
+/// `caddy run` with its admin API on a unix socket (`<dir>/admin.sock`, mode 0600) only.
+#[derive(Debug)]
+pub struct UnixCaddy {
+    _daemon: Daemon,
+    socket: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl UnixCaddy {
+    pub fn start() -> Self {
+        let dir = ScratchDir::new("caddy-unix");
+        let socket = dir.path().join("admin.sock");
+        let config_path = dir.path().join("caddy.json");
+        fs::write(
+            &config_path,
+            format!(
+                r#"{{"admin":{{"listen":"unix/{}","config":{{"persist":false}}}}}}"#,
+                socket.display()
+            ),
+        )
+        .expect("write caddy.json");
+        let mut cmd = Command::new("caddy");
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"));
+        let mut daemon = Daemon::spawn("caddy", cmd, dir.path().join("log"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = daemon.exited() {
+                panic!("caddy exited ({status}):\n{}", daemon.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "caddy's admin socket did not appear:\n{}",
+                daemon.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            _daemon: daemon,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// `unix//<dir>/admin.sock`, the form codeb and Caddy take.
+    pub fn admin(&self) -> String {
+        format!("unix/{}", self.socket.display())
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /config/` through the socket (curl).
+    pub fn config(&self) -> Result<String, String> {
+        output_of(
+            "curl --unix-socket",
+            Command::new("curl")
+                .arg("-sS")
+                .arg("--fail")
+                .arg("--unix-socket")
+                .arg(&self.socket)
+                // Caddy accepts only an empty Host on its unix admin socket.
+                .arg("-H")
+                .arg("Host;")
+                .arg("http://localhost/config/"),
+        )
+    }
+}
+
 impl Caddy {
     pub fn start() -> Self {
         let dir = ScratchDir::new("caddy");
@@ -732,6 +812,25 @@ impl Caddy {
             }
         }
         panic!("caddy did not start: {last}");
+    }
+
+    /// Kills Caddy (SIGKILL) and starts it again on the same admin port with its original
+    /// config file (only the admin API): everything added through the admin API is gone.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
+        let mut cmd = Command::new("caddy");
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("caddy.json"))
+            .env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        self.daemon = Daemon::spawn("caddy", cmd, self.dir.path().join("log-restarted"));
+        let url = format!("http://127.0.0.1:{}/config/", self.admin_port);
+        self.daemon
+            .wait_ready(&url, &[200], Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("caddy did not come back: {e}"));
     }
 
     fn admin_member(port: u16) -> String {

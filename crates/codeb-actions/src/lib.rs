@@ -10,8 +10,10 @@
 //! Escaping follows GitHub's actions/toolkit (`command.ts`): messages escape `%`, CR and LF;
 //! properties also `:` and `,`.
 
+mod exit;
 mod inputs;
 
+pub use exit::Exit;
 pub use inputs::{InputError, args_with_inputs};
 
 use codeb_core::vars;
@@ -281,12 +283,17 @@ pub fn parse_args<P: clap::Parser>(step: &Step, title: &str) -> Result<P, std::p
                     ..Annotation::default()
                 },
             );
-            return Err(std::process::ExitCode::from(2));
+            return Err(Exit::Usage.into());
         }
     };
     P::try_parse_from(argv).map_err(|e| {
         let _ = e.print();
-        std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+        (if e.use_stderr() {
+            Exit::Usage
+        } else {
+            Exit::Success
+        })
+        .into()
     })
 }
 

@@ -3,7 +3,8 @@
 
 use crate::caddy::Caddy;
 use crate::error::DeployError;
-use crate::state::{Active, History, Release, ReleaseOutcome, Settings, Slot, TargetLock};
+use crate::restore::{HostRoute, RestoreReport};
+use crate::state::{Active, Front, History, Release, ReleaseOutcome, Settings, Slot, TargetLock};
 use crate::template::{UnitContext, render_unit};
 use codeb_core::manifest::{Assignment, Owner, PortUse, Scope, Target};
 use codeb_core::{Environment, ProjectName};
@@ -54,7 +55,11 @@ pub struct TargetLocation {
     pub manifest: ManifestStore,
     pub quadlet_dir: PathBuf,
     /// `None`: no Caddy front; the container publishes the public port itself (restart only).
+    /// `unix//path` (Caddy's admin socket, recommended) or a loopback URL.
     pub caddy_admin: Option<String>,
+    /// Accept a `caddy_admin` URL that is not on loopback (Caddy's admin API has no
+    /// authentication; only for a network the operator controls).
+    pub allow_remote_admin: bool,
     pub runtime: RuntimeChoice,
     pub templates: Option<PathBuf>,
 }
@@ -174,7 +179,12 @@ impl Engine {
             .caddy_admin
             .as_deref()
             .map(|url| {
-                Caddy::new(url).map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
+                let caddy = if loc.allow_remote_admin {
+                    Caddy::new_allowing_remote(url)
+                } else {
+                    Caddy::new(url)
+                };
+                caddy.map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
             })
             .transpose()?;
         Ok(Self {
@@ -200,10 +210,7 @@ impl Engine {
     pub async fn remove(&self, target: &Target, progress: Progress<'_>) -> Result<(), DeployError> {
         let unit = target.unit_name();
         let state_dir = self.loc.state_dir();
-        std::fs::create_dir_all(&state_dir).map_err(|source| DeployError::Io {
-            path: state_dir.clone(),
-            source,
-        })?;
+        crate::state::state_dir(&state_dir)?;
         let _lock = TargetLock::acquire(
             &state_dir,
             &unit,
@@ -256,6 +263,44 @@ impl Engine {
 
     pub fn caddy(&self) -> Option<&Caddy> {
         self.caddy.as_ref()
+    }
+
+    /// Adds (or updates) a host-name route, recording it in `.codeb/routes/` first so that
+    /// [`Self::restore_routes`] can rebuild it after Caddy lost its configuration.
+    pub async fn add_host_route(&self, route: &HostRoute) -> Result<(), DeployError> {
+        let caddy = self.require_caddy()?;
+        route.save(&self.loc.state_dir())?;
+        caddy
+            .host_route(
+                &route.server,
+                &route.listen,
+                &route.id,
+                &route.host,
+                route.upstream,
+            )
+            .await
+    }
+
+    /// Removes a host-name route: first its record (so that no restore brings it back), then
+    /// the route in Caddy.
+    pub async fn remove_host_route(&self, id: &str) -> Result<(), DeployError> {
+        HostRoute::forget(&self.loc.state_dir(), id)?;
+        match &self.caddy {
+            Some(c) => c.remove_id(id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds every front and host route recorded in `.codeb/` that Caddy lacks (see
+    /// [`crate::restore`]); routes that exist are left alone.
+    pub async fn restore_routes(&self) -> Result<RestoreReport, DeployError> {
+        crate::restore::restore_routes(&self.loc.state_dir(), self.require_caddy()?).await
+    }
+
+    fn require_caddy(&self) -> Result<&Caddy, DeployError> {
+        self.caddy.as_ref().ok_or_else(|| {
+            input("Caddy routes need the Caddy admin API: give --caddy-admin (unix//run/caddy/admin.sock)")
+        })
     }
 
     /// Rolls back to the newest release that served before the active one.
@@ -373,10 +418,7 @@ impl Engine {
         }
         let state_dir = self.loc.state_dir();
         writable_dir(&self.loc.quadlet_dir)?;
-        std::fs::create_dir_all(&state_dir).map_err(|source| DeployError::Io {
-            path: state_dir.clone(),
-            source,
-        })?;
+        crate::state::state_dir(&state_dir).map_err(|e| input(e.to_string()))?;
         if let Some(c) = &self.caddy {
             c.check().await.map_err(|e| input(e.to_string()))?;
         }
@@ -522,6 +564,11 @@ impl Engine {
                 new_slot.as_str()
             ));
             c.route(&unit, &opts.listen_host, public, host_port).await?;
+            history.front = Some(Front {
+                listen_host: opts.listen_host.clone(),
+                public,
+                upstream: host_port,
+            });
         }
         for r in history.releases.iter_mut() {
             if r.outcome == ReleaseOutcome::Active {

@@ -256,6 +256,7 @@ impl Previews {
             manifest: self.store.clone(),
             quadlet_dir: self.config.quadlet_dir.clone(),
             caddy_admin: Some(self.config.caddy_admin.clone()),
+            allow_remote_admin: false,
             runtime: self.runtime,
             templates: None,
         })
@@ -532,16 +533,17 @@ impl Previews {
             self.save_record(&record)?;
             return Err(PreviewError::Failed(reason));
         }
-        if let Some(c) = engine.caddy() {
-            c.host_route(
-                "codeb-previews",
-                &self.config.routes_listen,
-                &route_id(&target),
-                &domain,
-                port,
-            )
-            .await
-            .map_err(|e| PreviewError::Failed(e.to_string()))?;
+        if engine.caddy().is_some() {
+            engine
+                .add_host_route(&codeb_deploy::HostRoute {
+                    server: "codeb-previews".into(),
+                    listen: self.config.routes_listen.clone(),
+                    id: route_id(&target),
+                    host: domain.clone(),
+                    upstream: port,
+                })
+                .await
+                .map_err(|e| PreviewError::Failed(e.to_string()))?;
         }
         self.github
             .deployment_status(
@@ -578,11 +580,10 @@ impl Previews {
             .remove(&target, &progress_log)
             .await
             .map_err(|e| PreviewError::Failed(e.to_string()))?;
-        if let Some(c) = engine.caddy() {
-            c.remove_id(&route_id(&target))
-                .await
-                .map_err(|e| PreviewError::Failed(e.to_string()))?;
-        }
+        engine
+            .remove_host_route(&route_id(&target))
+            .await
+            .map_err(|e| PreviewError::Failed(e.to_string()))?;
         self.store
             .release(&target)
             .map_err(|e| PreviewError::Failed(e.to_string()))?;

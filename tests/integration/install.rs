@@ -147,12 +147,6 @@ fn install_sets_modes_and_owners_then_a_second_run_changes_nothing() {
     for (p, mode, uid, gid) in [
         ("/home/codeb", 0o750, codeb_uid, codeb_gid),
         ("/home/codeb/config", 0o2770, codeb_uid, codeb_gid),
-        (
-            "/home/codeb/config/.port-manifest.yaml.lock",
-            0o660,
-            codeb_uid,
-            codeb_gid,
-        ),
         ("/etc/codeb", 0o750, 0, 0),
         ("/etc/codeb/daemon.toml", 0o640, 0, 0),
         ("/etc/codeb/webhook-secret", 0o600, 0, 0),
@@ -168,13 +162,7 @@ fn install_sets_modes_and_owners_then_a_second_run_changes_nothing() {
             0,
         ),
         (
-            "/etc/systemd/system/codeb-restore-routes.service.d/50-caddy.conf",
-            0o644,
-            0,
-            0,
-        ),
-        (
-            "/etc/systemd/system/caddy.service.d/50-codeb.conf",
+            "/etc/systemd/system/codeb-restore-routes.service.d/50-codeb-install.conf",
             0o644,
             0,
             0,
@@ -401,12 +389,12 @@ fn uninstall_removes_what_was_installed_and_keeps_data_unless_purged() {
         "{}",
     )
     .expect("state");
-    // Someone else's drop-in for Caddy stays, and so does its directory.
-    fs::write(
-        r.join("etc/systemd/system/caddy.service.d/10-local.conf"),
-        "[Service]\n",
+    // Someone else's unit wanted by Caddy stays, and so does the directory.
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/local-hook.service",
+        r.join("etc/systemd/system/caddy.service.wants/local-hook.service"),
     )
-    .expect("local drop-in");
+    .expect("local link");
 
     let un = install(r, bins.path(), &["--uninstall"]);
     assert_eq!(un.code, 0, "{}", un.all());
@@ -417,8 +405,7 @@ fn uninstall_removes_what_was_installed_and_keeps_data_unless_purged() {
         "etc/systemd/system/multi-user.target.wants/codeb-daemon.service",
         "etc/systemd/system/codeb-restore-routes.service",
         "etc/systemd/system/codeb-restore-routes.service.d",
-        "etc/systemd/system/caddy.service.wants",
-        "etc/systemd/system/caddy.service.d/50-codeb.conf",
+        "etc/systemd/system/caddy.service.wants/codeb-restore-routes.service",
         "etc/sysctl.d/90-codeb.conf",
         "etc/containers/containers.conf.d/90-codeb.conf",
     ] {
@@ -434,9 +421,13 @@ fn uninstall_removes_what_was_installed_and_keeps_data_unless_purged() {
         "etc/codeb/webhook-secret",
         "var/lib/codeb",
         "etc/containers/systemd/.codeb/shop-production.json",
-        "etc/systemd/system/caddy.service.d/10-local.conf",
+        "etc/systemd/system/caddy.service.wants/local-hook.service",
     ] {
-        assert!(r.join(kept).exists(), "{kept} was removed\n{}", un.all());
+        assert!(
+            fs::symlink_metadata(r.join(kept)).is_ok(),
+            "{kept} was removed\n{}",
+            un.all()
+        );
     }
     assert!(
         un.stderr.contains("kept (data and configuration"),

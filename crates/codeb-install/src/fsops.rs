@@ -82,12 +82,6 @@ impl Want {
         }
     }
 
-    pub fn owned(mut self, user: &str, group: &str) -> Self {
-        self.user = user.to_owned();
-        self.group = group.to_owned();
-        self
-    }
-
     fn what(&self) -> &'static str {
         match self.kind {
             Kind::Dir => "directory",

@@ -16,9 +16,6 @@ pub mod paths {
     pub const BIN_DIR: &str = "/usr/local/bin";
     pub const CODEB_HOME: &str = "/home/codeb";
     pub const MANIFEST_DIR: &str = "/home/codeb/config";
-    /// The manifest's lock file (see codeb-host's store): created group-writable up front so
-    /// that the runner's user can lock a manifest that root (the daemon) locked first.
-    pub const MANIFEST_LOCK: &str = "/home/codeb/config/.port-manifest.yaml.lock";
     pub const ETC_CODEB: &str = "/etc/codeb";
     pub const DAEMON_TOML: &str = "/etc/codeb/daemon.toml";
     pub const WEBHOOK_SECRET: &str = "/etc/codeb/webhook-secret";
@@ -33,10 +30,9 @@ pub mod paths {
         "/etc/systemd/system/multi-user.target.wants/codeb-daemon.service";
     pub const RESTORE_UNIT: &str = "/etc/systemd/system/codeb-restore-routes.service";
     pub const RESTORE_DROPIN: &str =
-        "/etc/systemd/system/codeb-restore-routes.service.d/50-caddy.conf";
+        "/etc/systemd/system/codeb-restore-routes.service.d/50-codeb-install.conf";
     pub const RESTORE_WANTS: &str =
         "/etc/systemd/system/caddy.service.wants/codeb-restore-routes.service";
-    pub const CADDY_DROPIN: &str = "/etc/systemd/system/caddy.service.d/50-codeb.conf";
 }
 
 pub const CODEB_USER: &str = "codeb";
@@ -557,7 +553,6 @@ async fn plan_install(cx: &mut Ctx<'_>, facts: &Facts) -> Result<(), InstallErro
     for (p, tpl) in [
         (paths::RESTORE_UNIT, templates::RESTORE_UNIT),
         (paths::RESTORE_DROPIN, templates::RESTORE_DROPIN),
-        (paths::CADDY_DROPIN, templates::CADDY_DROPIN),
     ] {
         restore_changed |=
             cx.ensure(Want::file(cx.at(p), p, t.get(tpl)?, 0o644, "root", "root"))?;
@@ -600,15 +595,6 @@ async fn plan_install(cx: &mut Ctx<'_>, facts: &Facts) -> Result<(), InstallErro
             paths::DAEMON_TOML
         ));
     }
-    cx.ensure(
-        Want::config(
-            cx.at(paths::MANIFEST_LOCK),
-            paths::MANIFEST_LOCK,
-            Vec::new(),
-            0o660,
-        )
-        .owned(CODEB_USER, CODEB_USER),
-    )?;
 
     // The running system: reload units, apply the kernel settings, (re)start services.
     if cx.live {
@@ -860,14 +846,12 @@ async fn plan_uninstall(cx: &mut Ctx<'_>, purge: bool) -> Result<(), InstallErro
         paths::RESTORE_WANTS,
         paths::RESTORE_DROPIN,
         paths::RESTORE_UNIT,
-        paths::CADDY_DROPIN,
     ] {
         units_changed |= cx.remove(p, false);
     }
     for p in [
         paths::RESTORE_WANTS,
         paths::RESTORE_DROPIN,
-        paths::CADDY_DROPIN,
         paths::CONTAINERS_DROPIN,
     ] {
         if let Some(parent) = Path::new(p).parent() {

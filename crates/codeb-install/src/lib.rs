@@ -33,9 +33,12 @@ What a codeb host gets (paths under --root when given):
                                      codeb's deploy state
   kernel     /etc/sysctl.d/90-codeb.conf (net.ipv4.tcp_migrate_req = 1), applied at once
   units      codeb-daemon.service (enabled, started) and codeb-restore-routes.service
-  Caddy      codeb's routes live in Caddy's memory (admin API). The restore unit is linked into
-             caddy.service.wants/ and ordered After=, PartOf= and BindsTo=caddy.service, so it runs after
-             every start and restart of Caddy; a drop-in adds it to `systemctl reload caddy`.
+  Caddy      codeb's routes live in Caddy's memory (admin API) and are lost when Caddy loads
+             its Caddyfile again. codeb-restore-routes.service rebuilds them from codeb's state:
+             linked into caddy.service.wants/, it runs after every start, restart and reload of
+             Caddy (PartOf=, ReloadPropagatedFrom=; the installer's drop-in adds BindsTo= for a
+             Caddy that died, and the admin address http://127.0.0.1:2019 that deploys and the
+             daemon use by default)
   podman     /etc/containers/containers.conf.d/90-codeb.conf (runtime = runc) only on a host
              without unified cgroups (v2), where crun cannot run; nothing on Debian 12/13's
              default cgroup v2

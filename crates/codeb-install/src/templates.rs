@@ -26,25 +26,22 @@ pub const RESTORE_UNIT: Embedded = Embedded {
     rel: "systemd/codeb-restore-routes.service",
     text: include_str!("../../../templates/systemd/codeb-restore-routes.service"),
 };
-pub const CADDY_DROPIN: Embedded = Embedded {
-    rel: "install/caddy.service.d-50-codeb.conf",
-    text: include_str!("../../../templates/install/caddy.service.d-50-codeb.conf"),
-};
 pub const RESTORE_DROPIN: Embedded = Embedded {
-    rel: "install/codeb-restore-routes.service.d-50-caddy.conf",
-    text: include_str!("../../../templates/install/codeb-restore-routes.service.d-50-caddy.conf"),
+    rel: "install/codeb-restore-routes.service.d-50-codeb-install.conf",
+    text: include_str!(
+        "../../../templates/install/codeb-restore-routes.service.d-50-codeb-install.conf"
+    ),
 };
 pub const CONTAINERS_CONF: Embedded = Embedded {
     rel: "install/containers.conf.d-90-codeb.conf",
     text: include_str!("../../../templates/install/containers.conf.d-90-codeb.conf"),
 };
 
-pub const ALL: [Embedded; 7] = [
+pub const ALL: [Embedded; 6] = [
     SYSCTL,
     DAEMON_UNIT,
     DAEMON_TOML,
     RESTORE_UNIT,
-    CADDY_DROPIN,
     RESTORE_DROPIN,
     CONTAINERS_CONF,
 ];

@@ -18,8 +18,14 @@
 #[path = "../integration/infra.rs"]
 mod infra;
 
+// Shared with the integration tests; this binary uses part of it.
+#[allow(dead_code)]
+#[path = "../integration/fake_github.rs"]
+mod fake_github;
+
 mod daemon;
 mod deploy;
+mod install;
 mod vm;
 
 use infra::{Podman, Registry, SampleImages, push_image};
@@ -167,6 +173,10 @@ const TESTS: &[Test] = &[
     (
         "daemon::daemon_unit_starts_and_serves",
         daemon::daemon_unit_starts_and_serves,
+    ),
+    (
+        "install::installer_turns_a_fresh_guest_into_a_codeb_host",
+        install::installer_turns_a_fresh_guest_into_a_codeb_host,
     ),
 ];
 

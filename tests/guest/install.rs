@@ -66,6 +66,13 @@ pub fn installer_turns_a_fresh_guest_into_a_codeb_host(ctx: &Ctx) {
         share_file(&guest, &bins.join(name), &format!("release/{name}"));
     }
 
+    // The share is mounted by fstab (nofail) while the guest boots; make sure it is there.
+    let mounted = guest.sh(
+        "mountpoint -q /mnt/host || mount /mnt/host; ls -l /mnt/host/release/",
+        Duration::from_secs(120),
+    );
+    println!("share: {}", mounted.all());
+
     // 1. The installer, with the binaries beside it (its default), twice.
     let t = Instant::now();
     let first = guest.sh("/mnt/host/release/codeb-install 2>&1", INSTALL_TIMEOUT);

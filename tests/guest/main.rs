@@ -22,6 +22,7 @@ mod infra;
 
 mod daemon;
 mod deploy;
+mod install;
 mod vm;
 
 use fake_github::FakeGitHub;
@@ -218,6 +219,10 @@ const TESTS: &[Test] = &[
     (
         "daemon::routes_answer_again_after_a_reboot",
         daemon::routes_answer_again_after_a_reboot,
+    ),
+    (
+        "install::installer_turns_a_fresh_guest_into_a_codeb_host",
+        install::installer_turns_a_fresh_guest_into_a_codeb_host,
     ),
 ];
 

@@ -16,6 +16,7 @@ mod doctor;
 mod fake_github;
 mod healthcheck;
 mod infra;
+mod install;
 mod port_validate;
 mod previews;
 mod tidy;

@@ -82,6 +82,9 @@ pub const ALL: &[&str] = &[
     CONTAINERS_CONF,
     XDG_CONFIG_HOME,
     HOME,
+    CODEB_RUNNER_TOKEN,
+    USER,
+    PATH,
 ];
 
 // --- read by the deploy preflight ------------------------------------------------------------
@@ -92,3 +95,9 @@ pub const CONTAINERS_CONF: &str = "CONTAINERS_CONF";
 pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
 /// The user's home directory.
 pub const HOME: &str = "HOME";
+/// Registration token of the self-hosted runner for `codeb-install` (else `--runner-token-file`).
+pub const CODEB_RUNNER_TOKEN: &str = "CODEB_RUNNER_TOKEN";
+/// Set by `codeb-install` for the runner's scripts.
+pub const USER: &str = "USER";
+/// Set by `codeb-install` for the runner's scripts.
+pub const PATH: &str = "PATH";

@@ -20,3 +20,15 @@ pub const CODEB_CADDY_ADMIN: &str = "CODEB_CADDY_ADMIN";
 pub const CODEB_REGISTRY_TOKEN: &str = "CODEB_REGISTRY_TOKEN";
 /// Webhook secrets of codeb-daemon, comma-separated.
 pub const CODEB_WEBHOOK_SECRET: &str = "CODEB_WEBHOOK_SECRET";
+
+// `we` (crates/codeb-we), the command line of the control plane.
+/// Token of `we`; overrides the stored credentials (CI).
+pub const CODEB_TOKEN: &str = "CODEB_TOKEN";
+/// Control plane URL of `we`; overrides the stored server (CI).
+pub const CODEB_SERVER: &str = "CODEB_SERVER";
+/// Base directory of user configuration (XDG); `we` keeps its credentials below it.
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// The user's home directory (`$HOME/.config` when `XDG_CONFIG_HOME` is unset).
+pub const HOME: &str = "HOME";
+/// Set (to anything non-empty) to turn colour off (no-color.org).
+pub const NO_COLOR: &str = "NO_COLOR";

@@ -16,4 +16,5 @@ mod healthcheck;
 mod infra;
 mod port_validate;
 mod previews;
+mod we_cli;
 mod workflow_gen;

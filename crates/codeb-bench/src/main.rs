@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|we]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark's job is to print figures
@@ -14,6 +14,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod deploy;
+mod we;
 mod webhook;
 mod workflows;
 
@@ -52,6 +53,12 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"webhook"))
         && let Err(e) = webhook::webhook(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"we"))
+        && let Err(e) = we::run(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

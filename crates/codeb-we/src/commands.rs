@@ -1195,13 +1195,32 @@ async fn health(a: cli::HealthArgs, api: &Api, out: &Out) -> Result<Exit, WeErro
     })
 }
 
+fn show_log(out: &Out, ev: &LogEvent) -> Result<(), WeError> {
+    if out.json {
+        return out.json_line(ev);
+    }
+    match ev {
+        LogEvent::Source { container, slot } => out.info(&format!(
+            "== {container}{}",
+            slot.as_ref()
+                .map_or_else(String::new, |s| format!(" ({s})"))
+        )),
+        LogEvent::Line { line, .. } => out.line(line)?,
+        LogEvent::End { reason } => out.info(&format!("== {reason}")),
+    }
+    Ok(())
+}
+
+/// `we logs`: the tail, and with `-f` the stream, reconnected when it ends or breaks (a
+/// deploy that switches slots ends the old container's stream) until interrupted.
 async fn logs(a: cli::LogsArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
     let project = project_name(&a.project)?;
     let path = paths::logs(project.as_str());
-    let mut tail = a.tail;
+    let mut follower = crate::follow::Follower::new();
     let mut connected_once = false;
     let mut failures = 0u32;
     loop {
+        let tail = follower.next_tail(a.tail);
         let query = [
             ("environment", a.environment.as_str().to_owned()),
             ("tail", tail.to_string()),
@@ -1209,47 +1228,39 @@ async fn logs(a: cli::LogsArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
         ];
         let retry_after = match api.stream(&path, &query).await {
             Ok(mut lines) => {
+                follower.connected(tail, connected_once);
                 connected_once = true;
                 failures = 0;
                 let why = loop {
                     match lines.next::<LogEvent>().await? {
                         Ok(ev) => {
-                            if out.json {
-                                out.json_line(&ev)?;
+                            let ended = matches!(ev, LogEvent::End { .. });
+                            for e in follower.event(ev) {
+                                show_log(out, &e)?;
                             }
-                            match ev {
-                                LogEvent::Source { container, slot } => {
-                                    if !out.json {
-                                        out.info(&format!(
-                                            "== {container}{}",
-                                            slot.map_or_else(String::new, |s| format!(" ({s})"))
-                                        ));
-                                    }
+                            if ended {
+                                if !a.follow {
+                                    return Ok(Exit::Ok);
                                 }
-                                LogEvent::Line { line, .. } => {
-                                    if !out.json {
-                                        out.line(&line)?;
-                                    }
-                                }
-                                LogEvent::End { reason } => {
-                                    if !a.follow {
-                                        return Ok(Exit::Ok);
-                                    }
-                                    break reason;
-                                }
+                                break "the stream ended".to_owned();
                             }
                         }
                         Err(StreamEnd::Closed) => break "the server closed the stream".into(),
                         Err(StreamEnd::Broken(why)) => break why,
                     }
                 };
+                for e in follower.flush() {
+                    show_log(out, &e)?;
+                }
                 if !a.follow {
                     return Err(WeError::Unreachable {
                         server: api.server().to_string(),
                         reason: format!("the log stream broke off: {why}"),
                     });
                 }
-                out.info(&format!("== {why}; reconnecting"));
+                if !out.json {
+                    out.info(&format!("== {why}; reconnecting"));
+                }
                 Duration::from_millis(500)
             }
             Err(e) => {
@@ -1265,12 +1276,12 @@ async fn logs(a: cli::LogsArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
                 }
                 failures += 1;
                 let wait = Duration::from_secs(u64::from(failures.min(5)));
-                out.info(&format!("== {e}; retrying in {}s", wait.as_secs()));
+                if !out.json {
+                    out.info(&format!("== {e}; retrying in {}s", wait.as_secs()));
+                }
                 wait
             }
         };
-        // Lines already shown are not asked for again.
-        tail = 0;
         tokio::time::sleep(retry_after).await;
     }
 }

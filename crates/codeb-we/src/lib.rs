@@ -6,6 +6,7 @@
 //! - [`config`]: server and token (credentials file, `CODEB_SERVER`/`CODEB_TOKEN`).
 //! - [`client`]: reqwest with timeouts and a user agent; API errors → `we` errors.
 //! - [`commands`]: one function per command, returning the exit status.
+//! - [`follow`]: `logs -f` across reconnects without repeated or lost lines.
 //! - [`scan`]: the local side of `we scan --diff` (through codeb-workflow-gen's library).
 //! - [`output`]: tables or `--json` on stdout, messages and the spinner on stderr.
 //! - [`exit`]: the exit codes (0 ok, 1 wrong, 2 usage, 3 forbidden, 4 not logged in).
@@ -15,6 +16,7 @@ pub mod client;
 pub mod commands;
 pub mod config;
 pub mod exit;
+pub mod follow;
 pub mod output;
 pub mod scan;
 

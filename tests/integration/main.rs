@@ -17,4 +17,5 @@ mod infra;
 mod port_validate;
 mod previews;
 mod we_cli;
+mod we_control;
 mod workflow_gen;

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Pr {
     pub repo: String,
     pub number: u64,
@@ -17,6 +17,7 @@ pub struct Pr {
     /// `full_name` of the head repository (another one for a fork).
     pub head_repo: String,
     pub labels: Vec<String>,
+    pub draft: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -34,7 +35,12 @@ pub struct Comment {
     pub pr: u64,
     pub body: String,
     pub edits: usize,
+    /// The login that wrote it.
+    pub author: String,
 }
+
+/// The login the fake's token belongs to (`GET /user`), and so the author of codeb's comments.
+pub const BOT_LOGIN: &str = "codeb-bot";
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -42,6 +48,8 @@ pub struct State {
     pub deployments: Vec<Deployment>,
     pub comments: Vec<Comment>,
     pub requests: Vec<String>,
+    /// Repositories whose pull request list answers 500.
+    pub failing: std::collections::BTreeSet<String>,
     next_id: u64,
 }
 
@@ -101,6 +109,22 @@ impl FakeGitHub {
             .filter(|d| d.body["environment"] == env)
             .cloned()
             .collect()
+    }
+
+    /// A comment someone else wrote on the pull request.
+    pub fn add_comment_by(&self, repo: &str, pr: u64, author: &str, body: &str) -> u64 {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.comments.push(Comment {
+            id,
+            repo: repo.into(),
+            pr,
+            body: body.into(),
+            edits: 0,
+            author: author.into(),
+        });
+        id
     }
 
     pub fn comments(&self, repo: &str, pr: u64) -> Vec<Comment> {
@@ -167,6 +191,7 @@ fn pr_json(p: &Pr) -> Value {
         "head": { "sha": p.head_sha, "ref": "feature", "repo": { "full_name": p.head_repo } },
         "base": { "ref": "main", "repo": { "full_name": p.repo } },
         "labels": p.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+        "draft": p.draft,
     })
 }
 
@@ -181,8 +206,12 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
         .unwrap_or(1);
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, seg.as_slice()) {
+        ("GET", ["user"]) => (200, json!({"login": BOT_LOGIN, "id": 1, "type": "User"})),
         ("GET", ["repos", o, r, "pulls"]) => {
             let repo = format!("{o}/{r}");
+            if st.failing.contains(&repo) {
+                return (500, json!({"message": "Server Error"}));
+            }
             if page > 1 {
                 return (200, json!([]));
             }
@@ -234,7 +263,7 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 .comments
                 .iter()
                 .filter(|c| c.repo == repo && c.pr == pr)
-                .map(|c| json!({"id": c.id, "body": c.body}))
+                .map(|c| json!({"id": c.id, "body": c.body, "user": {"login": c.author}}))
                 .collect();
             (200, Value::Array(list))
         }
@@ -247,6 +276,7 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 pr: n.parse().unwrap_or(0),
                 body: body["body"].as_str().unwrap_or_default().to_owned(),
                 edits: 0,
+                author: BOT_LOGIN.into(),
             };
             st.comments.push(c);
             (201, json!({"id": id, "body": body["body"]}))

@@ -316,14 +316,9 @@ fn output_of(what: &str, cmd: &mut Command) -> Result<String, String> {
 // ---------------------------------------------------------------------------------------------
 
 /// The test-only containers.conf (TESTBED.md): runc, fixed ulimits, cgroupfs, file events.
-/// The product calls plain `podman` and must work on a normal host without it.
-pub const TEST_CONTAINERS_CONF: &str = r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"#;
+/// The product calls plain `podman` and must work on a normal host without it. The same file
+/// is used by `scripts/setup`'s self-check.
+pub const TEST_CONTAINERS_CONF: &str = include_str!("../containers.conf");
 
 /// Podman with the test-only configuration, in its own temp dir:
 /// - `CONTAINERS_CONF` = [`TEST_CONTAINERS_CONF`],

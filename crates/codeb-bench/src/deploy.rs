@@ -62,7 +62,7 @@ impl Drop for Daemon {
     }
 }
 
-struct Bench {
+pub(crate) struct Bench {
     dir: PathBuf,
     project: String,
     registry_port: u16,
@@ -75,7 +75,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn start() -> Result<Self, String> {
+    pub(crate) fn start() -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("codeb-bench-deploy-{}", std::process::id()));
         fs::create_dir_all(dir.join("quadlet")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let write = |name: &str, text: &str| {
@@ -269,7 +269,17 @@ impl Bench {
         .map(drop)
     }
 
-    fn cleanup(&self) {
+    /// The port of the bench registry on 127.0.0.1.
+    pub(crate) fn registry_port(&self) -> u16 {
+        self.registry_port
+    }
+
+    /// The manifest digests of v1 and v2 in the bench registry.
+    pub(crate) fn digests(&self) -> [&str; 2] {
+        [self.images[0].1.as_str(), self.images[1].1.as_str()]
+    }
+
+    pub(crate) fn cleanup(&self) {
         if let Ok(ids) =
             self.podman(&["ps", "-aq", "--filter", &format!("name=^{}-", self.project)])
         {

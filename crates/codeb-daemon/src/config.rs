@@ -56,7 +56,39 @@ pub struct Config {
     pub retention: Duration,
     /// Events acted on; others are acknowledged and ignored.
     pub events: BTreeSet<String>,
+    /// Bounds on what one client may hold of the HTTP intake.
+    pub limits: Limits,
     pub previews: PreviewConfig,
+}
+
+/// What one client may take of the intake (slowloris, slow uploads, floods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection must deliver a request's complete headers within this, or is closed.
+    pub header_read_timeout: Duration,
+    /// A webhook's body must arrive completely within this (408 otherwise).
+    pub body_timeout: Duration,
+    /// A webhook request is answered within this, waiting for a slot included (503 otherwise).
+    pub request_timeout: Duration,
+    /// Webhook requests read and handled at once; more wait (bodies unread) for a slot.
+    pub max_webhooks_in_flight: usize,
+    /// Open connections; one over this is closed at once.
+    pub max_connections: usize,
+    /// Largest body accepted (413 above).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(20),
+            max_webhooks_in_flight: 32,
+            max_connections: 1024,
+            max_body_bytes: codeb_github::MAX_ACTED_ON_PAYLOAD_BYTES,
+        }
+    }
 }
 
 impl Config {
@@ -87,7 +119,31 @@ struct RawConfig {
     #[serde(default = "default_events")]
     events: Vec<String>,
     #[serde(default)]
+    intake: RawLimits,
+    #[serde(default)]
     previews: PreviewConfig,
+}
+
+/// `[intake]`: the HTTP limits (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default, deserialize_with = "opt_duration")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    body_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    request_timeout: Option<Duration>,
+    #[serde(default)]
+    max_webhooks_in_flight: Option<usize>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn default_max_concurrency() -> usize {
@@ -222,6 +278,49 @@ pub fn parse(
         }
         events.insert(e);
     }
+    let def = Limits::default();
+    let l = raw.intake;
+    let limits = Limits {
+        header_read_timeout: l.header_read_timeout.unwrap_or(def.header_read_timeout),
+        body_timeout: l.body_timeout.unwrap_or(def.body_timeout),
+        request_timeout: l.request_timeout.unwrap_or(def.request_timeout),
+        max_webhooks_in_flight: l
+            .max_webhooks_in_flight
+            .unwrap_or(def.max_webhooks_in_flight),
+        max_connections: l.max_connections.unwrap_or(def.max_connections),
+        max_body_bytes: l.max_body_bytes.unwrap_or(def.max_body_bytes),
+    };
+    for (name, d) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("body_timeout", limits.body_timeout),
+        ("request_timeout", limits.request_timeout),
+    ] {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+            return Err(invalid(format!(
+                "[intake] {name} = {} is out of range: use 100ms to 5m (GitHub waits 10s)",
+                humantime::format_duration(d)
+            )));
+        }
+    }
+    if limits.max_webhooks_in_flight == 0 || limits.max_webhooks_in_flight > 4096 {
+        return Err(invalid(format!(
+            "[intake] max_webhooks_in_flight = {} is out of range: use 1 to 4096",
+            limits.max_webhooks_in_flight
+        )));
+    }
+    if limits.max_connections < limits.max_webhooks_in_flight {
+        return Err(invalid(format!(
+            "[intake] max_connections = {} is below max_webhooks_in_flight = {}",
+            limits.max_connections, limits.max_webhooks_in_flight
+        )));
+    }
+    if !(1024..=codeb_github::MAX_PAYLOAD_BYTES).contains(&limits.max_body_bytes) {
+        return Err(invalid(format!(
+            "[intake] max_body_bytes = {} is out of range: use 1024 to {} (GitHub's own cap)",
+            limits.max_body_bytes,
+            codeb_github::MAX_PAYLOAD_BYTES
+        )));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let secrets = secrets(path, raw.secret_file.map(|f| base.join(f)), env)?;
     Ok(Config {
@@ -235,6 +334,7 @@ pub fn parse(
         retry_backoff: raw.retry_backoff,
         retention: raw.retention,
         events,
+        limits,
         previews: raw.previews,
     })
 }

@@ -6,11 +6,11 @@
 //! So "accepted" always means "on disk": the webhook handler answers 2xx only after the
 //! delivery and its jobs are committed.
 //!
-//! Durability: WAL journal with `synchronous=NORMAL`. A commit is in the WAL file before the
-//! answer goes out, so a crash of the process (SIGKILL, panic, OOM) loses nothing; a power
-//! loss or kernel crash can lose the last commits (WAL is synced at checkpoints only) but
-//! never corrupts the database. `synchronous=FULL` would sync every commit and cost one
-//! fsync per group of deliveries; GitHub shows failed deliveries for manual redelivery.
+//! Durability: WAL journal with `synchronous=FULL`. Every commit is fsynced to the WAL file
+//! before any requester is answered, so neither a crash of the process (SIGKILL, panic, OOM)
+//! nor a power loss or kernel crash loses a delivery that was answered 2xx (GitHub does not
+//! redeliver by itself). Group commit amortises the fsync: one per batch of requests that
+//! queued up while the previous commit was syncing.
 //!
 //! Jobs: `queued` → `running` → `done` | `failed`, or back to `queued` with a delay when a
 //! run failed and attempts remain; `superseded` when coalesced away. At open, jobs left
@@ -209,6 +209,12 @@ enum Cmd {
         now: i64,
         reply: Reply<()>,
     },
+    Enqueue {
+        intents: Vec<Intent>,
+        source: String,
+        now: i64,
+        reply: Reply<Vec<i64>>,
+    },
     Counts(Reply<Vec<(String, u64)>>),
     Prune {
         before: i64,
@@ -243,7 +249,7 @@ impl Store {
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(open_err)?;
         conn.execute_batch(
-            "PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+            "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
         )
         .map_err(open_err)?;
         let version: i64 = conn
@@ -349,6 +355,26 @@ impl Store {
         .await
     }
 
+    /// Queues jobs the daemon decided on itself (the reconciler's expiries), with hook id
+    /// `daemon` and delivery id `source`, so they run in their pull request's queue like
+    /// webhook jobs. An intent whose key already has a queued or running job is skipped
+    /// (that job decides). Returns the ids of the jobs created.
+    pub async fn enqueue(
+        &self,
+        intents: Vec<Intent>,
+        source: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let now = now_ms();
+        let source = source.to_owned();
+        self.call(|reply| Cmd::Enqueue {
+            intents,
+            source,
+            now,
+            reply,
+        })
+        .await
+    }
+
     /// Jobs by state.
     pub async fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.call(Cmd::Counts).await
@@ -429,6 +455,7 @@ fn fail(cmd: Cmd, err: &StoreError) {
         Cmd::Accept(_, _, r) => drop(r.send(Err(e))),
         Cmd::Claim { reply, .. } => drop(reply.send(Err(e))),
         Cmd::Finish { reply, .. } => drop(reply.send(Err(e))),
+        Cmd::Enqueue { reply, .. } => drop(reply.send(Err(e))),
         Cmd::Counts(r) => drop(r.send(Err(e))),
         Cmd::Prune { reply, .. } => drop(reply.send(Err(e))),
     }
@@ -462,6 +489,15 @@ fn execute(tx: &mut Transaction<'_>, cmd: Cmd) -> Answer {
             now,
             reply,
         } => answer(reply, in_savepoint(tx, |c| finish_job(c, id, &finish, now))),
+        Cmd::Enqueue {
+            intents,
+            source,
+            now,
+            reply,
+        } => answer(
+            reply,
+            in_savepoint(tx, |c| enqueue(c, &intents, &source, now)),
+        ),
         Cmd::Counts(reply) => answer(reply, counts(tx)),
         Cmd::Prune { before, reply } => answer(reply, in_savepoint(tx, |c| prune(c, before))),
     }
@@ -515,6 +551,39 @@ fn accept(c: &Connection, d: &NewDelivery, intents: &[Intent]) -> Result<Accepte
         jobs.push(c.last_insert_rowid());
     }
     Ok(Accepted::Stored { jobs })
+}
+
+fn enqueue(
+    c: &Connection,
+    intents: &[Intent],
+    source: &str,
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::new();
+    for intent in intents {
+        let key = intent.key();
+        let pending: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE key = ?1 AND state IN ('queued', 'running')",
+            )
+            .and_then(|mut s| s.query_row([&key], |r| r.get(0)))
+            .map_err(sql("count pending jobs"))?;
+        if pending > 0 {
+            continue;
+        }
+        let json = serde_json::to_string(intent).map_err(|e| StoreError::Sql {
+            what: "serialise intent",
+            message: e.to_string(),
+        })?;
+        c.prepare_cached(
+            "INSERT INTO jobs (key, kind, intent, hook_id, delivery_id, state, created_at)
+             VALUES (?1, ?2, ?3, 'daemon', ?4, 'queued', ?5)",
+        )
+        .and_then(|mut s| s.execute(params![key, intent.kind(), json, source, now]))
+        .map_err(sql("insert job"))?;
+        ids.push(c.last_insert_rowid());
+    }
+    Ok(ids)
 }
 
 struct Queued {
@@ -654,6 +723,8 @@ fn coalesce(
 }
 
 /// Whether a queued `later` job makes an earlier queued `earlier` job of the same key moot.
+/// An expiry never supersedes an ensure (the push it stands for would be lost); a later
+/// ensure supersedes an expiry (it refreshes the preview's activity anyway).
 fn supersedes(later: &Intent, earlier: &Intent) -> bool {
     matches!(
         (earlier, later),
@@ -661,12 +732,19 @@ fn supersedes(later: &Intent, earlier: &Intent) -> bool {
             Intent::EnsurePreview { .. },
             Intent::EnsurePreview { .. } | Intent::DestroyPreview { .. }
         ) | (Intent::DestroyPreview { .. }, Intent::DestroyPreview { .. })
+            | (
+                Intent::ExpirePreview { .. },
+                Intent::ExpirePreview { .. }
+                    | Intent::DestroyPreview { .. }
+                    | Intent::EnsurePreview { .. }
+            )
             | (Intent::PullImage { .. }, Intent::PullImage { .. })
     )
 }
 
 /// A later ensure inherits from an earlier one what it does not know: the commit id (a
 /// package event has none), the image tag, the labels; and stays a fork if either says so.
+/// An approval carries over only to the very commit it was given on.
 fn merge(earlier: &Intent, later: &Intent) -> Option<Intent> {
     let (
         Intent::EnsurePreview {
@@ -674,6 +752,7 @@ fn merge(earlier: &Intent, later: &Intent) -> Option<Intent> {
             fork: e_fork,
             labels: e_labels,
             image_tag: e_tag,
+            approves: e_approves,
             ..
         },
         Intent::EnsurePreview {
@@ -683,19 +762,22 @@ fn merge(earlier: &Intent, later: &Intent) -> Option<Intent> {
             fork,
             labels,
             image_tag,
+            approves,
         },
     ) = (earlier, later)
     else {
         return None;
     };
+    let sha = if head_sha.is_empty() {
+        e_sha.clone()
+    } else {
+        head_sha.clone()
+    };
     let merged = Intent::EnsurePreview {
         repo: repo.clone(),
         pr: *pr,
-        head_sha: if head_sha.is_empty() {
-            e_sha.clone()
-        } else {
-            head_sha.clone()
-        },
+        approves: *approves || (*e_approves && *e_sha == sha),
+        head_sha: sha,
         fork: *fork || *e_fork,
         labels: if labels.is_empty() {
             e_labels.clone()
@@ -851,6 +933,7 @@ mod tests {
             fork: false,
             labels: vec![],
             image_tag: None,
+            approves: false,
         }
     }
 

@@ -85,6 +85,18 @@ pub struct DeployOptions {
     pub sha: String,
     pub actor: String,
     pub listen_host: String,
+    /// More `[Container]` keys for the unit, in order (the preview daemon's hardening:
+    /// `UserNS`, `NoNewPrivileges`, `DropCapability`, `PidsLimit`, `PodmanArgs`, ...). The
+    /// rendered unit is parsed back, so a key codeb's Quadlet model does not know is refused.
+    pub container_keys: Vec<(String, String)>,
+}
+
+/// A preview container codeb created (see [`Engine::preview_containers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewContainer {
+    pub name: String,
+    pub project: ProjectName,
+    pub pr: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +139,7 @@ pub struct Engine {
     systemd: Option<Systemd>,
     caddy: Option<Caddy>,
     resolver: Resolver,
+    compat: crate::compat::HostPodman,
 }
 
 fn settings_of(opts: &DeployOptions) -> Settings {
@@ -177,7 +190,9 @@ impl Engine {
                 Caddy::new(url).map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
             })
             .transpose()?;
+        let compat = crate::compat::HostPodman::detect(&podman).await;
         Ok(Self {
+            compat,
             loc,
             podman,
             systemd,
@@ -241,10 +256,41 @@ impl Engine {
             })
     }
 
-    /// Names of the containers of every preview (`<project>-pr-<N>-<slot>`) on this host.
-    pub async fn preview_containers(&self) -> Result<Vec<String>, DeployError> {
-        let names = self.podman.containers_with_label("codeb.slot").await?;
-        Ok(names.into_iter().filter(|n| n.contains("-pr-")).collect())
+    /// The preview containers on this host that codeb created: labelled
+    /// `codeb.environment=pr-<N>` and `codeb.project=<project>` with `project` one of
+    /// `projects`, and named `<project>-pr-<N>-<slot>` as codeb names them. A container
+    /// without these labels is never listed, whatever its name.
+    pub async fn preview_containers(
+        &self,
+        projects: &[ProjectName],
+    ) -> Result<Vec<PreviewContainer>, DeployError> {
+        let rows = self
+            .podman
+            .containers_labelled("codeb.slot", &["codeb.project", "codeb.environment"])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, labels)| {
+                let [project, environment] = labels.as_slice() else {
+                    return None;
+                };
+                let project = projects.iter().find(|p| p.as_str() == project)?;
+                let pr: u64 = environment
+                    .strip_prefix("pr-")
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?
+                    .parse()
+                    .ok()?;
+                let unit = Target::preview_key(project, pr);
+                let ours = [Slot::Blue, Slot::Green]
+                    .iter()
+                    .any(|s| name == format!("{unit}-{}", s.as_str()));
+                ours.then(|| PreviewContainer {
+                    name,
+                    project: project.clone(),
+                    pr,
+                })
+            })
+            .collect())
     }
 
     /// Stops and removes one container (and its unit file) by name.
@@ -380,6 +426,17 @@ impl Engine {
         if let Some(c) = &self.caddy {
             c.check().await.map_err(|e| input(e.to_string()))?;
         }
+        // The unit must be expressible for the host's podman (compat.rs): render it once now.
+        let probe = Digest::parse(&format!("sha256:{}", "0".repeat(64)))?;
+        self.render(
+            opts,
+            &target,
+            Slot::Blue,
+            &image,
+            &image.pinned(&probe),
+            &probe,
+            public,
+        )?;
 
         // 2. One deploy of this target at a time.
         let holder = format!(
@@ -603,8 +660,21 @@ impl Engine {
             container_port: opts.container_port,
             env_file: opts.env_file.as_ref().map(|p| p.display().to_string()),
             health_cmd: opts.health_cmd.clone(),
+            extra: opts
+                .container_keys
+                .iter()
+                .map(|(key, value)| crate::template::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         };
-        render_unit(&ctx, self.loc.templates.as_deref())
+        let file = self
+            .loc
+            .quadlet_dir
+            .join(format!("{}.container", ctx.container_name));
+        self.compat
+            .adapt(&file, render_unit(&ctx, self.loc.templates.as_deref())?)
     }
 
     async fn start(

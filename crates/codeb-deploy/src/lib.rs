@@ -6,6 +6,7 @@
 //! slots, blue (`10000 + P`) and green (`20000 + P`); see ARCHITECTURE.md.
 
 mod caddy;
+pub mod compat;
 mod engine;
 mod error;
 mod state;
@@ -13,9 +14,9 @@ mod template;
 
 pub use caddy::Caddy;
 pub use engine::{
-    DEFAULT_HEALTH_CMD, DeployOptions, DeployReport, Engine, Outcome, Progress, RollbackOptions,
-    RuntimeChoice, Strategy, TargetLocation,
+    DEFAULT_HEALTH_CMD, DeployOptions, DeployReport, Engine, Outcome, PreviewContainer, Progress,
+    RollbackOptions, RuntimeChoice, Strategy, TargetLocation,
 };
 pub use error::DeployError;
 pub use state::{Active, History, Release, ReleaseOutcome, Settings, Slot};
-pub use template::{UnitContext, render_unit};
+pub use template::{KeyValue, UnitContext, render_unit};

@@ -64,9 +64,14 @@ enum Command {
     /// Show the releases of a target (digest, time, sha, result)
     History(HistoryArgs),
     /// Print the podman run arguments of a .container file, one per line
+    #[command(after_help = podman_args_help())]
     PodmanArgs {
         /// The .container unit file
         file: PathBuf,
+        /// Refuse keys (and values) that this podman's Quadlet generator lacks or translates
+        /// differently, naming the versions that accept them and the PodmanArgs= equivalent
+        #[arg(long, value_name = "X.Y", value_parser = parse_podman_version)]
+        podman_version: Option<codeb_quadlet::PodmanVersion>,
     },
 }
 
@@ -230,9 +235,43 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(&step, cli))
 }
 
+fn parse_podman_version(s: &str) -> Result<codeb_quadlet::PodmanVersion, String> {
+    s.parse()
+        .map_err(|e: codeb_quadlet::InvalidVersion| e.to_string())
+}
+
+/// Which podman versions accept which keys (from codeb-quadlet's table, checked against
+/// podman's own generators).
+fn podman_args_help() -> String {
+    let checked: Vec<String> = codeb_quadlet::CHECKED_GENERATORS
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut help = format!(
+        "Podman versions: every supported [Container] key is accepted by podman {} and later, except:\n",
+        checked[0]
+    );
+    for (key, _) in codeb_quadlet::newer_keys() {
+        help.push_str(&format!("  {}\n", codeb_quadlet::describe(key)));
+    }
+    help.push_str(&format!(
+        "(checked against the Quadlet generators of podman {}; deploys write the PodmanArgs= \
+         equivalent for the host's podman)",
+        checked.join(", ")
+    ));
+    help
+}
+
 async fn run(step: &Step, cli: Cli) -> ExitCode {
     match cli.command {
-        Command::PodmanArgs { file } => match codeb_quadlet::ContainerUnit::load(&file) {
+        Command::PodmanArgs {
+            file,
+            podman_version,
+        } => match codeb_quadlet::ContainerUnit::load(&file).and_then(|unit| {
+            podman_version
+                .map_or(Ok(()), |v| unit.check_podman_version(v))
+                .map(|()| unit)
+        }) {
             Ok(unit) => {
                 for a in unit.podman_run_args() {
                     step.result(&a);
@@ -400,6 +439,7 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
             .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),
         listen_host: "127.0.0.1".into(),
+        container_keys: Vec::new(),
     };
     let engine = match Engine::new(location(&d.at, caddy, runtime, d.templates.clone())).await {
         Ok(e) => e,

@@ -185,6 +185,37 @@ impl Podman {
             .collect())
     }
 
+    /// Containers (running or not) carrying `label` (`key` or `key=value`), each with the
+    /// values of the labels `keys` (plain label names; empty where a container lacks one).
+    pub async fn containers_labelled(
+        &self,
+        label: &str,
+        keys: &[&'static str],
+    ) -> Result<Vec<(String, Vec<String>)>, RuntimeError> {
+        let filter = format!("label={label}");
+        let mut format = String::from("{{.Names}}");
+        for k in keys {
+            format.push_str(&format!("\t{{{{index .Labels \"{k}\"}}}}"));
+        }
+        let out = self
+            .podman(&["ps", "--all", "--filter", &filter, "--format", &format])
+            .await?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut parts = l.split('\t');
+                let name = parts.next().unwrap_or_default().trim().to_owned();
+                let values = keys
+                    .iter()
+                    .map(|_| parts.next().unwrap_or_default().trim().to_owned())
+                    .collect();
+                (name, values)
+            })
+            .collect())
+    }
+
     /// `(major, minor)` of the podman client.
     pub async fn version(&self) -> Result<(u32, u32), RuntimeError> {
         let out = self

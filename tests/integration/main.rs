@@ -9,13 +9,16 @@
 mod util;
 
 mod actions;
+mod caddy_reload;
 mod daemon_intake;
 mod deploy;
+mod doctor;
 mod fake_github;
 mod healthcheck;
 mod infra;
 mod port_validate;
 mod previews;
+mod tidy;
 mod we_cli;
 mod we_control;
 mod workflow_gen;

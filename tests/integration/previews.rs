@@ -3,7 +3,7 @@
 
 use crate::fake_github::{FakeGitHub, Pr};
 use crate::infra::{
-    Caddy, Podman, Registry, free_port, http_request, push_image, sample_local_images,
+    Caddy, CaddyBuild, Podman, Registry, free_port, http_request, push_image, sample_local_images,
     sample_local_name,
 };
 use crate::util::{bin, scrubbed, tempdir};
@@ -219,11 +219,15 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(CaddyBuild::Debian)
+}
+
+fn setup_with(build: CaddyBuild) -> Setup {
     let dir = tempdir();
     let podman = Podman::new();
     let registry = Registry::start();
     podman.trust_insecure(&registry.host_port());
-    let caddy = Caddy::start();
+    let caddy = Caddy::start_build(build);
     let github = FakeGitHub::start();
     let project = format!("p{}", std::process::id() % 100_000);
     let listen = format!("127.0.0.1:{}", free_port());
@@ -383,8 +387,18 @@ fn version_of(body: &str) -> String {
 
 #[test]
 fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
+    preview_lifecycle(CaddyBuild::Debian);
+}
+
+/// The same behind a current Caddy (2.11).
+#[test]
+fn a_pull_request_gets_a_live_preview_behind_current_caddy() {
+    preview_lifecycle(CaddyBuild::Current);
+}
+
+fn preview_lifecycle(build: CaddyBuild) {
     let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup();
+    let s = setup_with(build);
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
     let host = "pr-7.preview.test";
     // Someone pasted codeb's marker into a comment of their own: it is not codeb's comment.

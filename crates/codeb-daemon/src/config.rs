@@ -15,16 +15,11 @@ use codeb_github::{SUPPORTED_EVENTS, WebhookSecret};
 use codeb_previews::PreviewConfig;
 use serde::Deserialize;
 
-/// Every environment variable the daemon reads.
+/// Every environment variable the daemon reads (the names live in `codeb_core::vars`).
 pub mod vars {
-    /// Webhook secrets, comma-separated (the first is used by `sign`).
-    pub const CODEB_WEBHOOK_SECRET: &str = "CODEB_WEBHOOK_SECRET";
-    /// Path of the config file (overridden by `--config`).
-    pub const CODEB_DAEMON_CONFIG: &str = "CODEB_DAEMON_CONFIG";
-    /// Log filter in `tracing_subscriber::EnvFilter` syntax (default `info`).
-    pub const CODEB_LOG: &str = "CODEB_LOG";
-    /// `text` (default) or `json`.
-    pub const CODEB_LOG_FORMAT: &str = "CODEB_LOG_FORMAT";
+    pub use codeb_core::vars::{
+        CODEB_DAEMON_CONFIG, CODEB_LOG, CODEB_LOG_FORMAT, CODEB_WEBHOOK_SECRET,
+    };
 }
 
 /// Where the config file is unless `--config` or `CODEB_DAEMON_CONFIG` says otherwise.

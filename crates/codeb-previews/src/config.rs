@@ -4,6 +4,7 @@
 use crate::PreviewError;
 use codeb_core::ProjectName;
 use codeb_deploy::RuntimeChoice;
+use codeb_secret::Secret;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,7 +140,8 @@ pub struct Settings {
     pub domain_pattern: String,
     pub url_scheme: String,
     pub github_api_url: String,
-    pub token: Option<String>,
+    /// The GitHub token (a `Secret`: `Settings` derives `Debug`).
+    pub token: Option<Secret>,
     pub bot_login: Option<String>,
     pub ttl: Duration,
     pub caddy_admin: String,
@@ -266,14 +268,15 @@ impl PreviewConfig {
                         f.display()
                     )));
                 }
-                Some(
+                Some(Secret::new(
                     std::fs::read_to_string(f)
                         .map_err(|e| config(format!("github_token_file {}: {e}", f.display())))?
-                        .trim()
-                        .to_owned(),
-                )
+                        .trim(),
+                ))
             }
-            None => env(codeb_registry::ENV_GITHUB_TOKEN).filter(|t| !t.is_empty()),
+            None => env(codeb_core::vars::GITHUB_TOKEN)
+                .filter(|t| !t.is_empty())
+                .map(Secret::new),
         };
         let ttl = humantime::parse_duration(&self.ttl)
             .map_err(|e| config(format!("ttl `{}`: {e}; write e.g. \"7d\"", self.ttl)))?;

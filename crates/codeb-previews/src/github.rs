@@ -3,6 +3,7 @@
 //! the bot's own login, so a comment someone else wrote with the marker is never edited).
 
 use crate::PreviewError;
+use codeb_secret::Secret;
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -53,7 +54,7 @@ fn unexpected(what: &str, detail: impl Into<String>) -> PreviewError {
 impl GitHub {
     pub fn new(
         api_url: &str,
-        token: Option<String>,
+        token: Option<Secret>,
         login: Option<String>,
     ) -> Result<Self, PreviewError> {
         let mut b = Octocrab::builder()
@@ -62,7 +63,7 @@ impl GitHub {
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(30)));
         if let Some(t) = token {
-            b = b.personal_token(t);
+            b = b.personal_token(t.expose().to_owned());
         }
         let oc = b
             .build()

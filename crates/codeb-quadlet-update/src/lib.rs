@@ -8,7 +8,7 @@
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use codeb_actions::{Annotation, Level, Step, md_cell};
 use codeb_core::manifest::Target;
-use codeb_core::{Environment, ProjectName};
+use codeb_core::{Environment, ProjectName, vars};
 use codeb_deploy::{
     DeployOptions, DeployReport, Engine, Outcome, RollbackOptions, RuntimeChoice, Strategy,
     TargetLocation,
@@ -93,7 +93,7 @@ struct Where {
     #[arg(
         long,
         value_name = "DIR",
-        env = "CODEB_QUADLET_DIR",
+        env = vars::CODEB_QUADLET_DIR,
         default_value = "/etc/containers/systemd"
     )]
     quadlet_dir: PathBuf,
@@ -116,7 +116,7 @@ struct DeployArgs {
     #[arg(long, value_name = "PATH", default_value = "/api/health")]
     health_path: String,
     /// auto: systemd where it is PID 1 and podman has Quadlet (>= 4.4), else podman
-    #[arg(long, value_enum, env = "CODEB_RUNTIME", default_value_t = RuntimeArg::Auto)]
+    #[arg(long, value_enum, env = vars::CODEB_RUNTIME, default_value_t = RuntimeArg::Auto)]
     runtime: RuntimeArg,
     /// blue-green (zero downtime) or restart [default: blue-green for production, else restart]
     #[arg(long, value_enum)]
@@ -140,7 +140,7 @@ struct DeployArgs {
     #[arg(
         long,
         value_name = "URL",
-        env = "CODEB_CADDY_ADMIN",
+        env = vars::CODEB_CADDY_ADMIN,
         default_value = "http://127.0.0.1:2019"
     )]
     caddy_admin: String,
@@ -429,12 +429,12 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
         sha: d
             .sha
             .clone()
-            .or_else(|| env("GITHUB_SHA"))
+            .or_else(|| env(vars::GITHUB_SHA))
             .unwrap_or_default(),
         actor: d
             .actor
             .clone()
-            .or_else(|| env("GITHUB_ACTOR"))
+            .or_else(|| env(vars::GITHUB_ACTOR))
             .or_else(|| env("USER"))
             .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),

@@ -207,6 +207,7 @@ journalctl -u codeb-restore-routes --no-pager -o cat | tail -n 5
         head_sha: "a".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
     let body = serde_json::to_vec(&pr_opened(7, &"a".repeat(40))).expect("payload");
     std::fs::write(guest.share().join("pr-7-opened.json"), &body).expect("share payload");

@@ -20,4 +20,5 @@ mod install;
 mod port_validate;
 mod previews;
 mod tidy;
+mod we_cli;
 mod workflow_gen;

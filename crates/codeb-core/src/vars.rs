@@ -54,6 +54,21 @@ pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
 /// Prefix of action inputs as the runner exports them (`INPUT_<NAME>`).
 pub const INPUT_PREFIX: &str = "INPUT_";
 
+// --- `we` (crates/codeb-we), the command line of the control plane ---------------------------
+
+/// Token of `we`; overrides the stored credentials (CI).
+pub const CODEB_TOKEN: &str = "CODEB_TOKEN";
+/// Control plane URL of `we`; overrides the stored server (CI).
+pub const CODEB_SERVER: &str = "CODEB_SERVER";
+/// Base directory of user configuration (XDG): `we` keeps its credentials below it, rootless
+/// podman its containers.conf (read by the deploy preflight).
+pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
+/// The user's home directory (`$HOME/.config` when `XDG_CONFIG_HOME` is unset; also set by
+/// `codeb-install` for the runner's scripts).
+pub const HOME: &str = "HOME";
+/// Set (to anything non-empty) to turn colour off (no-color.org).
+pub const NO_COLOR: &str = "NO_COLOR";
+
 /// The default of [`GITHUB_API_URL`].
 pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
 
@@ -85,16 +100,15 @@ pub const ALL: &[&str] = &[
     CODEB_RUNNER_TOKEN,
     USER,
     PATH,
+    CODEB_TOKEN,
+    CODEB_SERVER,
+    NO_COLOR,
 ];
 
 // --- read by the deploy preflight ------------------------------------------------------------
 
 /// podman's containers.conf override (read by the deploy preflight to find the init binary).
 pub const CONTAINERS_CONF: &str = "CONTAINERS_CONF";
-/// The user's config directory (rootless podman's containers.conf).
-pub const XDG_CONFIG_HOME: &str = "XDG_CONFIG_HOME";
-/// The user's home directory.
-pub const HOME: &str = "HOME";
 /// Registration token of the self-hosted runner for `codeb-install` (else `--runner-token-file`).
 pub const CODEB_RUNNER_TOKEN: &str = "CODEB_RUNNER_TOKEN";
 /// Set by `codeb-install` for the runner's scripts.

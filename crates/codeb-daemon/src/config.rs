@@ -57,6 +57,8 @@ pub struct Config {
     /// Events acted on; others are acknowledged and ignored.
     pub events: BTreeSet<String>,
     pub previews: PreviewConfig,
+    /// The control plane (`/api/v1`): [`crate::api::ApiConfig`].
+    pub api: crate::api::ApiConfig,
 }
 
 impl Config {
@@ -88,6 +90,8 @@ struct RawConfig {
     events: Vec<String>,
     #[serde(default)]
     previews: PreviewConfig,
+    #[serde(default)]
+    api: crate::api::ApiConfig,
 }
 
 fn default_max_concurrency() -> usize {
@@ -236,6 +240,10 @@ pub fn parse(
         retention: raw.retention,
         events,
         previews: raw.previews,
+        api: raw
+            .api
+            .validated()
+            .map_err(|m| invalid(format!("[api] {m}")))?,
     })
 }
 

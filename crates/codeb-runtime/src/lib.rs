@@ -2,6 +2,10 @@
 //! with a timeout and is killed when dropped; a failing command's stderr becomes part of the
 //! error, so the user sees what podman said.
 
+mod containers;
+
+pub use containers::{Container, LogStream, Logs};
+
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::Stdio;

@@ -137,7 +137,19 @@ fn check_spec(spec: &ProjectSpec) -> Result<(), ApiError> {
             codeb_health::one_line(&spec.repository, 80)
         )));
     }
-    codeb_registry::ImageRef::parse(&spec.image).map_err(|e| {
+    if spec.image.contains('@')
+        || spec
+            .image
+            .rsplit('/')
+            .next()
+            .is_some_and(|l| l.contains(':'))
+    {
+        return Err(ApiError::bad(format!(
+            "image {:?} has a tag or digest; give the repository only (e.g. ghcr.io/org/app): deploys add the tag",
+            codeb_health::one_line(&spec.image, 80)
+        )));
+    }
+    codeb_registry::ImageRef::parse(&format!("{}:tag", spec.image)).map_err(|e| {
         ApiError::bad(format!(
             "image: {e} (give the repository without a tag, e.g. ghcr.io/org/app)"
         ))
@@ -1019,7 +1031,7 @@ fn problems_of(
             );
         }
     }
-    if codeb_registry::ImageRef::parse(&spec.image).is_err() {
+    if codeb_registry::ImageRef::parse(&format!("{}:tag", spec.image)).is_err() {
         p(
             "image",
             format!("{:?} is not an image reference", spec.image),

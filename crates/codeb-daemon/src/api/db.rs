@@ -139,7 +139,9 @@ impl Db {
             "PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
         )
         .map_err(open)?;
-        let tx = conn.transaction().map_err(open)?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(open)?;
         tx.execute_batch(SCHEMA).map_err(open)?;
         let found: Option<i64> = tx
             .query_row(

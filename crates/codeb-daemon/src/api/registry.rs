@@ -229,7 +229,7 @@ async fn put(
     let r = api
         .db
         .run(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let exists = db::project(&tx, &s.name)?.is_some();
             if create && exists {
                 return Ok(Err(ApiError::conflict(format!(
@@ -331,7 +331,7 @@ pub async fn remove(
     let gone = api
         .db
         .run(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let g = db::delete_project(&tx, &n)?;
             tx.commit()?;
             Ok(g)
@@ -1064,7 +1064,7 @@ pub async fn ssot_validate(
     let problems = api
         .db
         .run(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let users: BTreeSet<String> = db::users(&tx)?.into_iter().map(|u| u.name).collect();
             let mut all = Vec::new();
             for row in db::projects(&tx)? {

@@ -158,7 +158,7 @@ pub async fn add(
     let out = api
         .db
         .run(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if db::user_by_name(&tx, &n)?.is_some() {
                 return Ok(Err(ApiError::conflict(format!(
                     "a user named `{n}` exists already; pick another name or change their role"
@@ -224,7 +224,7 @@ async fn change_user(
 ) -> Result<User, ApiError> {
     api.db
         .run(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let Some(before) = db::user_by_id(&tx, id)? else {
                 return Ok(Err(ApiError::not_found(format!(
                     "no user with id {id}; see `we team list`"
@@ -377,7 +377,7 @@ pub async fn create_token(
     let out = api
         .db
         .run(move |c| {
-            let tx = c.transaction()?;
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             if db::user_by_id(&tx, uid)?.is_none() {
                 return Ok(Err(ApiError::not_found(format!(
                     "no user with id {uid}; see `we team list`"
@@ -471,7 +471,7 @@ pub fn bootstrap_admin(
 ) -> Result<TokenCreated, String> {
     let name = user_name(name).map_err(|e| e.message)?;
     db.blocking(|c| {
-        let tx = c.transaction()?;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let admins = db::enabled_admins(&tx)?;
         let existing = db::user_by_name(&tx, &name)?;
         if admins > 0 && !force {

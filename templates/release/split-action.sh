@@ -4,14 +4,20 @@
 # of that repository):
 #   DEST/action.yml        actions/NAME/action.yml, with ../_lib/ rewritten to _lib/
 #   DEST/_lib/install.sh   actions/_lib/install.sh (finds or downloads the binary)
+#   DEST/_lib/checksums.txt, DEST/_lib/VERSION
+#                          with CHECKSUMS_DIR: the sha256 of every release asset and the
+#                          release tag (write-checksums.sh), which install.sh checks the
+#                          downloaded binary against; without it the split action only runs
+#                          binaries from PATH (a development split, as the tests make)
 #   DEST/README.md         where it comes from and both ways to reference it
 # The release workflow (.github/workflows/release.yml) pushes DEST as codeb/NAME with the
 # release tag and the moving major tag; the tests run the result with act.
-# Usage: split-action.sh NAME DEST   (DEST must not exist or be empty)
+# Usage: split-action.sh NAME DEST [CHECKSUMS_DIR]   (DEST must not exist or be empty)
 set -euo pipefail
 
 name="${1:?usage: split-action.sh NAME DEST}"
 dest="${2:?usage: split-action.sh NAME DEST}"
+checksums="${3:-}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 src="${root}/actions/${name}"
 fail() {
@@ -33,6 +39,11 @@ if grep -q '\.\./' "${dest}/action.yml"; then
   fail "${dest}/action.yml still refers outside the action's directory"
 fi
 install -m 0755 "${root}/actions/_lib/install.sh" "${dest}/_lib/install.sh"
+if [ -n "$checksums" ]; then
+  [ -s "${checksums}/checksums.txt" ] && [ -s "${checksums}/VERSION" ] ||
+    fail "${checksums} must hold checksums.txt and VERSION (templates/release/write-checksums.sh)"
+  install -m 0644 "${checksums}/checksums.txt" "${checksums}/VERSION" "${dest}/_lib/"
+fi
 for f in "${src}"/*; do
   case "$(basename "$f")" in
     action.yml) ;;
@@ -53,6 +64,8 @@ release (\`vX.Y.Z\`) and the moving major tag (\`v1\`).
 \`\`\`
 
 Inputs and outputs: see [action.yml](action.yml). The action runs \`codeb-${name}\` from the
-runner's PATH, or downloads the release binary for the runner and checks its sha256 first.
+runner's PATH, or downloads the binary of the release this action was made for
+(\`_lib/VERSION\`) and checks it against the sha256 committed here (\`_lib/checksums.txt\`)
+before it runs. Pin it by commit, as codeb-workflow-gen does.
 README
 echo "split-action: ${name} -> ${dest}"

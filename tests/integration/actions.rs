@@ -167,17 +167,23 @@ impl Drop for FileServer {
     }
 }
 
-/// Lays out `<root>/releases/download/<version>/<asset>` (+ `.sha256`) as a GitHub release.
-fn publish_release(root: &Path, version: &str, bin: &str, corrupt_checksum: bool) {
+/// Lays out `<root>/releases/download/<version>/<asset>` (+ the release's own `.sha256`) as a
+/// GitHub release of `bin`, or of `tamper_with` packed under `bin`'s name (a swapped asset
+/// with a `.sha256` that matches the swap, as whoever controls the download would make it).
+/// Returns the release's asset directory.
+fn publish_release(root: &Path, version: &str, bin: &str, tamper_with: Option<&str>) -> PathBuf {
     let dir = root.join("releases/download").join(version);
     fs::create_dir_all(&dir).expect("mkdir");
     let asset = format!("{bin}-{}-unknown-linux-gnu.tar.gz", std::env::consts::ARCH);
-    let exe = PathBuf::from(codeb(bin).get_program());
+    let stage = root.join(format!("stage-{version}"));
+    fs::create_dir_all(&stage).expect("mkdir");
+    let source = PathBuf::from(codeb(tamper_with.unwrap_or(bin)).get_program());
+    fs::copy(&source, stage.join(bin)).expect("copy binary");
     let status = Command::new("tar")
         .arg("-czf")
         .arg(dir.join(&asset))
         .arg("-C")
-        .arg(exe.parent().expect("dir"))
+        .arg(&stage)
         .arg(bin)
         .status()
         .expect("tar");
@@ -187,16 +193,134 @@ fn publish_release(root: &Path, version: &str, bin: &str, corrupt_checksum: bool
         .current_dir(&dir)
         .output()
         .expect("sha256sum");
-    let mut line = String::from_utf8_lossy(&out.stdout).into_owned();
-    if corrupt_checksum {
-        let flipped = if line.starts_with('0') { "1" } else { "0" };
-        line.replace_range(0..1, flipped);
-    }
-    fs::write(dir.join(format!("{asset}.sha256")), line).expect("write checksum");
+    fs::write(dir.join(format!("{asset}.sha256")), &out.stdout).expect("write checksum");
+    dir
+}
+
+/// A released copy of actions/ in `dest`: the repository's actions plus the checksums and
+/// VERSION that the release workflow commits (templates/release/write-checksums.sh over the
+/// release's assets in `assets`).
+fn released_actions(dest: &Path, assets: &Path, version: &str) -> PathBuf {
+    let r = run(Command::new("cp")
+        .arg("-R")
+        .arg(repo().join("actions"))
+        .arg(dest));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let lib = dest.join("actions/_lib");
+    let r = run(
+        scrubbed(repo().join("templates/release/write-checksums.sh"))
+            .arg(assets)
+            .arg(version)
+            .arg(&lib),
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    lib.join("install.sh")
+}
+
+/// Runs an install.sh as a composite action step would: no codeb on PATH, the runner's temp.
+fn install(script: &Path, base: &str, runner_temp: &Path, output: &Path) -> Run {
+    run(scrubbed("bash")
+        .arg(script)
+        .env("PATH", path_without_codeb())
+        .env("CODEB_BIN", "codeb-port-validate")
+        .env("CODEB_RELEASE_URL", base)
+        .env("RUNNER_TEMP", runner_temp)
+        .env("GITHUB_OUTPUT", output))
 }
 
 #[test]
-fn act_installs_the_release_binary_and_verifies_its_checksum() {
+fn installer_refuses_a_tampered_binary_whose_release_checksum_matches() {
+    let dir = tempdir();
+    let www = dir.path().join("www");
+    let stamp = std::process::id();
+    let version = format!("v0.0.{stamp}");
+    let assets = publish_release(&www, &version, "codeb-port-validate", None);
+    let released = dir.path().join("released");
+    fs::create_dir_all(&released).expect("mkdir");
+    let script = released_actions(&released, &assets, &version);
+    let server = FileServer::start(&www);
+    let base = format!("http://127.0.0.1:{}/releases", server.port);
+    let runner_temp = dir.path().join("runner-temp");
+    fs::create_dir_all(&runner_temp).expect("mkdir");
+    let output = dir.path().join("output");
+
+    // The genuine asset: installed under a private directory of RUNNER_TEMP, and it runs.
+    let r = install(&script, &base, &runner_temp, &output);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains(&format!(
+            "Downloading {base}/download/{version}/codeb-port-validate-"
+        )),
+        "the version is the one the action release pins: {}",
+        r.all()
+    );
+    let out = fs::read_to_string(&output).expect("output");
+    let path = PathBuf::from(out.trim().strip_prefix("path=").expect("path output"));
+    assert!(path.starts_with(&runner_temp), "{}", path.display());
+    assert!(!path.starts_with("/tmp/codeb"), "{}", path.display());
+    let private = path.parent().and_then(Path::parent).expect("private dir");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &fs::metadata(private).expect("meta").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "{}", private.display());
+    let r = run(Command::new(&path).arg("--version"));
+    assert!(r.stdout.contains("codeb-port-validate"), "{}", r.all());
+
+    // Someone replaces the asset on the release (and its .sha256 with one that matches): the
+    // checksum committed into the action refuses it, and nothing is installed or run.
+    publish_release(
+        &www,
+        &version,
+        "codeb-port-validate",
+        Some("codeb-healthcheck"),
+    );
+    let swapped = fs::read_to_string(assets.join(format!(
+        "codeb-port-validate-{}-unknown-linux-gnu.tar.gz.sha256",
+        std::env::consts::ARCH
+    )))
+    .expect("release checksum");
+    let r = install(&script, &base, &runner_temp, &dir.path().join("output2"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("checksum mismatch for codeb-port-validate-")
+            && r.stdout.contains("it was discarded and not run"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stdout.contains(&format!(
+            "the download has {}",
+            swapped.split_whitespace().next().unwrap_or("?")
+        )),
+        "the release's own .sha256 matched the swap and was not trusted: {}",
+        r.all()
+    );
+    let out2 = fs::read_to_string(dir.path().join("output2")).unwrap_or_default();
+    assert!(
+        out2.is_empty(),
+        "no path output for a refused binary: {out2}"
+    );
+
+    // Without RUNNER_TEMP (and no tool cache) it refuses rather than fall back to /tmp.
+    let r = run(scrubbed("bash")
+        .arg(&script)
+        .env("PATH", path_without_codeb())
+        .env("CODEB_BIN", "codeb-port-validate")
+        .env("CODEB_RELEASE_URL", &base));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains("neither RUNNER_TEMP nor RUNNER_TOOL_CACHE"),
+        "{}",
+        r.all()
+    );
+}
+
+#[test]
+fn act_refuses_to_download_without_checksums_committed_into_the_action() {
+    // The repository's own actions/ is not a released action: it carries no checksums.txt, so
+    // with no binary on PATH the action refuses instead of trusting a download.
     let dir = tempdir();
     let manifest = dir.path().join("port-manifest.yaml");
     fs::write(
@@ -204,43 +328,21 @@ fn act_installs_the_release_binary_and_verifies_its_checksum() {
         "version: 1\nprojects:\n  myapp:\n    production: {port: 4001}\n",
     )
     .expect("write");
-    let www = dir.path().join("www");
-    // Unique versions: the install location is keyed by version.
-    let stamp = std::process::id();
-    let good = format!("v0.0.{stamp}-good");
-    let bad = format!("v0.0.{stamp}-bad");
-    publish_release(&www, &good, "codeb-port-validate", false);
-    publish_release(&www, &bad, "codeb-port-validate", true);
-    let server = FileServer::start(&www);
-    let base = format!("http://127.0.0.1:{}/releases", server.port);
-    let env = |version: &str| {
-        vec![
+    let r = act(
+        "install.yml",
+        &[
             ("CODEB_TEST_MANIFEST", manifest.display().to_string()),
-            ("CODEB_TEST_RELEASE_URL", base.clone()),
-            ("CODEB_TEST_VERSION", version.to_owned()),
-        ]
-    };
-
-    let r = act("install.yml", &env(&good), &path_without_codeb());
-    assert_eq!(r.code, 0, "{}", r.all());
-    assert!(
-        r.stdout.contains(&format!(
-            "Downloading {base}/download/{good}/codeb-port-validate-"
-        )),
-        "{}",
-        r.all()
+            (
+                "CODEB_TEST_RELEASE_URL",
+                "http://127.0.0.1:9/releases".to_owned(),
+            ),
+        ],
+        &path_without_codeb(),
     );
-    assert!(
-        r.stdout.contains("downloaded binary validated port 4001"),
-        "{}",
-        r.all()
-    );
-
-    let r = act("install.yml", &env(&bad), &path_without_codeb());
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
         r.all()
-            .contains("checksum mismatch for codeb-port-validate-"),
+            .contains("this copy of the action has no checksums.txt/VERSION"),
         "{}",
         r.all()
     );

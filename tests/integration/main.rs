@@ -9,11 +9,15 @@
 mod util;
 
 mod actions;
+mod caddy_reload;
 mod daemon_intake;
 mod deploy;
+mod doctor;
 mod fake_github;
 mod healthcheck;
 mod infra;
+mod install;
 mod port_validate;
 mod previews;
+mod tidy;
 mod workflow_gen;

@@ -502,3 +502,95 @@ fn help_teaches() {
         );
     }
 }
+
+/// Issue 9 #5: the manifest lock `.NAME.lock` was created by whoever came first (root's
+/// daemon, 0600 under its unit's UMask=0077) and opened for writing, so the runner's user
+/// could never take it again. It is opened read-only and created group-writable with the
+/// manifest's owner and group.
+#[test]
+fn manifest_lock_created_by_root_does_not_block_an_unprivileged_runner() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, chown};
+    let uid = fs::metadata("/proc/self").expect("/proc/self").uid();
+    assert_eq!(
+        uid, 0,
+        "this test needs root (scripts/test runs as root): it creates the lock as root and then runs as nobody"
+    );
+    const NOBODY: u32 = 65534;
+    let dir = tempdir();
+    // A manifest directory shared by root and the runner's group (nogroup here).
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o2775)).expect("chmod dir");
+    chown(dir.path(), Some(0), Some(NOBODY)).expect("chown dir");
+    let m = write(
+        dir.path(),
+        "version: 1\nprojects:\n  rootapp: {}\n  runnerapp: {}\n",
+    );
+    fs::set_permissions(&m, fs::Permissions::from_mode(0o664)).expect("chmod manifest");
+    chown(&m, Some(0), Some(NOBODY)).expect("chown manifest");
+
+    // Root comes first, with the daemon unit's umask.
+    let r = run(crate::util::scrubbed("sh")
+        .arg("-c")
+        .arg("umask 077; exec \"$0\" \"$@\"")
+        .arg(crate::util::bin("codeb-port-validate"))
+        .args([
+            "--project",
+            "rootapp",
+            "--environment",
+            "production",
+            "--allocate",
+            "--no-host-check",
+            "--manifest",
+        ])
+        .arg(&m));
+    assert_eq!(r.code, 0, "root allocates: {}", r.all());
+    let lock = dir.path().join(".port-manifest.yaml.lock");
+    let meta = fs::metadata(&lock).expect("the lock file exists");
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o660,
+        "group-writable whatever the umask"
+    );
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, NOBODY),
+        "the manifest's owner and group"
+    );
+
+    // Then the runner's user (not root, in the manifest's group).
+    let r = run(crate::util::scrubbed("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "--",
+        ])
+        .arg(crate::util::bin("codeb-port-validate"))
+        .args([
+            "--project",
+            "runnerapp",
+            "--environment",
+            "production",
+            "--allocate",
+            "--no-host-check",
+            "--manifest",
+        ])
+        .arg(&m));
+    assert_eq!(
+        r.code,
+        0,
+        "the runner's user allocates after root: {}",
+        r.all()
+    );
+    let text = fs::read_to_string(&m).expect("manifest");
+    assert!(
+        text.contains("rootapp:") && text.contains("runnerapp:"),
+        "{text}"
+    );
+    let ports: BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.split("port: ").nth(1))
+        .collect();
+    assert_eq!(ports.len(), 2, "two distinct ports: {text}");
+}

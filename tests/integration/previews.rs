@@ -3,7 +3,7 @@
 
 use crate::fake_github::{FakeGitHub, Pr};
 use crate::infra::{
-    Caddy, Podman, Registry, free_port, http_request, push_image, sample_local_images,
+    Caddy, CaddyBuild, Podman, Registry, free_port, http_request, push_image, sample_local_images,
     sample_local_name,
 };
 use crate::util::{bin, scrubbed, tempdir};
@@ -219,11 +219,15 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(CaddyBuild::Debian)
+}
+
+fn setup_with(build: CaddyBuild) -> Setup {
     let dir = tempdir();
     let podman = Podman::new();
     let registry = Registry::start();
     podman.trust_insecure(&registry.host_port());
-    let caddy = Caddy::start();
+    let caddy = Caddy::start_build(build);
     let github = FakeGitHub::start();
     let project = format!("p{}", std::process::id() % 100_000);
     let listen = format!("127.0.0.1:{}", free_port());
@@ -304,15 +308,74 @@ impl Drop for Cleanup {
     }
 }
 
-fn publish(s: &Setup, version: &str, tag: &str) {
+/// Pushes the sample release `version`, built from commit `sha` (its revision label, as
+/// docker/metadata-action writes it), as `codeb/app:<tag>`.
+fn publish(s: &Setup, version: &str, tag: &str, sha: &str) {
     sample_local_images(&s.podman);
+    let local = format!("localhost/codeb-test/sample-rev:{version}-{}", &sha[..12]);
+    let ctx = tempdir();
+    std::fs::write(
+        ctx.path().join("Containerfile"),
+        format!(
+            "FROM {}\nLABEL org.opencontainers.image.revision={sha}\n",
+            sample_local_name(version)
+        ),
+    )
+    .expect("Containerfile");
+    let dir = ctx.path().to_string_lossy().into_owned();
+    s.podman
+        .run(&[
+            "build",
+            "--quiet",
+            "--timestamp",
+            "0",
+            "--layers=false",
+            "-t",
+            &local,
+            "-f",
+            &format!("{dir}/Containerfile"),
+            &dir,
+        ])
+        .expect("build the labelled image");
     push_image(
         &s.podman,
         &s.registry,
-        &sample_local_name(version),
+        &local,
         &s.registry.image(&format!("codeb/app:{tag}")),
     )
     .expect("push");
+}
+
+/// Waits until the daemon has no queued or running job (every delivery so far is handled).
+fn wait_idle(s: &Setup) {
+    wait_until(
+        "the daemon's jobs to finish",
+        Duration::from_secs(90),
+        || {
+            let out = scrubbed(bin("codeb-daemon"))
+                .args(["jobs", "--config"])
+                .arg(&s.config)
+                .env("CODEB_WEBHOOK_SECRET", SECRET)
+                .output()
+                .expect("codeb-daemon jobs");
+            let jobs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            jobs.as_array().is_some_and(|j| {
+                j.iter()
+                    .all(|j| j["state"] != "queued" && j["state"] != "running")
+            })
+        },
+    );
+}
+
+fn serves(s: &Setup, host: &str, version: &str) -> bool {
+    get_host(&s.routes, host, "/api/health")
+        .is_ok_and(|(c, b)| c == 200 && version_of(&b) == version)
+}
+
+fn not_served(s: &Setup, host: &str) -> bool {
+    get_host(&s.routes, host, "/")
+        .map(|(_, b)| !b.contains("hello from") && !b.contains("version"))
+        .unwrap_or(true)
 }
 
 fn version_of(body: &str) -> String {
@@ -324,10 +387,27 @@ fn version_of(body: &str) -> String {
 
 #[test]
 fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
+    preview_lifecycle(CaddyBuild::Debian);
+}
+
+/// The same behind a current Caddy (2.11).
+#[test]
+fn a_pull_request_gets_a_live_preview_behind_current_caddy() {
+    preview_lifecycle(CaddyBuild::Current);
+}
+
+fn preview_lifecycle(build: CaddyBuild) {
     let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
-    let s = setup();
+    let s = setup_with(build);
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
     let host = "pr-7.preview.test";
+    // Someone pasted codeb's marker into a comment of their own: it is not codeb's comment.
+    let foreign = s.github.add_comment_by(
+        REPO,
+        7,
+        "mallory",
+        "<!-- codeb-preview -->\nPreview ready: http://evil.example",
+    );
     s.github.set_pr(Pr {
         repo: REPO.into(),
         number: 7,
@@ -335,6 +415,7 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
         head_sha: "a".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
 
     // Opened before the build pushed its image: the preview waits for it.
@@ -347,7 +428,7 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
     });
 
     // The build publishes pr-7: the preview comes up and answers through its Caddy route.
-    publish(&s, "v1", "pr-7");
+    publish(&s, "v1", "pr-7", &"a".repeat(40));
     daemon.post("registry_package", &package_event("pr-7"));
     wait_until("the preview to answer v1", Duration::from_secs(60), || {
         get_host(&s.routes, host, "/api/health")
@@ -373,11 +454,23 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
             .is_some_and(|u| u.ends_with("/pull/7/checks")),
         "{success}"
     );
-    let comments = s.github.comments(REPO, 7);
+    let all = s.github.comments(REPO, 7);
+    let f = all
+        .iter()
+        .find(|c| c.id == foreign)
+        .expect("foreign comment");
+    assert_eq!(
+        f.edits, 0,
+        "a marked comment by someone else is never edited: {f:?}"
+    );
+    let comments: Vec<_> = all
+        .into_iter()
+        .filter(|c| c.author == crate::fake_github::BOT_LOGIN)
+        .collect();
     assert_eq!(
         comments.len(),
         1,
-        "one comment, edited in place: {comments:?}"
+        "one comment of codeb's own, edited in place: {comments:?}"
     );
     assert!(
         comments[0].body.contains("Preview ready") && comments[0].body.contains(host),
@@ -401,8 +494,9 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
         head_sha: "b".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
-    publish(&s, "v2", "pr-7");
+    publish(&s, "v2", "pr-7", &"b".repeat(40));
     daemon.post(
         "pull_request",
         &pr_event("synchronize", 7, &"b".repeat(40), REPO, &[]),
@@ -416,7 +510,11 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
         2,
         "one deployment per head sha"
     );
-    assert_eq!(s.github.comments(REPO, 7).len(), 1, "still one comment");
+    assert_eq!(
+        s.github.comments(REPO, 7).len(),
+        2,
+        "still one comment of codeb's"
+    );
 
     // Closed: nothing is left.
     s.github.set_pr(Pr {
@@ -426,6 +524,7 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
         head_sha: "b".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
     daemon.post(
         "pull_request",
@@ -461,31 +560,51 @@ fn a_pull_request_gets_a_live_preview_that_follows_it_and_goes_away() {
         "no Caddy front or route left: {config}"
     );
     assert!(
-        s.github.comments(REPO, 7)[0]
-            .body
-            .contains("Preview removed")
+        s.github.comments(REPO, 7).iter().any(
+            |c| c.author == crate::fake_github::BOT_LOGIN && c.body.contains("Preview removed")
+        )
     );
     daemon.kill9();
 }
 
+fn fork_pr(number: u64, sha: &str, labels: &[&str], open: bool, draft: bool) -> Pr {
+    Pr {
+        repo: REPO.into(),
+        number,
+        open,
+        head_sha: sha.into(),
+        head_repo: "mallory/app".into(),
+        labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        draft,
+    }
+}
+
+fn containers_of(s: &Setup, unit: &str) -> Vec<String> {
+    s.podman
+        .run(&["ps", "-a", "--format", "{{.Names}}"])
+        .unwrap_or_default()
+        .lines()
+        .filter(|n| n.starts_with(unit))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Issue 9 #2: the API's labels are the truth, an approval binds to the commit it was given
+/// on, a fork's push needs a fresh approval, and removing the label or turning the PR into a
+/// draft takes the preview down.
 #[test]
-fn fork_pull_requests_wait_for_the_label() {
+fn fork_approval_binds_to_its_commit_and_ends_with_the_label() {
     let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
     let host = "pr-9.preview.test";
-    publish(&s, "v1", "pr-9");
-    s.github.set_pr(Pr {
-        repo: REPO.into(),
-        number: 9,
-        open: true,
-        head_sha: "c".repeat(40),
-        head_repo: "mallory/app".into(),
-        labels: vec![],
-    });
+    let unit = format!("{}-pr-9", s.project);
+    let (c, d) = ("c".repeat(40), "d".repeat(40));
+    publish(&s, "v1", "pr-9", &c);
+    s.github.set_pr(fork_pr(9, &c, &[], true, false));
     daemon.post(
         "pull_request",
-        &pr_event("opened", 9, &"c".repeat(40), "mallory/app", &[]),
+        &pr_event("opened", 9, &c, "mallory/app", &[]),
     );
     wait_until("the fork comment", Duration::from_secs(30), || {
         s.github
@@ -493,59 +612,197 @@ fn fork_pull_requests_wait_for_the_label() {
             .first()
             .is_some_and(|c| c.body.contains("comes from a fork"))
     });
+
+    // A stale `labeled` delivery (the maintainer has removed the label since): the API
+    // says no label, so nothing is deployed.
+    daemon.post(
+        "pull_request",
+        &pr_event("labeled", 9, &c, "mallory/app", &["preview"]),
+    );
+    wait_idle(&s);
     assert!(
         s.github.deployments("pr-9").is_empty(),
-        "no deployment for an unapproved fork"
+        "a stale label must not deploy a fork"
     );
-    assert!(
-        get_host(&s.routes, host, "/")
-            .map(|(_, b)| !b.contains("hello from"))
-            .unwrap_or(true),
-        "not served"
-    );
+    assert!(not_served(&s, host), "not served");
 
-    s.github.set_pr(Pr {
-        repo: REPO.into(),
-        number: 9,
-        open: true,
-        head_sha: "c".repeat(40),
-        head_repo: "mallory/app".into(),
-        labels: vec!["preview".into()],
-    });
+    // Approved on commit c: the preview of c comes up.
+    s.github.set_pr(fork_pr(9, &c, &["preview"], true, false));
     daemon.post(
         "pull_request",
-        &pr_event("labeled", 9, &"c".repeat(40), "mallory/app", &["preview"]),
+        &pr_event("labeled", 9, &c, "mallory/app", &["preview"]),
     );
     wait_until("the approved preview", Duration::from_secs(60), || {
-        get_host(&s.routes, host, "/api/health")
-            .is_ok_and(|(c, b)| c == 200 && version_of(&b) == "v1")
+        serves(&s, host, "v1")
     });
-    s.github.set_pr(Pr {
-        repo: REPO.into(),
-        number: 9,
-        open: false,
-        head_sha: "c".repeat(40),
-        head_repo: "mallory/app".into(),
-        labels: vec![],
-    });
+
+    // The fork pushes d (and its image): no fresh approval, so the preview stays on c.
+    s.github.set_pr(fork_pr(9, &d, &["preview"], true, false));
+    publish(&s, "v2", "pr-9", &d);
     daemon.post(
         "pull_request",
-        &pr_event("closed", 9, &"c".repeat(40), "mallory/app", &[]),
+        &pr_event("synchronize", 9, &d, "mallory/app", &["preview"]),
     );
-    wait_until("teardown", Duration::from_secs(30), || {
-        s.github
-            .statuses("pr-9")
-            .last()
-            .is_some_and(|st| st == "inactive")
+    daemon.post("registry_package", &package_event("pr-9"));
+    wait_idle(&s);
+    assert!(
+        serves(&s, host, "v1"),
+        "the preview stays on the approved c"
+    );
+    let comment = s.github.comments(REPO, 9)[0].body.clone();
+    assert!(
+        comment.contains("has not been approved")
+            && comment.contains("stays on the approved commit ccccccc"),
+        "{comment}"
+    );
+    assert!(
+        !s.github
+            .deployments("pr-9")
+            .iter()
+            .any(|dep| dep.body["ref"] == d.as_str()),
+        "no deployment of the unapproved commit"
+    );
+
+    // The label comes off: the preview goes.
+    s.github.set_pr(fork_pr(9, &d, &[], true, false));
+    daemon.post(
+        "pull_request",
+        &pr_event("unlabeled", 9, &d, "mallory/app", &["preview"]),
+    );
+    wait_until(
+        "the unapproved preview to go",
+        Duration::from_secs(30),
+        || {
+            containers_of(&s, &unit).is_empty()
+                && not_served(&s, host)
+                && s.github.statuses("pr-9").last().map(String::as_str) == Some("inactive")
+        },
+    );
+
+    // A fresh approval on d: the preview of d.
+    s.github.set_pr(fork_pr(9, &d, &["preview"], true, false));
+    daemon.post(
+        "pull_request",
+        &pr_event("labeled", 9, &d, "mallory/app", &["preview"]),
+    );
+    wait_until("the preview of d", Duration::from_secs(60), || {
+        serves(&s, host, "v2")
     });
+
+    // Converted to a draft: the preview goes again.
+    s.github.set_pr(fork_pr(9, &d, &["preview"], true, true));
+    daemon.post(
+        "pull_request",
+        &pr_event("converted_to_draft", 9, &d, "mallory/app", &["preview"]),
+    );
+    wait_until("the draft's preview to go", Duration::from_secs(30), || {
+        containers_of(&s, &unit).is_empty()
+            && not_served(&s, host)
+            && !std::fs::read_to_string(&s.manifest)
+                .unwrap_or_default()
+                .contains(&unit)
+    });
+    let m = std::fs::read_to_string(&s.manifest).expect("manifest");
+    assert!(!m.contains(&unit), "port released: {m}");
+    s.github.set_pr(fork_pr(9, &d, &[], false, false));
+    daemon.post(
+        "pull_request",
+        &pr_event("closed", 9, &d, "mallory/app", &[]),
+    );
+    wait_idle(&s);
+    daemon.kill9();
+}
+
+/// Issue 9 #9: the moving tag still holds the previous commit's image: the preview waits for
+/// the right one instead of reporting the old image as the new commit.
+#[test]
+fn a_preview_is_not_reported_for_a_commit_it_does_not_serve() {
+    let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup();
+    let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
+    let host = "pr-8.preview.test";
+    let (a, b) = ("a".repeat(40), "b".repeat(40));
+    let pr = |sha: &str| Pr {
+        repo: REPO.into(),
+        number: 8,
+        open: true,
+        head_sha: sha.into(),
+        head_repo: REPO.into(),
+        labels: vec![],
+        draft: false,
+    };
+    publish(&s, "v1", "pr-8", &a);
+    s.github.set_pr(pr(&a));
+    daemon.post("pull_request", &pr_event("opened", 8, &a, REPO, &[]));
+    wait_until("v1", Duration::from_secs(60), || serves(&s, host, "v1"));
+
+    // Pushed b; the build has not replaced pr-8 yet.
+    s.github.set_pr(pr(&b));
+    daemon.post("pull_request", &pr_event("synchronize", 8, &b, REPO, &[]));
+    wait_idle(&s);
+    let of_b: Vec<_> = s
+        .github
+        .deployments("pr-8")
+        .into_iter()
+        .filter(|dep| dep.body["ref"] == b.as_str())
+        .collect();
+    assert_eq!(of_b.len(), 1, "a deployment for b");
+    let states: Vec<&str> = of_b[0]
+        .statuses
+        .iter()
+        .filter_map(|st| st["state"].as_str())
+        .collect();
+    assert!(
+        !states.contains(&"success") && states.last() == Some(&"queued"),
+        "b is not reported live while pr-8 is a's image: {states:?}"
+    );
+    let comment = s.github.comments(REPO, 8)[0].body.clone();
+    assert!(
+        comment.contains("Preview waiting")
+            && comment.contains("for the build of bbbbbbb")
+            && comment.contains("still the image of aaaaaaa"),
+        "{comment}"
+    );
+
+    // The build of b arrives: now b is live.
+    publish(&s, "v2", "pr-8", &b);
+    daemon.post("registry_package", &package_event("pr-8"));
+    wait_until("v2", Duration::from_secs(60), || serves(&s, host, "v2"));
+    wait_until("b's success", Duration::from_secs(10), || {
+        s.github
+            .deployments("pr-8")
+            .iter()
+            .filter(|dep| dep.body["ref"] == b.as_str())
+            .any(|dep| dep.statuses.iter().any(|st| st["state"] == "success"))
+    });
+    // The container runs confined (issue 9 #10), on this machine's podman.
+    let inspect = s
+        .podman
+        .run(&[
+            "inspect",
+            &format!("{}-pr-8-blue", s.project),
+            "--format",
+            "{{.HostConfig.UsernsMode}}|{{.HostConfig.PidsLimit}}|{{.HostConfig.Memory}}|{{.HostConfig.CapDrop}}|{{.HostConfig.SecurityOpt}}",
+        ])
+        .expect("inspect");
+    let f: Vec<&str> = inspect.trim().split('|').collect();
+    assert_eq!(f[0], "private", "own user namespace: {inspect}");
+    assert_eq!(f[1], "256", "{inspect}");
+    assert_eq!(f[2], (512u64 << 20).to_string(), "{inspect}");
+    assert!(
+        f[3].contains("CAP_SYS_ADMIN") || f[3].contains("CAP_CHOWN"),
+        "all dropped: {inspect}"
+    );
+    assert!(f[4].contains("no-new-privileges"), "{inspect}");
+    daemon.kill9();
 }
 
 #[test]
 fn sigkill_midway_then_restart_is_consistent_and_closed_prs_are_reconciled() {
     let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
-    publish(&s, "v1", "pr-11");
-    publish(&s, "v1", "pr-12");
+    publish(&s, "v1", "pr-11", &"d".repeat(40));
+    publish(&s, "v1", "pr-12", &"d".repeat(40));
     for n in [11, 12] {
         s.github.set_pr(Pr {
             repo: REPO.into(),
@@ -554,6 +811,7 @@ fn sigkill_midway_then_restart_is_consistent_and_closed_prs_are_reconciled() {
             head_sha: "d".repeat(40),
             head_repo: REPO.into(),
             labels: vec![],
+            draft: false,
         });
     }
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
@@ -576,6 +834,7 @@ fn sigkill_midway_then_restart_is_consistent_and_closed_prs_are_reconciled() {
         head_sha: "d".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
     wait_until("PR 11's preview", Duration::from_secs(90), || {
@@ -608,6 +867,7 @@ fn sigkill_midway_then_restart_is_consistent_and_closed_prs_are_reconciled() {
         head_sha: "d".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
     daemon.post(
         "pull_request",
@@ -632,6 +892,7 @@ fn an_exhausted_port_pool_fails_the_pr_clearly() {
         ));
     }
     std::fs::write(&s.manifest, text).expect("manifest");
+    publish(&s, "v1", "pr-21", &"e".repeat(40));
     let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
     s.github.set_pr(Pr {
         repo: REPO.into(),
@@ -640,6 +901,7 @@ fn an_exhausted_port_pool_fails_the_pr_clearly() {
         head_sha: "e".repeat(40),
         head_repo: REPO.into(),
         labels: vec![],
+        draft: false,
     });
     daemon.post(
         "pull_request",
@@ -668,76 +930,207 @@ fn an_exhausted_port_pool_fails_the_pr_clearly() {
     });
 }
 
+/// Issue 9 #1 and #7: the reconciler removes only what codeb made for a preview of a
+/// configured project (a project named `my-pr-tool` keeps its production containers and
+/// front; a container without codeb's labels stays), expires idle previews through the PR's
+/// queue (also one whose first deploy failed), and one failing repository does not stop the
+/// others.
 #[test]
-fn the_reconciler_expires_idle_previews_and_removes_orphans() {
+fn reconcile_keeps_project_named_my_pr_tool() {
     let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
     let s = setup();
-    // Reconcile every second, previews expire after 3 s idle.
+    // Reconcile every second, previews expire after 3 s idle; a second repository whose
+    // pull request list fails, sorted first.
+    let broken = format!("q{}", std::process::id() % 100_000);
     let text = std::fs::read_to_string(&s.config).expect("config");
     let text = text
         .replace("reconcile_interval = \"1h\"", "reconcile_interval = \"1s\"")
-        .replace("[previews]\n", "[previews]\nttl = \"3s\"\n");
+        .replace("[previews]\n", "[previews]\nttl = \"3s\"\n")
+        + &format!(
+            "\n[previews.repos.\"codeb/aa-broken\"]\nproject = \"{broken}\"\nimage = \"{}\"\n",
+            s.registry.image("codeb/broken")
+        );
     std::fs::write(&s.config, text).expect("config");
-    publish(&s, "v1", "pr-31");
-    s.github.set_pr(Pr {
-        repo: REPO.into(),
-        number: 31,
-        open: true,
-        head_sha: "f".repeat(40),
-        head_repo: REPO.into(),
-        labels: vec![],
-    });
-    // An orphan: a preview container that belongs to no preview in the manifest.
-    let orphan = format!("{}-pr-99-blue", s.project);
+    s.github.lock().failing.insert("codeb/aa-broken".into());
+    std::fs::write(
+        &s.manifest,
+        format!("version: 1\nprojects: {{}}\npreviews:\n  {broken}-pr-1: {{project: {broken}, pr: 1, port: 5990}}\n"),
+    )
+    .expect("manifest");
+
+    let (f, g) = ("f".repeat(40), "9".repeat(40));
+    publish(&s, "v1", "pr-31", &f);
+    // PR 32's image is the broken release: its first deploy fails.
+    publish(&s, "v3", "pr-32", &g);
+    for (n, sha) in [(31, &f), (32, &g)] {
+        s.github.set_pr(Pr {
+            repo: REPO.into(),
+            number: n,
+            open: true,
+            head_sha: sha.clone(),
+            head_repo: REPO.into(),
+            labels: vec![],
+            draft: false,
+        });
+    }
     sample_local_images(&s.podman);
-    s.podman
-        .run(&[
-            "run",
-            "-d",
-            "--init",
-            "--name",
-            &orphan,
-            "--label",
+    let image = sample_local_name("v1");
+    let run = |name: &str, labels: &[&str]| {
+        let mut args = vec!["run", "-d", "--init", "--name", name];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        args.push(&image);
+        s.podman.run(&args).expect("container");
+    };
+    // An orphan codeb made: a preview container of our project with no port in the manifest.
+    let orphan = format!("{}-pr-99-blue", s.project);
+    let project_label = format!("codeb.project={}", s.project);
+    run(
+        &orphan,
+        &["codeb.slot=blue", &project_label, "codeb.environment=pr-99"],
+    );
+    // Not codeb's preview: the production slot of a project named my-pr-tool, and a
+    // container named like a preview but without codeb's labels.
+    let tool = "my-pr-tool-production-blue";
+    let _ = s.podman.run(&["rm", "-f", "-t", "0", tool]);
+    run(
+        tool,
+        &[
             "codeb.slot=blue",
-            &sample_local_name("v1"),
-        ])
-        .expect("orphan container");
-    let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
-    wait_until("the orphan to be removed", Duration::from_secs(30), || {
-        !s.podman
+            "codeb.project=my-pr-tool",
+            "codeb.environment=production",
+        ],
+    );
+    let unlabelled = format!("{}-pr-98-blue", s.project);
+    run(&unlabelled, &["codeb.slot=blue"]);
+    let tool_port = free_port();
+    s.caddy
+        .load(&format!(
+            r#"{{"apps":{{"http":{{"servers":{{"codeb-my-pr-tool-production":{{"@id":"codeb-my-pr-tool-production","listen":["127.0.0.1:{tool_port}"],"routes":[{{"handle":[{{"handler":"static_response","body":"my-pr-tool production"}}]}}]}}}}}}}}}}"#
+        ))
+        .expect("my-pr-tool front");
+    let names = || {
+        s.podman
             .run(&["ps", "-a", "--format", "{{.Names}}"])
             .unwrap_or_default()
-            .lines()
-            .any(|n| n == orphan)
-    });
-    daemon.post(
-        "pull_request",
-        &pr_event("opened", 31, &"f".repeat(40), REPO, &[]),
+    };
+
+    let before = names();
+    assert!(
+        [orphan.as_str(), tool, unlabelled.as_str()]
+            .iter()
+            .all(|n| before.lines().any(|l| l == *n)),
+        "the test's containers run: {before}"
     );
-    wait_until("PR 31's preview", Duration::from_secs(60), || {
-        get_host(&s.routes, "pr-31.preview.test", "/api/health")
-            .is_ok_and(|(c, b)| c == 200 && version_of(&b) == "v1")
+    let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
+    wait_until("the orphan to be removed", Duration::from_secs(30), || {
+        let n = names();
+        !n.is_empty() && !n.lines().any(|n| n == orphan)
     });
-    // Idle past the TTL: the reconciler removes it and tells the PR why.
-    wait_until(
-        "the idle preview to expire",
-        Duration::from_secs(60),
-        || {
+    daemon.post("pull_request", &pr_event("opened", 31, &f, REPO, &[]));
+    daemon.post("pull_request", &pr_event("opened", 32, &g, REPO, &[]));
+    wait_until("PR 31's preview", Duration::from_secs(60), || {
+        serves(&s, "pr-31.preview.test", "v1")
+    });
+    // Idle past the TTL: both expire, the failed one too, although the broken repository's
+    // pull requests cannot be listed.
+    for n in [31u64, 32] {
+        wait_until(
+            &format!("PR {n} to expire"),
+            Duration::from_secs(60),
+            || {
+                s.github
+                    .comments(REPO, n)
+                    .first()
+                    .is_some_and(|c| c.body.contains("idle for more than"))
+            },
+        );
+        assert_eq!(
             s.github
-                .comments(REPO, 31)
-                .first()
-                .is_some_and(|c| c.body.contains("idle for more than"))
-        },
+                .statuses(&format!("pr-{n}"))
+                .last()
+                .map(String::as_str),
+            Some("inactive")
+        );
+    }
+    let m = std::fs::read_to_string(&s.manifest).expect("manifest");
+    assert!(
+        !m.contains("-pr-31") && !m.contains("-pr-32"),
+        "ports released: {m}"
     );
     assert!(
-        !std::fs::read_to_string(&s.manifest)
-            .expect("manifest")
-            .contains("-pr-31"),
-        "port released"
+        m.contains(&format!("{broken}-pr-1")),
+        "the broken repository's preview is left alone: {m}"
     );
-    assert_eq!(
-        s.github.statuses("pr-31").last().map(String::as_str),
-        Some("inactive")
+    // What is not codeb's preview is still there.
+    let left = names();
+    assert!(
+        left.lines().any(|n| n == tool),
+        "my-pr-tool's container kept: {left}"
     );
+    assert!(
+        left.lines().any(|n| n == unlabelled),
+        "an unlabelled container kept: {left}"
+    );
+    let config = s.caddy.config().expect("caddy config");
+    assert!(
+        config.contains("codeb-my-pr-tool-production"),
+        "my-pr-tool's front kept: {config}"
+    );
+    let (status, body) = http_request(
+        "GET",
+        &format!("http://127.0.0.1:{tool_port}/"),
+        &[],
+        b"",
+        Duration::from_secs(5),
+    )
+    .expect("my-pr-tool answers");
+    assert_eq!((status, body.as_str()), (200, "my-pr-tool production"));
+    for n in [tool, unlabelled.as_str()] {
+        let _ = s.podman.run(&["rm", "-f", "-t", "0", n]);
+    }
+    daemon.kill9();
+}
+
+/// Issue 9 #4 (the daemon's part): a Caddy reload with an unrelated config erases codeb's
+/// preview front and host route; the reconciler (at start and every interval) restores them
+/// from `.codeb/` and the preview answers again.
+#[test]
+fn the_reconciler_restores_preview_routes_after_a_caddy_reload() {
+    let _one = PREVIEWS.lock().unwrap_or_else(|e| e.into_inner());
+    let s = setup();
+    let text = std::fs::read_to_string(&s.config).expect("config");
+    std::fs::write(
+        &s.config,
+        text.replace("reconcile_interval = \"1h\"", "reconcile_interval = \"1s\""),
+    )
+    .expect("config");
+    let sha = "4".repeat(40);
+    publish(&s, "v1", "pr-41", &sha);
+    s.github.set_pr(Pr {
+        repo: REPO.into(),
+        number: 41,
+        open: true,
+        head_sha: sha.clone(),
+        head_repo: REPO.into(),
+        labels: vec![],
+        draft: false,
+    });
+    let mut daemon = Daemon::start(&s.config, &s.podman, &s.listen);
+    let host = "pr-41.preview.test";
+    daemon.post("pull_request", &pr_event("opened", 41, &sha, REPO, &[]));
+    wait_until("PR 41's preview", Duration::from_secs(60), || {
+        serves(&s, host, "v1")
+    });
+    s.caddy
+        .load(
+            r#"{"apps":{"http":{"servers":{"unrelated":{"listen":["127.0.0.1:1"],"routes":[]}}}}}"#,
+        )
+        .expect("reload with an unrelated config");
+    assert!(!serves(&s, host, "v1"), "the reload erased the route");
+    wait_until("the restored route", Duration::from_secs(30), || {
+        serves(&s, host, "v1")
+    });
     daemon.kill9();
 }

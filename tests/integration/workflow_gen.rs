@@ -48,8 +48,8 @@ fn listing(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 // Validators over every variant
 // ---------------------------------------------------------------------------------------------
 
-/// `(file name, flags)` of every variant: each type, with and without database/redis (types
-/// with tests), each environment set; plus local actions with another registry and labels.
+/// `(file name, flags)` of every variant: each type, with and without database/redis, each
+/// environment set; plus local actions with another registry and labels.
 fn variants() -> Vec<(String, Vec<String>)> {
     let mut out = Vec::new();
     let services: [(&str, &[&str]); 4] = [
@@ -59,11 +59,7 @@ fn variants() -> Vec<(String, Vec<String>)> {
         ("-database-redis", &["--database", "--redis"]),
     ];
     for kind in ["nextjs", "node", "rust", "static", "dockerfile"] {
-        let with_tests = !matches!(kind, "static" | "dockerfile");
         for (suffix, flags) in &services {
-            if !with_tests && !flags.is_empty() {
-                continue;
-            }
             for envs in ["staging", "production", "staging,production"] {
                 let name = format!("{kind}-{}{suffix}.yml", envs.replace(',', "+"));
                 let mut args: Vec<String> = vec!["--type".into(), kind.into()];
@@ -157,17 +153,17 @@ fn every_generated_variant_passes_every_validator() {
         files.push(path);
     }
     println!("generated {} variants in {:?}", files.len(), t.elapsed());
-    assert_eq!(files.len(), 43);
+    assert_eq!(files.len(), 61);
     let v = Validators {
         parser: workflow_parser(dir.path()),
     };
 
     let r = v.parser(&files);
     assert_eq!(r.code, 0, "GitHub's workflow parser:\n{}", r.all());
-    assert!(r.stdout.contains("43 file(s), 0 error(s)"), "{}", r.all());
+    assert!(r.stdout.contains("61 file(s), 0 error(s)"), "{}", r.all());
     let r = v.actionlint(&files);
     assert_eq!(r.code, 0, "actionlint:\n{}", r.all());
-    assert!(r.stdout.contains("43 file(s), 0 finding(s)"), "{}", r.all());
+    assert!(r.stdout.contains("61 file(s), 0 finding(s)"), "{}", r.all());
     let r = v.zizmor(&files);
     assert_eq!(r.code, 0, "zizmor:\n{}", r.all());
     assert!(r.all().contains("No findings to report"), "{}", r.all());
@@ -363,8 +359,8 @@ fn bad_input_is_a_clear_error_and_writes_nothing() {
             "may not list preview",
         ),
         (
-            &["--project", "myapp", "--type", "static", "--database"],
-            "--database needs a test job",
+            &["doctor", "--repo", "acme"],
+            "--repo `acme` is not OWNER/NAME",
         ),
         (
             &["--project", "myapp", "--check", "--force"],
@@ -530,7 +526,7 @@ fn pinned(action: &str) -> String {
 }
 
 /// `act EVENT -e payload` in `dir` with the platforms mapped to the host, the split codeb
-/// actions standing in for `codeb/<name>@v1`, `extra` arguments and `env`.
+/// actions standing in for `codeb/<name>@<pinned sha>`, `extra` arguments and `env`.
 fn act(
     dir: &Path,
     workflows: &str,
@@ -556,7 +552,8 @@ fn act(
         .args(["-P", "ubuntu-latest=-self-hosted"]);
     for name in ["port-validate", "quadlet-update", "healthcheck"] {
         c.arg("--local-repository").arg(format!(
-            "codeb/{name}@v1={}",
+            "{}={}",
+            pinned(&format!("codeb/{name}")),
             split_dir.join(name).display()
         ));
     }
@@ -886,4 +883,71 @@ fn act_replays_a_pull_request_onto_the_preview_tag_path() {
     for job in ["Validate the port", "Deploy"] {
         assert!(job_lines(&r.stdout, job).is_empty(), "{}", r.all());
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The release updates the pins of codeb's own actions
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn generated_workflows_pin_codebs_own_actions_by_the_commit_the_release_wrote() {
+    let dir = tempdir();
+    let tpl = dir.path().join("tpl");
+    fs::create_dir_all(&tpl).expect("mkdir");
+    let pins = tpl.join("pins.toml");
+    fs::copy(repo().join("templates/workflows/pins.toml"), &pins).expect("copy pins");
+    let sha = |c: char| c.to_string().repeat(40);
+    let r = run(scrubbed(repo().join("templates/release/update-pins.sh"))
+        .arg(&pins)
+        .arg("v9.8.7")
+        .arg(format!("port-validate={}", sha('a')))
+        .arg(format!("quadlet-update={}", sha('b')))
+        .arg(format!("healthcheck={}", sha('c'))));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = gen_in(
+        dir.path(),
+        &["--project", "myapp", "--templates", "tpl", "--stdout"],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    for (name, c) in [
+        ("port-validate", 'a'),
+        ("quadlet-update", 'b'),
+        ("healthcheck", 'c'),
+    ] {
+        let line = format!("uses: codeb/{name}@{} # v9.8.7", sha(c));
+        assert!(r.stdout.contains(&line), "{line} in\n{}", r.stdout);
+    }
+    assert!(!r.stdout.contains("zizmor"), "{}", r.stdout);
+    // A short or moving ref is refused and the file is left as it was.
+    let before = fs::read(&pins).expect("read");
+    let r = run(scrubbed(repo().join("templates/release/update-pins.sh"))
+        .arg(&pins)
+        .arg("v9.8.8")
+        .arg("healthcheck=v1"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("not a full 40-character commit SHA"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(before, fs::read(&pins).expect("read"));
+}
+
+#[test]
+fn no_zizmor_ignore_remains_in_the_repository() {
+    let r = run(scrubbed("git").current_dir(repo()).args([
+        "grep",
+        "-n",
+        "-I",
+        "zizmor: ignore",
+        "--",
+        ".",
+        ":!tests/integration/workflow_gen.rs",
+    ]));
+    assert_eq!(
+        r.code,
+        1,
+        "git grep found silenced zizmor findings:\n{}",
+        r.all()
+    );
 }

@@ -10,12 +10,13 @@
 //! Escaping follows GitHub's actions/toolkit (`command.ts`): messages escape `%`, CR and LF;
 //! properties also `:` and `,`.
 
+mod exit;
 mod inputs;
 
+pub use exit::Exit;
 pub use inputs::{InputError, args_with_inputs};
 
 use codeb_core::vars;
-use std::fmt;
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -32,31 +33,8 @@ pub fn escape_property(s: &str) -> String {
     escape_data(s).replace(':', "%3A").replace(',', "%2C")
 }
 
-/// A secret value: never printed by `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The value itself, for the one place that must send it (an HTTP header, a file).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+/// A secret value: never printed by `Debug` or `Display` (from the pure `codeb-secret` crate).
+pub use codeb_secret::Secret;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -215,10 +193,10 @@ impl Step {
 
     /// Tells the runner to mask `secret` in all later log output.
     pub fn mask(&self, secret: &Secret) {
-        if self.actions && !secret.0.is_empty() {
+        if self.actions && !secret.is_empty() {
             let mut out = io::stdout().lock();
             // A multi-line secret is masked line by line, as actions/toolkit does.
-            for line in secret.0.lines().filter(|l| !l.trim().is_empty()) {
+            for line in secret.expose().lines().filter(|l| !l.trim().is_empty()) {
                 let _ = writeln!(out, "::add-mask::{}", escape_data(line));
             }
         }
@@ -281,12 +259,17 @@ pub fn parse_args<P: clap::Parser>(step: &Step, title: &str) -> Result<P, std::p
                     ..Annotation::default()
                 },
             );
-            return Err(std::process::ExitCode::from(2));
+            return Err(Exit::Usage.into());
         }
     };
     P::try_parse_from(argv).map_err(|e| {
         let _ = e.print();
-        std::process::ExitCode::from(if e.use_stderr() { 2 } else { 0 })
+        (if e.use_stderr() {
+            Exit::Usage
+        } else {
+            Exit::Success
+        })
+        .into()
     })
 }
 

@@ -62,7 +62,7 @@ impl Drop for Daemon {
     }
 }
 
-struct Bench {
+pub(crate) struct Bench {
     dir: PathBuf,
     project: String,
     registry_port: u16,
@@ -75,7 +75,7 @@ struct Bench {
 }
 
 impl Bench {
-    fn start() -> Result<Self, String> {
+    pub(crate) fn start() -> Result<Self, String> {
         let dir = std::env::temp_dir().join(format!("codeb-bench-deploy-{}", std::process::id()));
         fs::create_dir_all(dir.join("quadlet")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let write = |name: &str, text: &str| {
@@ -269,7 +269,17 @@ impl Bench {
         .map(drop)
     }
 
-    fn cleanup(&self) {
+    /// The port of the bench registry on 127.0.0.1.
+    pub(crate) fn registry_port(&self) -> u16 {
+        self.registry_port
+    }
+
+    /// The manifest digests of v1 and v2 in the bench registry.
+    pub(crate) fn digests(&self) -> [&str; 2] {
+        [self.images[0].1.as_str(), self.images[1].1.as_str()]
+    }
+
+    pub(crate) fn cleanup(&self) {
         if let Ok(ids) =
             self.podman(&["ps", "-aq", "--filter", &format!("name=^{}-", self.project)])
         {
@@ -775,4 +785,320 @@ fn ms(d: Duration) -> String {
     let mut s = String::new();
     let _ = write!(s, "{:.0} ms", d.as_secs_f64() * 1000.0);
     s
+}
+
+// ---------------------------------------------------------------------------------------------
+// The preview path
+// ---------------------------------------------------------------------------------------------
+
+/// The preview benchmark: a real `codeb-daemon serve` with the bench's registry, Caddy and
+/// podman; GitHub's REST API is a small fake on loopback (the only stand-in). Each run opens
+/// a new pull request whose image `pr-<N>` (built from the PR's head commit, labelled so) is
+/// in the registry, then sends the signed `registry_package` delivery that says so, and
+/// times until the preview answers its health check through its Caddy host route. The floor
+/// is the same image's bare `podman run -d` until its first healthy answer, measured in the
+/// same run, interleaved.
+pub fn preview(runs: usize) -> Result<(), String> {
+    let runs = runs.clamp(1, MAX_RUNS);
+    println!(
+        "\n## Preview path: signed delivery (image published) to the preview answering through Caddy ({runs} runs)\n"
+    );
+    let daemon_bin = super::bin("codeb-daemon")?;
+    let bench = Bench::start()?;
+    let result = bench.measure_preview(&daemon_bin, runs);
+    bench.cleanup();
+    result
+}
+
+const PR_SHA: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
+
+impl Bench {
+    fn measure_preview(&self, daemon_bin: &Path, runs: usize) -> Result<(), String> {
+        let github = FakeGitHub::start()?;
+        let listen = free_port()?;
+        let routes = free_port()?;
+        let preview_project = format!("{}p", self.project);
+        let repo = "bench/app";
+        let image_repo = format!("127.0.0.1:{}/codeb/preview", self.registry_port);
+        fs::create_dir_all(self.dir.join("preview-quadlet")).map_err(|e| e.to_string())?;
+        let manifest = self.dir.join("preview-manifest.yaml");
+        fs::write(&manifest, "version: 1\nprojects: {}\n").map_err(|e| e.to_string())?;
+        let config = self.dir.join("daemon.toml");
+        fs::write(
+            &config,
+            format!(
+                r#"listen = "127.0.0.1:{listen}"
+state_dir = "{state}"
+reconcile_interval = "1h"
+[previews]
+github_api_url = "{gh}"
+domain_pattern = "pr-{{pr}}.bench.test"
+caddy_admin = "{caddy}"
+routes_listen = "127.0.0.1:{routes}"
+manifest = "{manifest}"
+quadlet_dir = "{quadlet}"
+state_dir = "{pstate}"
+runtime = "podman"
+health_deadline = "30s"
+[previews.repos."{repo}"]
+project = "{preview_project}"
+image = "{image_repo}"
+"#,
+                state = self.dir.join("daemon-state").display(),
+                gh = github.url,
+                caddy = self.caddy_admin,
+                manifest = manifest.display(),
+                quadlet = self.dir.join("preview-quadlet").display(),
+                pstate = self.dir.join("preview-state").display(),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        // The image of the PR's head commit, labelled with it.
+        let labelled = "localhost/codeb-test/sample-bench-rev:v1";
+        let ctx = self.dir.join("image-rev");
+        fs::create_dir_all(&ctx).map_err(|e| e.to_string())?;
+        fs::write(
+            ctx.join("Containerfile"),
+            format!(
+                "FROM localhost/codeb-test/sample:v1\nLABEL org.opencontainers.image.revision={PR_SHA}\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        let ctx_s = ctx.display().to_string();
+        self.podman(&[
+            "build",
+            "--quiet",
+            "--timestamp",
+            "0",
+            "--layers=false",
+            "-t",
+            labelled,
+            "-f",
+            &format!("{ctx_s}/Containerfile"),
+            &ctx_s,
+        ])?;
+        let mut cmd = Command::new(daemon_bin);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .env("CONTAINERS_CONF", self.dir.join("containers.conf"))
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.dir.join("registries.conf"),
+            )
+            .env("REGISTRY_AUTH_FILE", self.dir.join("auth.json"))
+            .env("CODEB_WEBHOOK_SECRET", super::webhook::SECRET)
+            .env("GITHUB_TOKEN", "bench-token")
+            .env("CODEB_LOG", "warn");
+        let _daemon = spawn_daemon("codeb-daemon", cmd, &self.dir.join("daemon.log"))?;
+        wait_status(
+            &format!("http://127.0.0.1:{listen}/healthz"),
+            200,
+            Duration::from_secs(20),
+        )?;
+
+        let mut paths = Vec::new();
+        let mut floors = Vec::new();
+        for i in 0..runs {
+            let pr = 100 + i as u64;
+            let tag = format!("pr-{pr}");
+            self.podman(&[
+                "push",
+                "--quiet",
+                "--tls-verify=false",
+                labelled,
+                &format!("{image_repo}:{tag}"),
+            ])?;
+            github.open(repo, pr);
+            let body = package_event(repo, &tag);
+            let signature = super::webhook::sign(daemon_bin, body.as_bytes())?;
+            let t = Instant::now();
+            post_delivery(listen, &format!("bench-{pr}"), &signature, body.as_bytes())?;
+            let host = format!("pr-{pr}.bench.test");
+            wait_host(routes, &host, Duration::from_secs(60)).map_err(|e| {
+                format!(
+                    "{e}; daemon log:\n{}",
+                    fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+                )
+            })?;
+            paths.push(t.elapsed());
+            floors.push(self.bare_start(labelled, "v1")?);
+        }
+        let path = median(paths.clone());
+        let floor = median(floors.clone());
+        println!("| measure | median | runs |\n|---|---|---|");
+        println!(
+            "| delivery to preview answering through Caddy | {} | {} |",
+            ms(path),
+            paths.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        );
+        println!(
+            "| floor: bare `podman run -d` of the same image to its first healthy answer | {} | {} |",
+            ms(floor),
+            floors.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+        );
+        let over = path.saturating_sub(floor);
+        println!(
+            "\npreview path = floor + {} ({:.2}x the floor); goal floor + 1 s: {}",
+            ms(over),
+            path.as_secs_f64() / floor.as_secs_f64().max(1e-9),
+            if over <= Duration::from_secs(1) {
+                "met"
+            } else {
+                "NOT met"
+            }
+        );
+        Ok(())
+    }
+}
+
+fn package_event(repo: &str, tag: &str) -> String {
+    let (owner, name) = repo.split_once('/').unwrap_or((repo, repo));
+    format!(
+        r#"{{"action":"published","registry_package":{{"name":"{name}","package_type":"CONTAINER","owner":{{"login":"{owner}"}},"package_version":{{"container_metadata":{{"tag":{{"name":"{tag}"}},"labels":{{"revision":"{PR_SHA}"}}}}}}}},"repository":{{"full_name":"{repo}"}}}}"#
+    )
+}
+
+fn post_delivery(port: u16, delivery: &str, signature: &str, body: &[u8]) -> Result<(), String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "POST /webhook/github HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nx-github-event: registry_package\r\nx-github-delivery: {delivery}\r\nx-github-hook-id: 1\r\nx-hub-signature-256: {signature}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    s.write_all(body).map_err(|e| e.to_string())?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
+    if raw.starts_with("HTTP/1.1 202") {
+        Ok(())
+    } else {
+        Err(format!("the delivery was not queued: {raw}"))
+    }
+}
+
+/// Polls the preview's health through Caddy (Host header) every 10 ms.
+fn wait_host(port: u16, host: &str, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let _ = write!(
+                s,
+                "GET /api/health HTTP/1.0\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+            );
+            let mut raw = String::new();
+            let _ = s.read_to_string(&mut raw);
+            if raw.starts_with("HTTP/1.1 200") && raw.contains("\"version\"") {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{host} never answered through Caddy"));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// GitHub's REST API, as far as previews use it: open pull requests of the bench, and
+/// deployments, statuses and comments accepted and forgotten.
+struct FakeGitHub {
+    url: String,
+    prs: Arc<Mutex<Vec<(String, u64)>>>,
+}
+
+impl FakeGitHub {
+    fn start() -> Result<Self, String> {
+        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        let url = format!("http://{}", l.local_addr().map_err(|e| e.to_string())?);
+        let prs: Arc<Mutex<Vec<(String, u64)>>> = Arc::default();
+        let p = prs.clone();
+        thread::spawn(move || {
+            for s in l.incoming().flatten() {
+                let p = p.clone();
+                thread::spawn(move || fake_serve(s, &p));
+            }
+        });
+        Ok(Self { url, prs })
+    }
+
+    fn open(&self, repo: &str, pr: u64) {
+        self.prs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((repo.to_owned(), pr));
+    }
+}
+
+fn fake_serve(stream: TcpStream, prs: &Mutex<Vec<(String, u64)>>) {
+    use std::io::BufRead;
+    let Ok(clone) = stream.try_clone() else {
+        return;
+    };
+    let mut r = std::io::BufReader::new(clone);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut it = line.split_whitespace();
+        let method = it.next().unwrap_or_default().to_owned();
+        let target = it.next().unwrap_or_default().to_owned();
+        let mut len = 0usize;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h.trim().is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':')
+                && k.eq_ignore_ascii_case("content-length")
+            {
+                len = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = target.split('?').next().unwrap_or_default();
+        let seg: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let open = |repo: &str, n: u64| {
+            prs.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .any(|(r, p)| r == repo && *p == n)
+        };
+        let (status, answer) = match (method.as_str(), seg.as_slice()) {
+            ("GET", ["user"]) => (200, r#"{"login":"codeb-bench"}"#.to_owned()),
+            ("GET", ["repos", o, n, "pulls", pr]) => {
+                let repo = format!("{o}/{n}");
+                let pr: u64 = pr.parse().unwrap_or(0);
+                let state = if open(&repo, pr) { "open" } else { "closed" };
+                (
+                    200,
+                    format!(
+                        r#"{{"number":{pr},"state":"{state}","draft":false,"html_url":"https://github.com/{repo}/pull/{pr}","head":{{"sha":"{PR_SHA}","repo":{{"full_name":"{repo}"}}}},"labels":[]}}"#
+                    ),
+                )
+            }
+            ("GET", ["repos", _, _, "pulls"])
+            | ("GET", ["repos", _, _, "issues", _, "comments"]) => (200, "[]".to_owned()),
+            ("POST", _) | ("PATCH", _) => (201, r#"{"id":1}"#.to_owned()),
+            _ => (404, r#"{"message":"Not Found"}"#.to_owned()),
+        };
+        if write!(
+            out,
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+            answer.len()
+        )
+        .is_err()
+        {
+            return;
+        }
+    }
 }

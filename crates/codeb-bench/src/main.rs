@@ -2,8 +2,9 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook]... [--runs N]` (scripts/bench
-//! builds release binaries first; no name runs them all).
+//! Usage: `codeb-bench [foundation|deploy|preview|workflows|webhook|guest]... [--runs N]` (scripts/bench
+//! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
+//! guest of scripts/vm and runs only when named).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark's job is to print figures
 
@@ -14,6 +15,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod deploy;
+mod guest;
 mod webhook;
 mod workflows;
 
@@ -40,6 +42,19 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"deploy"))
         && let Err(e) = deploy::deploy(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"preview"))
+        && let Err(e) = deploy::preview(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    // The guest boots a VM (minutes under emulation): only when named.
+    if which.contains(&"guest")
+        && let Err(e) = guest::run(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const SECRET: &str = "bench-secret-0123456789abcdef";
+pub(crate) const SECRET: &str = "bench-secret-0123456789abcdef";
 const WRK_SECONDS: u64 = 5;
 const PACED_RATE: u64 = 500;
 const PACED_SECONDS: u64 = 5;
@@ -127,7 +127,7 @@ fn measure(dir: &Path, rounds: usize) -> Result<(), String> {
         daemon_lat.ok, daemon_lat.sent, peer_lat.ok, peer_lat.sent
     );
     println!(
-        "codeb-daemon commits each delivery (SQLite WAL, synchronous=NORMAL, group commit) before answering 202; webhook answers before its command ends."
+        "codeb-daemon commits each delivery (SQLite WAL, synchronous=FULL: fsynced, group commit) before answering 202; webhook answers before its command ends."
     );
     if daemon_errors > 0 || daemon_lat.ok != daemon_lat.sent {
         return Err("codeb-daemon refused or failed requests during the benchmark".into());
@@ -181,7 +181,7 @@ fn sibling(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-fn sign(daemon: &Path, body: &[u8]) -> Result<String, String> {
+pub(crate) fn sign(daemon: &Path, body: &[u8]) -> Result<String, String> {
     let mut child = Command::new(daemon)
         .arg("sign")
         .env("CODEB_WEBHOOK_SECRET", SECRET)

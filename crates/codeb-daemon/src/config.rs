@@ -15,16 +15,11 @@ use codeb_github::{SUPPORTED_EVENTS, WebhookSecret};
 use codeb_previews::PreviewConfig;
 use serde::Deserialize;
 
-/// Every environment variable the daemon reads.
+/// Every environment variable the daemon reads (the names live in `codeb_core::vars`).
 pub mod vars {
-    /// Webhook secrets, comma-separated (the first is used by `sign`).
-    pub const CODEB_WEBHOOK_SECRET: &str = "CODEB_WEBHOOK_SECRET";
-    /// Path of the config file (overridden by `--config`).
-    pub const CODEB_DAEMON_CONFIG: &str = "CODEB_DAEMON_CONFIG";
-    /// Log filter in `tracing_subscriber::EnvFilter` syntax (default `info`).
-    pub const CODEB_LOG: &str = "CODEB_LOG";
-    /// `text` (default) or `json`.
-    pub const CODEB_LOG_FORMAT: &str = "CODEB_LOG_FORMAT";
+    pub use codeb_core::vars::{
+        CODEB_DAEMON_CONFIG, CODEB_LOG, CODEB_LOG_FORMAT, CODEB_WEBHOOK_SECRET,
+    };
 }
 
 /// Where the config file is unless `--config` or `CODEB_DAEMON_CONFIG` says otherwise.
@@ -56,9 +51,41 @@ pub struct Config {
     pub retention: Duration,
     /// Events acted on; others are acknowledged and ignored.
     pub events: BTreeSet<String>,
+    /// Bounds on what one client may hold of the HTTP intake.
+    pub limits: Limits,
     pub previews: PreviewConfig,
     /// The control plane (`/api/v1`): [`crate::api::ApiConfig`].
     pub api: crate::api::ApiConfig,
+}
+
+/// What one client may take of the intake (slowloris, slow uploads, floods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// A connection must deliver a request's complete headers within this, or is closed.
+    pub header_read_timeout: Duration,
+    /// A webhook's body must arrive completely within this (408 otherwise).
+    pub body_timeout: Duration,
+    /// A webhook request is answered within this, waiting for a slot included (503 otherwise).
+    pub request_timeout: Duration,
+    /// Webhook requests read and handled at once; more wait (bodies unread) for a slot.
+    pub max_webhooks_in_flight: usize,
+    /// Open connections; one over this is closed at once.
+    pub max_connections: usize,
+    /// Largest body accepted (413 above).
+    pub max_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(20),
+            max_webhooks_in_flight: 32,
+            max_connections: 1024,
+            max_body_bytes: codeb_github::MAX_ACTED_ON_PAYLOAD_BYTES,
+        }
+    }
 }
 
 impl Config {
@@ -89,9 +116,33 @@ struct RawConfig {
     #[serde(default = "default_events")]
     events: Vec<String>,
     #[serde(default)]
+    intake: RawLimits,
+    #[serde(default)]
     previews: PreviewConfig,
     #[serde(default)]
     api: crate::api::ApiConfig,
+}
+
+/// `[intake]`: the HTTP limits (all optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default, deserialize_with = "opt_duration")]
+    header_read_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    body_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "opt_duration")]
+    request_timeout: Option<Duration>,
+    #[serde(default)]
+    max_webhooks_in_flight: Option<usize>,
+    #[serde(default)]
+    max_connections: Option<usize>,
+    #[serde(default)]
+    max_body_bytes: Option<usize>,
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 fn default_max_concurrency() -> usize {
@@ -226,6 +277,49 @@ pub fn parse(
         }
         events.insert(e);
     }
+    let def = Limits::default();
+    let l = raw.intake;
+    let limits = Limits {
+        header_read_timeout: l.header_read_timeout.unwrap_or(def.header_read_timeout),
+        body_timeout: l.body_timeout.unwrap_or(def.body_timeout),
+        request_timeout: l.request_timeout.unwrap_or(def.request_timeout),
+        max_webhooks_in_flight: l
+            .max_webhooks_in_flight
+            .unwrap_or(def.max_webhooks_in_flight),
+        max_connections: l.max_connections.unwrap_or(def.max_connections),
+        max_body_bytes: l.max_body_bytes.unwrap_or(def.max_body_bytes),
+    };
+    for (name, d) in [
+        ("header_read_timeout", limits.header_read_timeout),
+        ("body_timeout", limits.body_timeout),
+        ("request_timeout", limits.request_timeout),
+    ] {
+        if d < Duration::from_millis(100) || d > Duration::from_secs(300) {
+            return Err(invalid(format!(
+                "[intake] {name} = {} is out of range: use 100ms to 5m (GitHub waits 10s)",
+                humantime::format_duration(d)
+            )));
+        }
+    }
+    if limits.max_webhooks_in_flight == 0 || limits.max_webhooks_in_flight > 4096 {
+        return Err(invalid(format!(
+            "[intake] max_webhooks_in_flight = {} is out of range: use 1 to 4096",
+            limits.max_webhooks_in_flight
+        )));
+    }
+    if limits.max_connections < limits.max_webhooks_in_flight {
+        return Err(invalid(format!(
+            "[intake] max_connections = {} is below max_webhooks_in_flight = {}",
+            limits.max_connections, limits.max_webhooks_in_flight
+        )));
+    }
+    if !(1024..=codeb_github::MAX_PAYLOAD_BYTES).contains(&limits.max_body_bytes) {
+        return Err(invalid(format!(
+            "[intake] max_body_bytes = {} is out of range: use 1024 to {} (GitHub's own cap)",
+            limits.max_body_bytes,
+            codeb_github::MAX_PAYLOAD_BYTES
+        )));
+    }
     let base = path.parent().unwrap_or(Path::new("."));
     let secrets = secrets(path, raw.secret_file.map(|f| base.join(f)), env)?;
     Ok(Config {
@@ -239,6 +333,7 @@ pub fn parse(
         retry_backoff: raw.retry_backoff,
         retention: raw.retention,
         events,
+        limits,
         previews: raw.previews,
         api: raw
             .api
@@ -384,6 +479,38 @@ image = "ghcr.io/acme/shop"
         )
         .expect_err("no secret");
         assert!(err.to_string().contains("CODEB_WEBHOOK_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid_and_states_the_defaults() {
+        let text = include_str!("../../../templates/systemd/daemon.toml")
+            .replace("secret_file = \"/etc/codeb/webhook-secret\"\n", "");
+        let c = parse(
+            Path::new("/etc/codeb/daemon.toml"),
+            &text,
+            &env_with(Some("s")),
+        )
+        .expect("the example parses");
+        assert_eq!(c.limits, Limits::default());
+        c.previews.validate().expect("its [previews] is valid");
+    }
+
+    #[test]
+    fn intake_limits_out_of_range_are_named() {
+        let base = "listen = \"127.0.0.1:1\"\nstate_dir = \"x\"\n[intake]\n";
+        for (extra, needle) in [
+            ("header_read_timeout = \"0s\"\n", "header_read_timeout"),
+            ("max_webhooks_in_flight = 0\n", "max_webhooks_in_flight"),
+            ("max_body_bytes = 10\n", "max_body_bytes"),
+            ("max_body_bytes = 99999999999\n", "max_body_bytes"),
+            ("bogus = 1\n", "bogus"),
+        ] {
+            let text = format!("{base}{extra}");
+            let err = parse(Path::new("d.toml"), &text, &env_with(Some("s")))
+                .expect_err(extra)
+                .to_string();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
     }
 
     #[test]

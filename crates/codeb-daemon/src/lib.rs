@@ -344,6 +344,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     grace: std::time::Duration,
+    limits: config::Limits,
 }
 
 impl Daemon {
@@ -387,6 +388,7 @@ impl Daemon {
             shutdown,
             tasks,
             grace: config.shutdown_grace,
+            limits: config.limits,
         })
     }
 
@@ -406,20 +408,9 @@ impl Daemon {
             shutdown,
             tasks,
             grace,
+            limits,
         } = self;
-        let (stopped_tx, mut stopped_rx) = watch::channel(false);
-        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            stop.await;
-            let _ = stopped_tx.send(true);
-        });
-        let bounded = async {
-            let _ = stopped_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(grace).await;
-        };
-        tokio::select! {
-            r = server => r.map_err(|e| Failure::Io(format!("HTTP server failed: {e}")))?,
-            () = bounded => warn!("requests still open after the shutdown grace; closing them"),
-        }
+        server::serve(listener, app, limits, stop, grace).await;
         let _ = shutdown.send(true);
         for t in tasks {
             // The dispatcher bounds its own wait by the grace; this bounds the reconciler.
@@ -467,6 +458,7 @@ fn wire<A: Applier>(
         .map(|r| (r.to_ascii_lowercase(), r.clone()))
         .collect();
     let pool_applier = applier.clone();
+    let wake_reconciler = wake.clone();
     let intake = Arc::new(Intake {
         store: store.clone(),
         secrets: config.secrets.clone(),
@@ -477,6 +469,10 @@ fn wire<A: Applier>(
         wake: wake.clone(),
         pool: Arc::new(move || pool_applier.pool_usage()),
         in_flight: in_flight.clone(),
+        limits: config.limits,
+        webhook_slots: Arc::new(tokio::sync::Semaphore::new(
+            config.limits.max_webhooks_in_flight,
+        )),
     });
     let worker_cfg = WorkerConfig {
         max_concurrency: config.max_concurrency,
@@ -497,6 +493,7 @@ fn wire<A: Applier>(
         applier,
         store,
         metrics,
+        wake_reconciler,
         config.reconcile_interval,
         config.retention,
         shutdown_rx,

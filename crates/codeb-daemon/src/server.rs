@@ -4,7 +4,9 @@
 //!
 //! | check | answer |
 //! |---|---|
-//! | body over 25 MB | 413 |
+//! | no webhook slot free within `request_timeout` (`max_webhooks_in_flight` busy) | 503 |
+//! | body over `max_body_bytes` (1 MiB; by `Content-Length` before reading, or while reading) | 413 |
+//! | body not complete within `body_timeout` (a slow upload) | 408 |
 //! | `X-Hub-Signature-256` missing, malformed, SHA-1 only, or matching no secret | 401 |
 //! | `X-GitHub-Event` or `X-GitHub-Delivery` missing or malformed | 400 |
 //! | body not JSON, or JSON of the wrong shape for its event | 400 |
@@ -13,7 +15,9 @@
 //! | intents | 202 `queued`, after the delivery and its jobs are committed |
 //! | the store cannot commit | 503 (GitHub shows the failure; redeliver it from there) |
 //!
-//! Work is never done while GitHub waits: the worker picks the jobs up afterwards.
+//! Work is never done while GitHub waits: the worker picks the jobs up afterwards. The
+//! connection-level bounds (headers within `header_read_timeout`, at most `max_connections`)
+//! are in [`serve`].
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -21,17 +25,18 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use codeb_github::{Intent, MAX_PAYLOAD_BYTES, WebhookSecret, headers as gh};
+use codeb_github::{Intent, WebhookSecret, headers as gh};
+use http_body_util::BodyExt;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
+use crate::config::Limits;
 use crate::metrics::{Metrics, Snapshot};
 use crate::store::{Accepted, NewDelivery, Store, now_ms};
 
@@ -51,6 +56,9 @@ pub struct Intake {
     pub pool: Arc<dyn Fn() -> (usize, usize) + Send + Sync>,
     /// Jobs running now, for `/metrics`.
     pub in_flight: Arc<AtomicUsize>,
+    pub limits: Limits,
+    /// `limits.max_webhooks_in_flight` permits.
+    pub webhook_slots: Arc<Semaphore>,
 }
 
 impl Intake {
@@ -69,7 +77,7 @@ pub fn router(intake: Arc<Intake>) -> Router {
         .route("/webhook/github", post(webhook))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .layer(DefaultBodyLimit::max(MAX_PAYLOAD_BYTES))
+        .layer(DefaultBodyLimit::max(intake.limits.max_body_bytes))
         .with_state(intake)
 }
 
@@ -90,15 +98,104 @@ impl IntoResponse for Answer {
     }
 }
 
-async fn webhook(
-    State(st): State<Arc<Intake>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Answer {
+async fn webhook(State(st): State<Arc<Intake>>, headers: HeaderMap, body: Body) -> Answer {
     let start = Instant::now();
-    let answer = handle(&st, &headers, body).await;
+    let limits = st.limits;
+    let answer = match tokio::time::timeout(limits.request_timeout, async {
+        // Waiting for a slot leaves the body unread in the kernel's buffers: many slow
+        // clients cost a connection each, not their bodies.
+        let Ok(_slot) = st.webhook_slots.acquire().await else {
+            return rejected(
+                &st,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "the daemon is stopping; redeliver later".into(),
+            );
+        };
+        let body = read_body(&st, &headers, body).await;
+        match body {
+            Ok(b) => handle(&st, &headers, b).await,
+            Err(a) => a,
+        }
+    })
+    .await
+    {
+        Ok(a) => a,
+        Err(_) => {
+            warn!(
+                timeout = ?limits.request_timeout,
+                "delivery refused: not handled within the request timeout"
+            );
+            rejected(
+                &st,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!(
+                    "the delivery was not handled within {}; redeliver it from GitHub",
+                    humantime::format_duration(limits.request_timeout)
+                ),
+            )
+        }
+    };
     st.metrics.ack(answer.status.as_u16(), start.elapsed());
     answer
+}
+
+/// Reads the whole body, at most `max_body_bytes` of it, within `body_timeout`.
+async fn read_body(st: &Intake, headers: &HeaderMap, body: Body) -> Result<Bytes, Answer> {
+    let cap = st.limits.max_body_bytes;
+    let too_large = |st: &Intake| {
+        warn!("delivery refused: body over {cap} bytes");
+        rejected(
+            st,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "the body is over {cap} bytes; no event codeb acts on is that large (`[intake] max_body_bytes`)"
+            ),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > cap as u64) {
+        return Err(too_large(st));
+    }
+    let limited = http_body_util::Limited::new(body, cap);
+    match tokio::time::timeout(st.limits.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large(st))
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "delivery refused: cannot read the body");
+            Err(rejected(
+                st,
+                StatusCode::BAD_REQUEST,
+                "unreadable_body",
+                format!("cannot read the body: {e}"),
+            ))
+        }
+        Err(_) => {
+            warn!(
+                timeout = ?st.limits.body_timeout,
+                "delivery refused: the body did not arrive in time"
+            );
+            Err(rejected(
+                st,
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the body did not arrive within {}",
+                    humantime::format_duration(st.limits.body_timeout)
+                ),
+            ))
+        }
+    }
 }
 
 fn rejected(st: &Intake, status: StatusCode, reason: &str, message: String) -> Answer {
@@ -117,23 +214,7 @@ fn id_ok(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
-async fn handle(st: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Answer {
-    let body = match body {
-        Ok(b) => b,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            warn!("delivery refused: body over {MAX_PAYLOAD_BYTES} bytes");
-            return rejected(
-                st,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("the body is over {MAX_PAYLOAD_BYTES} bytes, GitHub's payload limit"),
-            );
-        }
-        Err(e) => {
-            warn!(error = %e, "delivery refused: cannot read the body");
-            return rejected(st, e.status(), "unreadable_body", e.body_text());
-        }
-    };
+async fn handle(st: &Intake, headers: &HeaderMap, body: Bytes) -> Answer {
     let h = |name: &str| headers.get(name).map(|v| v.as_bytes());
     let delivery_hdr = h(gh::DELIVERY).and_then(|v| std::str::from_utf8(v).ok());
 
@@ -240,7 +321,9 @@ async fn handle(st: &Intake, headers: &HeaderMap, body: Result<Bytes, BytesRejec
     };
     // Use the configured spelling of the repository, so keys and lookups agree.
     for intent in &mut intents {
-        if let Intent::EnsurePreview { repo, .. } | Intent::DestroyPreview { repo, .. } = intent
+        if let Intent::EnsurePreview { repo, .. }
+        | Intent::DestroyPreview { repo, .. }
+        | Intent::ExpirePreview { repo, .. } = intent
             && let Some(c) = st.configured(repo)
         {
             *repo = c.to_owned();
@@ -356,4 +439,60 @@ async fn metrics(State(st): State<Arc<Intake>>) -> Response {
         st.metrics.render(&snap),
     )
         .into_response()
+}
+
+/// Serves `app` on `listener` until `stop` resolves, then lets the connections finish for up
+/// to `grace`. Each connection must send a request's headers within
+/// `limits.header_read_timeout` (a slowloris client is cut off); a connection beyond
+/// `limits.max_connections` is closed at once.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    limits: Limits,
+    stop: impl std::future::Future<Output = ()> + Send,
+    grace: Duration,
+) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and the like: back off rather than spin.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!(%peer, max = limits.max_connections, "connection refused: too many open");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("connections still open after the shutdown grace; closing them");
+    }
 }

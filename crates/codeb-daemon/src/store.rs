@@ -6,11 +6,11 @@
 //! So "accepted" always means "on disk": the webhook handler answers 2xx only after the
 //! delivery and its jobs are committed.
 //!
-//! Durability: WAL journal with `synchronous=NORMAL`. A commit is in the WAL file before the
-//! answer goes out, so a crash of the process (SIGKILL, panic, OOM) loses nothing; a power
-//! loss or kernel crash can lose the last commits (WAL is synced at checkpoints only) but
-//! never corrupts the database. `synchronous=FULL` would sync every commit and cost one
-//! fsync per group of deliveries; GitHub shows failed deliveries for manual redelivery.
+//! Durability: WAL journal with `synchronous=FULL`. Every commit is fsynced to the WAL file
+//! before any requester is answered, so neither a crash of the process (SIGKILL, panic, OOM)
+//! nor a power loss or kernel crash loses a delivery that was answered 2xx (GitHub does not
+//! redeliver by itself). Group commit amortises the fsync: one per batch of requests that
+//! queued up while the previous commit was syncing.
 //!
 //! Jobs: `queued` → `running` → `done` | `failed`, or back to `queued` with a delay when a
 //! run failed and attempts remain; `superseded` when coalesced away. At open, jobs left
@@ -209,6 +209,12 @@ enum Cmd {
         now: i64,
         reply: Reply<()>,
     },
+    Enqueue {
+        intents: Vec<Intent>,
+        source: String,
+        now: i64,
+        reply: Reply<Vec<i64>>,
+    },
     Counts(Reply<Vec<(String, u64)>>),
     Prune {
         before: i64,
@@ -243,7 +249,7 @@ impl Store {
             .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
             .map_err(open_err)?;
         conn.execute_batch(
-            "PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
+            "PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
         )
         .map_err(open_err)?;
         let version: i64 = conn
@@ -349,6 +355,26 @@ impl Store {
         .await
     }
 
+    /// Queues jobs the daemon decided on itself (the reconciler's expiries), with hook id
+    /// `daemon` and delivery id `source`, so they run in their pull request's queue like
+    /// webhook jobs. An intent whose key already has a queued or running job is skipped
+    /// (that job decides). Returns the ids of the jobs created.
+    pub async fn enqueue(
+        &self,
+        intents: Vec<Intent>,
+        source: &str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let now = now_ms();
+        let source = source.to_owned();
+        self.call(|reply| Cmd::Enqueue {
+            intents,
+            source,
+            now,
+            reply,
+        })
+        .await
+    }
+
     /// Jobs by state.
     pub async fn counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         self.call(Cmd::Counts).await
@@ -429,6 +455,7 @@ fn fail(cmd: Cmd, err: &StoreError) {
         Cmd::Accept(_, _, r) => drop(r.send(Err(e))),
         Cmd::Claim { reply, .. } => drop(reply.send(Err(e))),
         Cmd::Finish { reply, .. } => drop(reply.send(Err(e))),
+        Cmd::Enqueue { reply, .. } => drop(reply.send(Err(e))),
         Cmd::Counts(r) => drop(r.send(Err(e))),
         Cmd::Prune { reply, .. } => drop(reply.send(Err(e))),
     }
@@ -462,6 +489,15 @@ fn execute(tx: &mut Transaction<'_>, cmd: Cmd) -> Answer {
             now,
             reply,
         } => answer(reply, in_savepoint(tx, |c| finish_job(c, id, &finish, now))),
+        Cmd::Enqueue {
+            intents,
+            source,
+            now,
+            reply,
+        } => answer(
+            reply,
+            in_savepoint(tx, |c| enqueue(c, &intents, &source, now)),
+        ),
         Cmd::Counts(reply) => answer(reply, counts(tx)),
         Cmd::Prune { before, reply } => answer(reply, in_savepoint(tx, |c| prune(c, before))),
     }
@@ -515,6 +551,39 @@ fn accept(c: &Connection, d: &NewDelivery, intents: &[Intent]) -> Result<Accepte
         jobs.push(c.last_insert_rowid());
     }
     Ok(Accepted::Stored { jobs })
+}
+
+fn enqueue(
+    c: &Connection,
+    intents: &[Intent],
+    source: &str,
+    now: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let mut ids = Vec::new();
+    for intent in intents {
+        let key = intent.key();
+        let pending: i64 = c
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE key = ?1 AND state IN ('queued', 'running')",
+            )
+            .and_then(|mut s| s.query_row([&key], |r| r.get(0)))
+            .map_err(sql("count pending jobs"))?;
+        if pending > 0 {
+            continue;
+        }
+        let json = serde_json::to_string(intent).map_err(|e| StoreError::Sql {
+            what: "serialise intent",
+            message: e.to_string(),
+        })?;
+        c.prepare_cached(
+            "INSERT INTO jobs (key, kind, intent, hook_id, delivery_id, state, created_at)
+             VALUES (?1, ?2, ?3, 'daemon', ?4, 'queued', ?5)",
+        )
+        .and_then(|mut s| s.execute(params![key, intent.kind(), json, source, now]))
+        .map_err(sql("insert job"))?;
+        ids.push(c.last_insert_rowid());
+    }
+    Ok(ids)
 }
 
 struct Queued {
@@ -654,6 +723,8 @@ fn coalesce(
 }
 
 /// Whether a queued `later` job makes an earlier queued `earlier` job of the same key moot.
+/// An expiry never supersedes an ensure (the push it stands for would be lost); a later
+/// ensure supersedes an expiry (it refreshes the preview's activity anyway).
 fn supersedes(later: &Intent, earlier: &Intent) -> bool {
     matches!(
         (earlier, later),
@@ -661,12 +732,19 @@ fn supersedes(later: &Intent, earlier: &Intent) -> bool {
             Intent::EnsurePreview { .. },
             Intent::EnsurePreview { .. } | Intent::DestroyPreview { .. }
         ) | (Intent::DestroyPreview { .. }, Intent::DestroyPreview { .. })
+            | (
+                Intent::ExpirePreview { .. },
+                Intent::ExpirePreview { .. }
+                    | Intent::DestroyPreview { .. }
+                    | Intent::EnsurePreview { .. }
+            )
             | (Intent::PullImage { .. }, Intent::PullImage { .. })
     )
 }
 
 /// A later ensure inherits from an earlier one what it does not know: the commit id (a
 /// package event has none), the image tag, the labels; and stays a fork if either says so.
+/// An approval carries over only to the very commit it was given on.
 fn merge(earlier: &Intent, later: &Intent) -> Option<Intent> {
     let (
         Intent::EnsurePreview {
@@ -674,6 +752,7 @@ fn merge(earlier: &Intent, later: &Intent) -> Option<Intent> {
             fork: e_fork,
             labels: e_labels,
             image_tag: e_tag,
+            approves: e_approves,
             ..
         },
         Intent::EnsurePreview {
@@ -683,19 +762,22 @@ fn merge(earlier: &Intent, later: &Intent) -> Option<Intent> {
             fork,
             labels,
             image_tag,
+            approves,
         },
     ) = (earlier, later)
     else {
         return None;
     };
+    let sha = if head_sha.is_empty() {
+        e_sha.clone()
+    } else {
+        head_sha.clone()
+    };
     let merged = Intent::EnsurePreview {
         repo: repo.clone(),
         pr: *pr,
-        head_sha: if head_sha.is_empty() {
-            e_sha.clone()
-        } else {
-            head_sha.clone()
-        },
+        approves: *approves || (*e_approves && *e_sha == sha),
+        head_sha: sha,
         fork: *fork || *e_fork,
         labels: if labels.is_empty() {
             e_labels.clone()
@@ -851,6 +933,7 @@ mod tests {
             fork: false,
             labels: vec![],
             image_tag: None,
+            approves: false,
         }
     }
 
@@ -969,6 +1052,124 @@ mod tests {
             assert_eq!(c.jobs[0].id, 6);
             assert_eq!(c.superseded, vec!["ensure_preview".to_owned()]);
         });
+    }
+
+    fn expire(pr: u64) -> Intent {
+        Intent::ExpirePreview {
+            repo: "acme/shop".into(),
+            pr,
+        }
+    }
+
+    /// Issue 9 #7: the reconciler's removals run in the pull request's queue: an expiry never
+    /// runs beside or ahead of a queued push, never supersedes it, and is skipped while the
+    /// preview has work pending.
+    #[test]
+    fn reconciler_expiry_goes_through_the_pull_requests_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("d.sqlite3");
+        let sha = |c: char| c.to_string().repeat(40);
+        rt().block_on(async {
+            let (s, _) = Store::open(&db).expect("open");
+            // A push is queued: the expiry of that PR is not even queued.
+            s.accept(delivery("1"), vec![ensure(1, &sha('a'))])
+                .await
+                .expect("accept");
+            let ids = s
+                .enqueue(vec![expire(1), expire(2)], "reconcile-1")
+                .await
+                .expect("enqueue");
+            assert_eq!(ids.len(), 1, "only PR 2's expiry: {ids:?}");
+            // Claimed while PR 2's ensure comes in behind its expiry: the ensure wins.
+            s.accept(delivery("2"), vec![ensure(2, &sha('b'))])
+                .await
+                .expect("accept");
+            let c = s.claim(vec![], 10).await.expect("claim");
+            let got: Vec<_> = c.jobs.iter().map(|j| j.intent.clone()).collect();
+            assert_eq!(got, vec![ensure(1, &sha('a')), ensure(2, &sha('b'))]);
+            assert_eq!(c.superseded, vec!["expire_preview".to_owned()]);
+            // While PR 1's ensure runs, another expiry is not queued beside it.
+            let ids = s
+                .enqueue(vec![expire(1)], "reconcile-2")
+                .await
+                .expect("enqueue");
+            assert!(ids.is_empty(), "running work of the key: {ids:?}");
+            for j in &c.jobs {
+                s.finish(
+                    j.id,
+                    Finish::Done {
+                        result: "ok".into(),
+                    },
+                )
+                .await
+                .expect("finish");
+            }
+            // Idle now: the expiry is queued, and a push that comes after it is not lost.
+            let ids = s
+                .enqueue(vec![expire(1)], "reconcile-3")
+                .await
+                .expect("enqueue");
+            assert_eq!(ids.len(), 1);
+            s.accept(delivery("3"), vec![ensure(1, &sha('c'))])
+                .await
+                .expect("accept");
+            let c = s.claim(vec![], 10).await.expect("claim");
+            let got: Vec<_> = c.jobs.iter().map(|j| j.intent.clone()).collect();
+            assert_eq!(got, vec![ensure(1, &sha('c'))]);
+            // An ensure queued before an expiry is never superseded by it.
+            s.finish(
+                c.jobs[0].id,
+                Finish::Done {
+                    result: "ok".into(),
+                },
+            )
+            .await
+            .expect("finish");
+            s.accept(delivery("4"), vec![ensure(3, &sha('d'))])
+                .await
+                .expect("accept");
+            assert!(!supersedes(&expire(3), &ensure(3, &sha('d'))));
+        });
+    }
+
+    /// Issue 9 #2: coalescing must not carry a fork's approval over to a later commit.
+    #[test]
+    fn an_approval_does_not_carry_over_to_a_later_commit_when_coalescing() {
+        let sha = |c: char| c.to_string().repeat(40);
+        let approve = |sha: &str| Intent::EnsurePreview {
+            repo: "acme/shop".into(),
+            pr: 1,
+            head_sha: sha.into(),
+            fork: true,
+            labels: vec!["preview".into()],
+            image_tag: None,
+            approves: true,
+        };
+        let mut push = ensure(1, &sha('b'));
+        if let Intent::EnsurePreview { fork, .. } = &mut push {
+            *fork = true;
+        }
+        let merged = merge(&approve(&sha('a')), &push).unwrap_or(push.clone());
+        assert!(
+            matches!(
+                merged,
+                Intent::EnsurePreview {
+                    approves: false,
+                    ..
+                }
+            ),
+            "{merged:?}"
+        );
+        // A package event (no commit) after the approval keeps the approval of that commit.
+        let mut package = ensure(1, "");
+        if let Intent::EnsurePreview { fork, .. } = &mut package {
+            *fork = true;
+        }
+        let merged = merge(&approve(&sha('a')), &package).expect("merged");
+        assert!(
+            matches!(&merged, Intent::EnsurePreview { approves: true, head_sha, .. } if *head_sha == sha('a')),
+            "{merged:?}"
+        );
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Runs the stored jobs: a dispatcher claims runnable jobs from the store (one per key,
 //! up to `max_concurrency` at once), each runs `apply` on its own task, and its result is
-//! written back. A failed run is retried with exponential backoff until `max_attempts`.
-//! The reconciler calls `reconcile()` at start and every `reconcile_interval`.
+//! written back. A failed run is retried with exponential backoff until `max_attempts`,
+//! unless the error is permanent (configuration, an exhausted port pool, a refused deploy):
+//! that job fails at once. The reconciler calls `reconcile()` at start and every
+//! `reconcile_interval`; the previews it wants taken down are queued as jobs, so they run in
+//! their pull request's queue and never beside a deploy of the same preview.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -180,6 +183,13 @@ async fn run_job<A: Applier>(
                 metrics.job(&job.kind, "done");
                 Finish::Done { result }
             }
+            Err(e) if e.is_permanent() => {
+                error!(error = %e, "job failed; not retrying (a permanent error)");
+                metrics.job(&job.kind, "failed");
+                Finish::Failed {
+                    error: e.to_string(),
+                }
+            }
             Err(e) if job.attempts < cfg.max_attempts => {
                 let delay = backoff(cfg.retry_backoff, job.attempts);
                 warn!(error = %e, retry_in = ?delay, "job failed; will retry");
@@ -216,12 +226,14 @@ fn describe(a: &Applied) -> String {
     }
 }
 
-/// Calls `reconcile()` now and every `interval`, and prunes the store of records older than
-/// `retention`, until `shutdown` turns true.
+/// Calls `reconcile()` now and every `interval`, queues the expiries it returns (waking the
+/// dispatcher), and prunes the store of records older than `retention`, until `shutdown`
+/// turns true.
 pub async fn reconcile<A: Applier>(
     applier: Arc<A>,
     store: Store,
     metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
     interval: Duration,
     retention: Duration,
     mut shutdown: watch::Receiver<bool>,
@@ -238,11 +250,27 @@ pub async fn reconcile<A: Applier>(
         }
         match applier.reconcile().await {
             Ok(report) => {
-                metrics.reconcile("ok");
+                metrics.reconcile(if report.errors.is_empty() {
+                    "ok"
+                } else {
+                    "partial"
+                });
+                for e in &report.errors {
+                    warn!(error = %e, "reconcile: one part failed; the rest went on");
+                }
+                let expire: Vec<String> = report.expire.iter().map(Intent::key).collect();
+                match store
+                    .enqueue(report.expire, &format!("reconcile-{}", now_ms()))
+                    .await
+                {
+                    Ok(ids) if !ids.is_empty() => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => error!(error = %e, "reconcile: cannot queue the expiries"),
+                }
                 info!(
-                    destroyed = ?report.destroyed,
-                    expired = ?report.expired,
+                    expire = ?expire,
                     orphans_removed = ?report.orphans_removed,
+                    restored = ?report.restored,
                     "reconciled"
                 );
             }

@@ -57,7 +57,7 @@ impl Applier for Fake {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok();
         if fail {
-            Err(PreviewError::Failed("injected failure".into()))
+            Err(PreviewError::Unhealthy("injected failure".into()))
         } else {
             Ok(Applied::Skipped("fake".into()))
         }

@@ -4,6 +4,11 @@
 //! (listeners are kept; requests in flight finish). Changes made by codeb processes on one
 //! host are serialized through a lock file, and missing parents are created with PUT, which
 //! fails instead of replacing what another writer made.
+//!
+//! The admin API is reached over Caddy's admin unix socket (`unix//run/caddy/admin.sock`,
+//! protected by the socket file's permissions: the recommended setup) or over loopback TCP
+//! (`http://127.0.0.1:2019`). Caddy's admin API has no authentication of its own, so any
+//! other address is refused unless the caller explicitly allows it.
 
 use crate::error::DeployError;
 use serde_json::{Value, json};
@@ -12,9 +17,63 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct Caddy {
+    /// The admin address as given (for messages).
     admin: String,
+    /// The URL requests go to (`http://localhost` over a unix socket).
+    base: String,
+    /// Over a unix socket Caddy only accepts an empty `Host` (its origin for unix listeners).
+    empty_host: bool,
     client: reqwest::Client,
     lock_file: Option<PathBuf>,
+}
+
+/// Where Caddy's admin API is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// Caddy's `unix//path` form: a unix socket.
+    Unix(PathBuf),
+    /// An `http://` or `https://` URL; `loopback` when its host is 127.0.0.0/8, ::1 or
+    /// `localhost`.
+    Http { url: String, loopback: bool },
+}
+
+impl AdminAddress {
+    /// Parses `unix//abs/path.sock` or an `http(s)://host:port` URL.
+    pub fn parse(admin: &str) -> Result<Self, DeployError> {
+        let bad = |why: &str| {
+            DeployError::Input(format!(
+                "Caddy admin address {admin:?} {why}; use unix//run/caddy/admin.sock (recommended) or http://127.0.0.1:2019"
+            ))
+        };
+        if let Some(path) = admin.strip_prefix("unix/") {
+            if !path.starts_with('/') {
+                return Err(bad("needs an absolute socket path after unix/"));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        let rest = admin
+            .strip_prefix("http://")
+            .or_else(|| admin.strip_prefix("https://"))
+            .ok_or_else(|| bad("is neither unix//<socket path> nor an http:// URL"))?;
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let authority = authority.rsplit('@').next().unwrap_or_default();
+        let host = if let Some(v6) = authority.strip_prefix('[') {
+            v6.split(']').next().unwrap_or_default()
+        } else {
+            authority.split(':').next().unwrap_or_default()
+        };
+        if host.is_empty() {
+            return Err(bad("has no host"));
+        }
+        let loopback = host.eq_ignore_ascii_case("localhost")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        Ok(Self::Http {
+            url: admin.trim_end_matches('/').to_owned(),
+            loopback,
+        })
+    }
 }
 
 /// Holds the Caddy configuration lock until dropped.
@@ -31,8 +90,36 @@ fn proxy_id(unit: &str) -> String {
 }
 
 impl Caddy {
+    /// A client of the admin API at `admin` (`unix//path` or a loopback URL); any other
+    /// address is refused, see [`Self::new_allowing_remote`].
     pub fn new(admin: &str) -> Result<Self, DeployError> {
-        let client = reqwest::Client::builder()
+        Self::connect(admin, false)
+    }
+
+    /// Like [`Self::new`], but also accepts an admin API on a non-loopback address (it has no
+    /// authentication: only for a network the operator controls).
+    pub fn new_allowing_remote(admin: &str) -> Result<Self, DeployError> {
+        Self::connect(admin, true)
+    }
+
+    fn connect(admin: &str, allow_remote: bool) -> Result<Self, DeployError> {
+        let address = AdminAddress::parse(admin)?;
+        let mut builder = reqwest::Client::builder();
+        let base = match &address {
+            AdminAddress::Unix(path) => {
+                builder = builder.unix_socket(path.clone());
+                "http://localhost".to_owned()
+            }
+            AdminAddress::Http { url, loopback } => {
+                if !loopback && !allow_remote {
+                    return Err(DeployError::Input(format!(
+                        "Caddy admin API {admin} is not on this host's loopback: Caddy's admin API has no authentication, so anyone who reaches it controls every route; use its unix socket (unix//run/caddy/admin.sock) or 127.0.0.1, or pass --allow-remote-caddy-admin if this network is yours alone"
+                    )));
+                }
+                url.clone()
+            }
+        };
+        let client = builder
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(30))
             .user_agent(concat!("codeb/", env!("CARGO_PKG_VERSION")))
@@ -44,6 +131,8 @@ impl Caddy {
             .map_err(|e| DeployError::Input(format!("cannot build an HTTP client: {e}")))?;
         Ok(Self {
             admin: admin.trim_end_matches('/').to_owned(),
+            empty_host: matches!(address, AdminAddress::Unix(_)),
+            base,
             client,
             lock_file: None,
         })
@@ -75,14 +164,9 @@ impl Caddy {
             source,
         };
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            codeb_host::lockfile::private_dir(dir).map_err(io)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(io)?;
+        let file = codeb_host::lockfile::open_lock(path, 0o600).map_err(io)?;
         let start = Instant::now();
         loop {
             match file.try_lock() {
@@ -109,8 +193,11 @@ impl Caddy {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, String), DeployError> {
-        let url = format!("{}{path}", self.admin);
+        let url = format!("{}{path}", self.base);
         let mut req = self.client.request(method.clone(), &url);
+        if self.empty_host {
+            req = req.header(reqwest::header::HOST, "");
+        }
         if let Some(b) = body {
             req = req
                 .header("content-type", "application/json")
@@ -240,19 +327,11 @@ impl Caddy {
             }
             return Ok(());
         }
-        let server = json!({
-            "@id": server_name(unit),
-            "listen": [format!("{listen_host}:{public}")],
-            "automatic_https": { "disable": true },
-            "routes": [{
-                "handle": [{
-                    "@id": proxy_id(unit),
-                    "handler": "reverse_proxy",
-                    "upstreams": dial,
-                }]
-            }]
-        });
-        self.create_server(&server_name(unit), server).await
+        self.create_server(
+            &server_name(unit),
+            front_json(unit, listen_host, public, upstream),
+        )
+        .await
     }
 
     /// Puts a route `@id = route_id` matching `host` and proxying to `127.0.0.1:upstream` on
@@ -267,16 +346,8 @@ impl Caddy {
         upstream: u16,
     ) -> Result<(), DeployError> {
         let _lock = self.lock().await?;
-        let route = json!({
-            "@id": route_id,
-            "match": [{ "host": [host] }],
-            "handle": [{ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{upstream}") }] }],
-            "terminal": true
-        });
-        let (status, _) = self
-            .call(reqwest::Method::GET, &format!("/id/{route_id}"), None)
-            .await?;
-        if status == 200 {
+        let route = host_route_json(route_id, host, upstream);
+        if self.id_exists(route_id).await? {
             let path = format!("/id/{route_id}");
             let (status, text) = self
                 .call(reqwest::Method::PATCH, &path, Some(&route))
@@ -286,6 +357,63 @@ impl Caddy {
             }
             return Ok(());
         }
+        self.insert_host_route(server, listen, route).await
+    }
+
+    /// Adds the host route when no object with its id exists; an existing one is left alone.
+    /// Returns whether it was added.
+    pub async fn ensure_host_route(
+        &self,
+        server: &str,
+        listen: &str,
+        route_id: &str,
+        host: &str,
+        upstream: u16,
+    ) -> Result<bool, DeployError> {
+        let _lock = self.lock().await?;
+        if self.id_exists(route_id).await? {
+            return Ok(false);
+        }
+        let route = host_route_json(route_id, host, upstream);
+        self.insert_host_route(server, listen, route).await?;
+        Ok(true)
+    }
+
+    /// Creates the target's front (listening on `listen_host:public`, proxying to
+    /// `upstream`) when it does not exist; an existing front is left alone, whatever it
+    /// proxies to. Returns whether it was created.
+    pub async fn ensure_front(
+        &self,
+        unit: &str,
+        listen_host: &str,
+        public: u16,
+        upstream: u16,
+    ) -> Result<bool, DeployError> {
+        let _lock = self.lock().await?;
+        if self.id_exists(&proxy_id(unit)).await? || self.id_exists(&server_name(unit)).await? {
+            return Ok(false);
+        }
+        self.create_server(
+            &server_name(unit),
+            front_json(unit, listen_host, public, upstream),
+        )
+        .await?;
+        Ok(true)
+    }
+
+    async fn id_exists(&self, id: &str) -> Result<bool, DeployError> {
+        let (status, _) = self
+            .call(reqwest::Method::GET, &format!("/id/{id}"), None)
+            .await?;
+        Ok(status == 200)
+    }
+
+    async fn insert_host_route(
+        &self,
+        server: &str,
+        listen: &str,
+        route: Value,
+    ) -> Result<(), DeployError> {
         let config = self.config().await?;
         if config
             .pointer(&format!("/apps/http/servers/{server}/routes"))
@@ -335,6 +463,30 @@ impl Caddy {
     }
 }
 
+fn front_json(unit: &str, listen_host: &str, public: u16, upstream: u16) -> Value {
+    json!({
+        "@id": server_name(unit),
+        "listen": [format!("{listen_host}:{public}")],
+        "automatic_https": { "disable": true },
+        "routes": [{
+            "handle": [{
+                "@id": proxy_id(unit),
+                "handler": "reverse_proxy",
+                "upstreams": [{ "dial": format!("127.0.0.1:{upstream}") }],
+            }]
+        }]
+    })
+}
+
+fn host_route_json(route_id: &str, host: &str, upstream: u16) -> Value {
+    json!({
+        "@id": route_id,
+        "match": [{ "host": [host] }],
+        "handle": [{ "handler": "reverse_proxy", "upstreams": [{ "dial": format!("127.0.0.1:{upstream}") }] }],
+        "terminal": true
+    })
+}
+
 fn collect_ids(v: &Value, prefix: &str, out: &mut Vec<String>) {
     match v {
         Value::Object(map) => {
@@ -353,5 +505,41 @@ fn collect_ids(v: &Value, prefix: &str, out: &mut Vec<String>) {
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9 #12: any admin URL was accepted, so a deploy would drive an unauthenticated
+    /// admin API across the network.
+    #[test]
+    fn caddy_admin_refuses_non_loopback_urls_unless_allowed() {
+        for ok in [
+            "http://127.0.0.1:2019",
+            "http://localhost:2019/",
+            "http://[::1]:2019",
+            "http://127.0.0.7:2019",
+            "unix//run/caddy/admin.sock",
+        ] {
+            Caddy::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for remote in [
+            "http://10.0.0.5:2019",
+            "http://caddy.example.com:2019",
+            "http://0.0.0.0:2019",
+        ] {
+            let err = Caddy::new(remote).expect_err(remote).to_string();
+            assert!(err.contains("--allow-remote-caddy-admin"), "{err}");
+            Caddy::new_allowing_remote(remote).unwrap_or_else(|e| panic!("{remote}: {e}"));
+        }
+        for bad in ["unix/relative.sock", "127.0.0.1:2019", "ftp://127.0.0.1"] {
+            assert!(Caddy::new(bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            AdminAddress::parse("unix//run/caddy/admin.sock").expect("unix"),
+            AdminAddress::Unix(PathBuf::from("/run/caddy/admin.sock"))
+        );
     }
 }

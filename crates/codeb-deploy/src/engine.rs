@@ -3,7 +3,8 @@
 
 use crate::caddy::Caddy;
 use crate::error::DeployError;
-use crate::state::{Active, History, Release, ReleaseOutcome, Settings, Slot, TargetLock};
+use crate::restore::{HostRoute, RestoreReport};
+use crate::state::{Active, Front, History, Release, ReleaseOutcome, Settings, Slot, TargetLock};
 use crate::template::{UnitContext, render_unit};
 use codeb_core::manifest::{Assignment, Owner, PortUse, Scope, Target};
 use codeb_core::{Environment, ProjectName};
@@ -54,7 +55,11 @@ pub struct TargetLocation {
     pub manifest: ManifestStore,
     pub quadlet_dir: PathBuf,
     /// `None`: no Caddy front; the container publishes the public port itself (restart only).
+    /// `unix//path` (Caddy's admin socket, recommended) or a loopback URL.
     pub caddy_admin: Option<String>,
+    /// Accept a `caddy_admin` URL that is not on loopback (Caddy's admin API has no
+    /// authentication; only for a network the operator controls).
+    pub allow_remote_admin: bool,
     pub runtime: RuntimeChoice,
     pub templates: Option<PathBuf>,
 }
@@ -85,6 +90,21 @@ pub struct DeployOptions {
     pub sha: String,
     pub actor: String,
     pub listen_host: String,
+    /// How many releases the history keeps ([`crate::state::KEEP`] by default); the images
+    /// of releases that fall out are removed from the host unless another target uses them.
+    pub keep_releases: usize,
+    /// More `[Container]` keys for the unit, in order (the preview daemon's hardening:
+    /// `UserNS`, `NoNewPrivileges`, `DropCapability`, `PidsLimit`, `PodmanArgs`, ...). The
+    /// rendered unit is parsed back, so a key codeb's Quadlet model does not know is refused.
+    pub container_keys: Vec<(String, String)>,
+}
+
+/// A preview container codeb created (see [`Engine::preview_containers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewContainer {
+    pub name: String,
+    pub project: ProjectName,
+    pub pr: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -121,12 +141,37 @@ pub struct DeployReport {
 /// Progress lines for the log (the binary prints them; the engine never does).
 pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
 
+/// What [`Engine::preflight`] decided; [`Engine::apply`] carries it out. Holds the target's
+/// deploy lock.
+struct Plan {
+    _lock: TargetLock,
+    started: Instant,
+    kind: String,
+    shown_image: Option<String>,
+    target: Target,
+    unit: String,
+    strategy: Strategy,
+    image: ImageRef,
+    digest: Digest,
+    public: u16,
+    state_dir: PathBuf,
+    history: History,
+    previous: Option<Active>,
+    new_slot: Slot,
+    host_port: u16,
+    container: String,
+    unit_file: PathBuf,
+    text: String,
+    parsed: codeb_quadlet::ContainerUnit,
+}
+
 pub struct Engine {
     loc: TargetLocation,
     podman: Podman,
     systemd: Option<Systemd>,
     caddy: Option<Caddy>,
     resolver: Resolver,
+    compat: crate::compat::HostPodman,
 }
 
 fn settings_of(opts: &DeployOptions) -> Settings {
@@ -174,10 +219,17 @@ impl Engine {
             .caddy_admin
             .as_deref()
             .map(|url| {
-                Caddy::new(url).map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
+                let caddy = if loc.allow_remote_admin {
+                    Caddy::new_allowing_remote(url)
+                } else {
+                    Caddy::new(url)
+                };
+                caddy.map(|c| c.with_lock_file(loc.state_dir().join("caddy.lock")))
             })
             .transpose()?;
+        let compat = crate::compat::HostPodman::detect(&podman).await;
         Ok(Self {
+            compat,
             loc,
             podman,
             systemd,
@@ -200,10 +252,7 @@ impl Engine {
     pub async fn remove(&self, target: &Target, progress: Progress<'_>) -> Result<(), DeployError> {
         let unit = target.unit_name();
         let state_dir = self.loc.state_dir();
-        std::fs::create_dir_all(&state_dir).map_err(|source| DeployError::Io {
-            path: state_dir.clone(),
-            source,
-        })?;
+        crate::state::state_dir(&state_dir)?;
         let _lock = TargetLock::acquire(
             &state_dir,
             &unit,
@@ -231,7 +280,7 @@ impl Engine {
     /// registries), so that a later deploy finds it locally.
     pub async fn pull(&self, image: &str) -> Result<(), DeployError> {
         let image = ImageRef::parse(image)?;
-        let authfile = AuthFile::new(&image)?;
+        let authfile = AuthFile::new(&image, &self.loc.state_dir())?;
         self.podman
             .pull(&image.to_string(), !image.is_loopback(), authfile.path())
             .await
@@ -241,10 +290,41 @@ impl Engine {
             })
     }
 
-    /// Names of the containers of every preview (`<project>-pr-<N>-<slot>`) on this host.
-    pub async fn preview_containers(&self) -> Result<Vec<String>, DeployError> {
-        let names = self.podman.containers_with_label("codeb.slot").await?;
-        Ok(names.into_iter().filter(|n| n.contains("-pr-")).collect())
+    /// The preview containers on this host that codeb created: labelled
+    /// `codeb.environment=pr-<N>` and `codeb.project=<project>` with `project` one of
+    /// `projects`, and named `<project>-pr-<N>-<slot>` as codeb names them. A container
+    /// without these labels is never listed, whatever its name.
+    pub async fn preview_containers(
+        &self,
+        projects: &[ProjectName],
+    ) -> Result<Vec<PreviewContainer>, DeployError> {
+        let rows = self
+            .podman
+            .containers_labelled("codeb.slot", &["codeb.project", "codeb.environment"])
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(name, labels)| {
+                let [project, environment] = labels.as_slice() else {
+                    return None;
+                };
+                let project = projects.iter().find(|p| p.as_str() == project)?;
+                let pr: u64 = environment
+                    .strip_prefix("pr-")
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))?
+                    .parse()
+                    .ok()?;
+                let unit = Target::preview_key(project, pr);
+                let ours = [Slot::Blue, Slot::Green]
+                    .iter()
+                    .any(|s| name == format!("{unit}-{}", s.as_str()));
+                ours.then(|| PreviewContainer {
+                    name,
+                    project: project.clone(),
+                    pr,
+                })
+            })
+            .collect())
     }
 
     /// Stops and removes one container (and its unit file) by name.
@@ -256,6 +336,44 @@ impl Engine {
 
     pub fn caddy(&self) -> Option<&Caddy> {
         self.caddy.as_ref()
+    }
+
+    /// Adds (or updates) a host-name route, recording it in `.codeb/routes/` first so that
+    /// [`Self::restore_routes`] can rebuild it after Caddy lost its configuration.
+    pub async fn add_host_route(&self, route: &HostRoute) -> Result<(), DeployError> {
+        let caddy = self.require_caddy()?;
+        route.save(&self.loc.state_dir())?;
+        caddy
+            .host_route(
+                &route.server,
+                &route.listen,
+                &route.id,
+                &route.host,
+                route.upstream,
+            )
+            .await
+    }
+
+    /// Removes a host-name route: first its record (so that no restore brings it back), then
+    /// the route in Caddy.
+    pub async fn remove_host_route(&self, id: &str) -> Result<(), DeployError> {
+        HostRoute::forget(&self.loc.state_dir(), id)?;
+        match &self.caddy {
+            Some(c) => c.remove_id(id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Rebuilds every front and host route recorded in `.codeb/` that Caddy lacks (see
+    /// [`crate::restore`]); routes that exist are left alone.
+    pub async fn restore_routes(&self) -> Result<RestoreReport, DeployError> {
+        crate::restore::restore_routes(&self.loc.state_dir(), self.require_caddy()?).await
+    }
+
+    fn require_caddy(&self) -> Result<&Caddy, DeployError> {
+        self.caddy.as_ref().ok_or_else(|| {
+            input("Caddy routes need the Caddy admin API: give --caddy-admin (unix//run/caddy/admin.sock)")
+        })
     }
 
     /// Rolls back to the newest release that served before the active one.
@@ -294,6 +412,9 @@ impl Engine {
         self.run(opts, "deploy", None, progress).await
     }
 
+    /// A deploy in two phases: [`Self::preflight`] makes every check that can refuse it and
+    /// returns a [`Plan`] without changing the host (a refusal exits 2); [`Self::apply`]
+    /// carries the plan out and, on any failure, puts the previous release back (exit 1).
     async fn run(
         &self,
         opts: &DeployOptions,
@@ -301,7 +422,22 @@ impl Engine {
         shown_image: Option<String>,
         progress: Progress<'_>,
     ) -> Result<DeployReport, DeployError> {
-        let started = Instant::now();
+        let plan = self.preflight(opts, kind, shown_image, progress).await?;
+        self.apply(opts, plan, progress)
+            .await
+            .map_err(|e| DeployError::Applied(Box::new(e)))
+    }
+
+    /// Everything that can refuse the deploy, before anything on the host changes: arguments,
+    /// manifest and ports, env file, Quadlet directory, Caddy, what the host's podman can
+    /// run, the lock, the registry (tag → digest, pull). Returns what [`Self::apply`] does.
+    async fn preflight(
+        &self,
+        opts: &DeployOptions,
+        kind: &str,
+        shown_image: Option<String>,
+        progress: Progress<'_>,
+    ) -> Result<Plan, DeployError> {
         let target = Target::new(opts.project.clone(), opts.environment, opts.pr)
             .map_err(|e| input(e.to_string()))?;
         let unit = target.unit_name();
@@ -313,8 +449,6 @@ impl Engine {
                 "the blue-green strategy moves traffic through Caddy: give --caddy-admin, or use --strategy restart",
             ));
         }
-
-        // 1. Everything that can refuse the deploy, before anything changes.
         let image = ImageRef::parse(&opts.image)?;
         if let Some(f) = &opts.env_file {
             check_env_file(f)?;
@@ -331,10 +465,7 @@ impl Engine {
         let public = assignment.port;
         let host = HostPorts::read()
             .map_err(|e| input(format!("cannot read the host's listening ports: {e}")))?;
-        let mut use_of = |a: &Assignment| {
-            // With no Caddy front the public port is our own container's.
-            host.use_of(a)
-        };
+        let mut use_of = |a: &Assignment| host.use_of(a);
         let problems = doc.manifest.validate(Scope::Target(&target), &mut use_of);
         if !problems.is_empty() {
             let lines: Vec<String> = problems
@@ -373,15 +504,23 @@ impl Engine {
         }
         let state_dir = self.loc.state_dir();
         writable_dir(&self.loc.quadlet_dir)?;
-        std::fs::create_dir_all(&state_dir).map_err(|source| DeployError::Io {
-            path: state_dir.clone(),
-            source,
-        })?;
+        crate::state::state_dir(&state_dir).map_err(|e| input(e.to_string()))?;
         if let Some(c) = &self.caddy {
             c.check().await.map_err(|e| input(e.to_string()))?;
         }
+        // The unit must be expressible for the host's podman (compat.rs): render it once now.
+        let probe = Digest::parse(&format!("sha256:{}", "0".repeat(64)))?;
+        self.render(
+            opts,
+            &target,
+            Slot::Blue,
+            &image,
+            &image.pinned(&probe),
+            &probe,
+            public,
+        )?;
 
-        // 2. One deploy of this target at a time.
+        // One deploy of this target at a time.
         let holder = format!(
             "pid {} ({kind} of {} by {})",
             std::process::id(),
@@ -389,9 +528,31 @@ impl Engine {
             opts.actor
         );
         progress(&format!("taking the deploy lock of {unit}"));
-        let _lock = TargetLock::acquire(&state_dir, &unit, opts.lock_timeout, &holder).await?;
+        let lock = TargetLock::acquire(&state_dir, &unit, opts.lock_timeout, &holder).await?;
 
-        // 3. Pin the image.
+        // Where traffic goes now; Caddy's route is the truth, the history follows it.
+        let mut history = History::load(&state_dir, &unit)?;
+        let routed = match &self.caddy {
+            Some(c) => c
+                .upstream(&unit)
+                .await
+                .map_err(|e| input(e.to_string()))?
+                .and_then(|p| Slot::of_port(public, p)),
+            None => history.active.as_ref().map(|a| a.slot),
+        };
+        reconcile(&mut history, routed);
+        let previous = history.active.clone();
+        let new_slot = match (strategy, previous.as_ref()) {
+            (Strategy::BlueGreen, Some(a)) => a.slot.other(),
+            (Strategy::Restart, Some(a)) => a.slot,
+            (_, None) => Slot::Blue,
+        };
+        let host_port = match &self.caddy {
+            Some(_) => new_slot.port(public).ok_or_else(|| input("no slot port"))?,
+            None => public,
+        };
+
+        // Pin the image (the digest is what the unit runs).
         let local_first = image.digest().is_some()
             && self
                 .podman
@@ -410,8 +571,20 @@ impl Engine {
         };
         let pinned = image.pinned(&digest);
         progress(&format!("{image} is {digest}"));
+
+        // Render the unit and check, in this one place, that it is valid Quadlet and that
+        // this host's podman can run what it asks for.
+        let container = format!("{unit}-{}", new_slot.as_str());
+        let unit_file = self.loc.quadlet_dir.join(format!("{container}.container"));
+        let text = self.render(opts, &target, new_slot, &image, &pinned, &digest, host_port)?;
+        let parsed = codeb_quadlet::ContainerUnit::parse(&unit_file, &text)
+            .map_err(|e| input(format!("the rendered unit is not valid Quadlet: {e}")))?;
+        crate::hostcheck::can_run(&parsed, self.systemd.is_some(), &self.podman)
+            .await
+            .map_err(input)?;
+
         if !local_first {
-            let authfile = AuthFile::new(&image)?;
+            let authfile = AuthFile::new(&image, &state_dir)?;
             self.podman
                 .pull(&pinned, !image.is_loopback(), authfile.path())
                 .await
@@ -420,72 +593,112 @@ impl Engine {
                     source,
                 })?;
         }
+        Ok(Plan {
+            _lock: lock,
+            started: Instant::now(),
+            kind: kind.to_owned(),
+            shown_image,
+            target,
+            unit,
+            strategy,
+            image,
+            digest,
+            public,
+            state_dir,
+            history,
+            previous,
+            new_slot,
+            host_port,
+            container,
+            unit_file,
+            text,
+            parsed,
+        })
+    }
 
-        // 4. Where traffic goes now; Caddy's route is the truth, the history follows it.
-        let mut history = History::load(&state_dir, &unit)?;
-        let routed = match &self.caddy {
-            Some(c) => c
-                .upstream(&unit)
-                .await?
-                .and_then(|p| Slot::of_port(public, p)),
-            None => history.active.as_ref().map(|a| a.slot),
-        };
-        reconcile(&mut history, routed);
-        let previous = history.active.clone();
-        let new_slot = match (strategy, previous.as_ref()) {
-            (Strategy::BlueGreen, Some(a)) => a.slot.other(),
-            (Strategy::Restart, Some(a)) => a.slot,
-            (_, None) => Slot::Blue,
-        };
-        let host_port = match &self.caddy {
-            Some(_) => new_slot.port(public).ok_or_else(|| input("no slot port"))?,
-            None => public,
-        };
-
-        // 5. Render and check the unit.
-        let container = format!("{unit}-{}", new_slot.as_str());
-        let unit_file = self.loc.quadlet_dir.join(format!("{container}.container"));
-        let text = self.render(opts, &target, new_slot, &image, &pinned, &digest, host_port)?;
-        let parsed = codeb_quadlet::ContainerUnit::parse(&unit_file, &text)
-            .map_err(|e| DeployError::Template(e.to_string()))?;
-
-        // From here on the host changes.
-        history.push(Release {
-            time: now(),
-            image: shown_image.unwrap_or_else(|| image.to_string()),
-            digest: digest.to_string(),
-            sha: opts.sha.clone(),
-            actor: opts.actor.clone(),
-            slot: new_slot,
-            strategy: strategy.as_str().into(),
-            kind: kind.into(),
-            outcome: ReleaseOutcome::Deploying,
-            reason: None,
-            settings: Some(settings_of(opts)),
-        });
+    /// Carries out a [`Plan`]. Every failure after the first change puts the previous
+    /// release back: blue-green never moved traffic before the new release was healthy; the
+    /// restart strategy writes the new unit before it stops the old release and starts the
+    /// old release again from its pinned digest when anything after that fails.
+    async fn apply(
+        &self,
+        opts: &DeployOptions,
+        plan: Plan,
+        progress: Progress<'_>,
+    ) -> Result<DeployReport, DeployError> {
+        let Plan {
+            _lock,
+            started,
+            kind,
+            shown_image,
+            target,
+            unit,
+            strategy,
+            image,
+            digest,
+            public,
+            state_dir,
+            mut history,
+            previous,
+            new_slot,
+            host_port,
+            container,
+            unit_file,
+            text,
+            parsed,
+        } = plan;
+        let dropped = history.push(
+            Release {
+                time: now(),
+                image: shown_image.unwrap_or_else(|| image.to_string()),
+                digest: digest.to_string(),
+                sha: opts.sha.clone(),
+                actor: opts.actor.clone(),
+                slot: new_slot,
+                strategy: strategy.as_str().into(),
+                kind,
+                outcome: ReleaseOutcome::Deploying,
+                reason: None,
+                settings: Some(settings_of(opts)),
+            },
+            opts.keep_releases,
+        );
         history.save(&state_dir)?;
-        if strategy == Strategy::Restart
-            && let Some(p) = &previous
-        {
-            progress(&format!(
-                "stopping {unit}-{} (restart strategy)",
-                p.slot.as_str()
-            ));
-            self.stop(&format!("{unit}-{}", p.slot.as_str()), false)
-                .await?;
-        }
-        codeb_host::atomic::write(&unit_file, text.as_bytes(), 0o644).map_err(|source| {
-            DeployError::Io {
+
+        // The new unit first: if it cannot be written, nothing else has changed and the old
+        // release keeps running.
+        if let Err(source) = codeb_host::atomic::write(&unit_file, text.as_bytes(), 0o644) {
+            let e = DeployError::Io {
                 path: unit_file.clone(),
                 source,
+            };
+            if let Some(r) = history.pending_mut() {
+                r.outcome = ReleaseOutcome::RolledBack;
+                r.reason = Some(e.to_string());
             }
-        })?;
-        progress(&format!("starting {container} on 127.0.0.1:{host_port}"));
-        let started_ok = self.start(&container, &parsed).await;
+            history.save(&state_dir).ok();
+            return Err(e);
+        }
+        // Then (restart strategy) stop the old release, and start the new one.
+        let begun: Result<(), DeployError> = async {
+            if strategy == Strategy::Restart
+                && let Some(p) = &previous
+            {
+                progress(&format!(
+                    "stopping {unit}-{} (restart strategy)",
+                    p.slot.as_str()
+                ));
+                self.stop(&format!("{unit}-{}", p.slot.as_str()), false)
+                    .await?;
+            }
+            progress(&format!("starting {container} on 127.0.0.1:{host_port}"));
+            self.start(&container, &parsed).await
+        }
+        .await;
 
-        // 6. Prove it healthy.
+        // Prove it healthy.
         let url = format!("http://127.0.0.1:{host_port}{}", opts.health_path);
-        let verdict = match started_ok {
+        let verdict = match begun {
             Ok(()) => self.wait_healthy(&url, opts, progress).await,
             Err(e) => Err(e.to_string()),
         };
@@ -515,13 +728,36 @@ impl Engine {
             });
         }
 
-        // 7. Move traffic.
+        // Move traffic. If Caddy refuses, the previous release still serves (blue-green) or
+        // is started again (restart).
         if let Some(c) = &self.caddy {
             progress(&format!(
                 "routing 127.0.0.1:{public} to the {} slot",
                 new_slot.as_str()
             ));
-            c.route(&unit, &opts.listen_host, public, host_port).await?;
+            if let Err(e) = c.route(&unit, &opts.listen_host, public, host_port).await {
+                progress(&format!("moving traffic failed: {e}; rolling back"));
+                if c.upstream(&unit).await.ok().flatten() != Some(host_port) {
+                    if strategy == Strategy::BlueGreen || previous.is_none() {
+                        self.stop(&container, true).await.ok();
+                        remove_file(&unit_file);
+                    } else if let Some(p) = &previous {
+                        self.stop(&container, true).await.ok();
+                        self.restore(opts, &target, p, public, progress).await.ok();
+                    }
+                    if let Some(r) = history.pending_mut() {
+                        r.outcome = ReleaseOutcome::RolledBack;
+                        r.reason = Some(format!("moving traffic failed: {e}"));
+                    }
+                    history.save(&state_dir).ok();
+                }
+                return Err(e);
+            }
+            history.front = Some(Front {
+                listen_host: opts.listen_host.clone(),
+                public,
+                upstream: host_port,
+            });
         }
         for r in history.releases.iter_mut() {
             if r.outcome == ReleaseOutcome::Active {
@@ -544,7 +780,7 @@ impl Engine {
             humantime::format_duration(Duration::from_millis(started.elapsed().as_millis() as u64))
         ));
 
-        // 8. Drain and stop the old release.
+        // Drain and stop the old release.
         if let (Strategy::BlueGreen, Some(p)) = (strategy, &previous)
             && p.slot != new_slot
         {
@@ -561,6 +797,7 @@ impl Engine {
                 s.daemon_reload().await?;
             }
         }
+        self.prune(&state_dir, &dropped, progress).await;
         Ok(DeployReport {
             warnings: host_warnings(self.caddy.is_some()),
             outcome: Outcome::Deployed,
@@ -571,6 +808,42 @@ impl Engine {
             slot: new_slot,
             unit_file,
         })
+    }
+
+    /// Removes the images of releases that fell out of the history, unless a history in this
+    /// state directory still refers to them; images a container uses are kept by podman
+    /// itself (`podman rmi` without force). Never fails the deploy.
+    async fn prune(&self, state_dir: &Path, dropped: &[Release], progress: Progress<'_>) {
+        if dropped.is_empty() {
+            return;
+        }
+        let mut kept = std::collections::BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(state_dir) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.extension().is_some_and(|x| x == "json")
+                    && let Some(unit) = p.file_stem().map(|s| s.to_string_lossy().into_owned())
+                    && let Ok(h) = History::load(state_dir, &unit)
+                {
+                    kept.extend(h.digests().map(str::to_owned));
+                }
+            }
+        }
+        let mut done = std::collections::BTreeSet::new();
+        for r in dropped {
+            if kept.contains(&r.digest) || !done.insert(r.digest.clone()) {
+                continue;
+            }
+            let (Ok(image), Ok(digest)) = (ImageRef::parse(&r.image), Digest::parse(&r.digest))
+            else {
+                continue;
+            };
+            let pinned = image.pinned(&digest);
+            match self.podman.remove_image(&pinned).await {
+                Ok(()) => progress(&format!("pruned the old image {pinned}")),
+                Err(e) => progress(&format!("kept the old image {pinned}: {e}")),
+            }
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -603,8 +876,21 @@ impl Engine {
             container_port: opts.container_port,
             env_file: opts.env_file.as_ref().map(|p| p.display().to_string()),
             health_cmd: opts.health_cmd.clone(),
+            extra: opts
+                .container_keys
+                .iter()
+                .map(|(key, value)| crate::template::KeyValue {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
         };
-        render_unit(&ctx, self.loc.templates.as_deref())
+        let file = self
+            .loc
+            .quadlet_dir
+            .join(format!("{}.container", ctx.container_name));
+        self.compat
+            .adapt(&file, render_unit(&ctx, self.loc.templates.as_deref())?)
     }
 
     async fn start(
@@ -845,29 +1131,35 @@ fn writable_dir(dir: &Path) -> Result<(), DeployError> {
         })
 }
 
-/// A temporary podman auth file (mode 0600, removed on drop) holding the registry credentials,
-/// so that they never appear on a command line.
+/// A podman auth file (mode 0600, removed on drop) holding the registry credentials, so that
+/// they never appear on a command line. It lives in `.codeb/auth/` (mode 0700, like
+/// `.codeb/`), never in a shared temp dir; files a killed deploy left there are removed
+/// before a new one is written.
 struct AuthFile {
     file: Option<tempfile::NamedTempFile>,
 }
 
 impl AuthFile {
-    fn new(image: &ImageRef) -> Result<Self, DeployError> {
+    fn new(image: &ImageRef, state_dir: &Path) -> Result<Self, DeployError> {
         use base64::Engine as _;
         let (user, pass) = match Auth::from_env(image) {
             Auth::Anonymous => return Ok(Self { file: None }),
             Auth::Bearer(token) => (codeb_registry::TOKEN_USERNAME.to_owned(), token),
             Auth::Basic { username, password } => (username, password),
         };
+        let dir = state_dir.join("auth");
+        crate::state::state_dir(state_dir)?;
+        crate::state::state_dir(&dir)?;
+        clean_auth_dir(&dir);
         let auth =
             base64::engine::general_purpose::STANDARD.encode(format!("{user}:{}", pass.expose()));
         let body = serde_json::json!({ "auths": { image.registry(): { "auth": auth } } });
         let mut file = tempfile::Builder::new()
-            .prefix("codeb-auth-")
+            .prefix(&format!("codeb-auth-{}-", std::process::id()))
             .suffix(".json")
-            .tempfile()
+            .tempfile_in(&dir)
             .map_err(|source| DeployError::Io {
-                path: std::env::temp_dir(),
+                path: dir.clone(),
                 source,
             })?;
         use std::io::Write;
@@ -881,5 +1173,58 @@ impl AuthFile {
 
     fn path(&self) -> Option<&Path> {
         self.file.as_ref().map(|f| f.path())
+    }
+}
+
+/// Removes auth files of deploys that no longer run (killed before they could remove theirs).
+fn clean_auth_dir(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name
+            .strip_prefix("codeb-auth-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+        if !alive {
+            remove_file(&e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 9 (low): the registry auth file lived in /tmp, where a SIGKILLed deploy left it.
+    /// It lives in `.codeb/auth/` (0700) and files of dead deploys are removed at the next one.
+    #[test]
+    fn auth_files_of_killed_deploys_are_removed_and_live_in_a_private_dir() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join(".codeb");
+        let auth = state.join("auth");
+        crate::state::state_dir(&state).expect("state dir");
+        crate::state::state_dir(&auth).expect("auth dir");
+        // pid_max is at most 2^22, so this pid never runs.
+        let dead = auth.join("codeb-auth-4194305-abc.json");
+        let mine = auth.join(format!("codeb-auth-{}-def.json", std::process::id()));
+        std::fs::write(&dead, "{}").expect("write");
+        std::fs::write(&mine, "{}").expect("write");
+        clean_auth_dir(&auth);
+        assert!(!dead.exists(), "the killed deploy's credentials are gone");
+        assert!(mine.exists(), "a running deploy's file is kept");
+        let mode = std::fs::metadata(&auth).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        let image = ImageRef::parse("127.0.0.1:5999/x/y:1").expect("image");
+        // Anonymous registries need no file at all.
+        assert!(
+            AuthFile::new(&image, &state)
+                .expect("auth")
+                .path()
+                .is_none()
+        );
     }
 }

@@ -1,7 +1,8 @@
 use std::path::PathBuf;
 
-/// Why a deploy did not happen. [`DeployError::changed_host`] tells whether anything on the
-/// host had been changed when it stopped (exit 1) or not (exit 2).
+/// Why a deploy did not happen. A deploy's preflight refuses with any variant and leaves the
+/// host as it was (exit 2); its apply phase wraps every failure in [`DeployError::Applied`]
+/// (exit 1). [`DeployError::changed_host`] tells the two apart.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
     #[error("{0}")]
@@ -36,6 +37,10 @@ pub enum DeployError {
     Template(String),
     #[error("{0}")]
     NothingToRollBack(String),
+    /// A failure after the deploy began changing the host (the previous release was put
+    /// back where it could be).
+    #[error(transparent)]
+    Applied(Box<DeployError>),
 }
 
 impl DeployError {
@@ -43,7 +48,7 @@ impl DeployError {
     pub fn changed_host(&self) -> bool {
         matches!(
             self,
-            Self::Runtime(_) | Self::Caddy { .. } | Self::Template(_)
+            Self::Applied(_) | Self::Runtime(_) | Self::Caddy { .. }
         )
     }
 }

@@ -4,8 +4,7 @@
 
 use crate::error::DeployError;
 use serde::{Deserialize, Serialize};
-use std::fs::{File, OpenOptions, TryLockError};
-use std::io::{Read, Seek, Write};
+use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -101,10 +100,22 @@ pub struct Release {
     pub settings: Option<Settings>,
 }
 
+/// The Caddy front of a target as the last deploy left it: what a restore rebuilds after
+/// Caddy lost its configuration (a reload with another config, a restart).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Front {
+    pub listen_host: String,
+    pub public: u16,
+    /// The slot port traffic goes to.
+    pub upstream: u16,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct History {
     pub target: String,
     pub active: Option<Active>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub front: Option<Front>,
     /// Newest first.
     pub releases: Vec<Release>,
 }
@@ -114,6 +125,7 @@ impl History {
         Self {
             target: target.to_owned(),
             active: None,
+            front: None,
             releases: Vec::new(),
         }
     }
@@ -145,9 +157,24 @@ impl History {
             .map_err(|source| DeployError::Io { path, source })
     }
 
-    pub fn push(&mut self, release: Release) {
+    /// Adds the newest release and keeps the `keep` newest (at least 2); returns the ones that
+    /// fell out (their images may be pruned).
+    pub fn push(&mut self, release: Release, keep: usize) -> Vec<Release> {
         self.releases.insert(0, release);
-        self.releases.truncate(KEEP);
+        let keep = keep.max(2);
+        if self.releases.len() > keep {
+            self.releases.split_off(keep)
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Every digest this history still refers to (its releases and the active one).
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        self.releases
+            .iter()
+            .map(|r| r.digest.as_str())
+            .chain(self.active.iter().map(|a| a.digest.as_str()))
     }
 
     /// The newest release whose outcome is `Deploying` and which used `slot`.
@@ -167,9 +194,19 @@ impl History {
 }
 
 /// Exclusive right to deploy one target; released on drop (or when the process dies).
+/// The lock file `<unit>.lock` is opened read-only without following symlinks and is never
+/// written; the holder's description goes to `<unit>.holder`, replaced atomically.
 #[derive(Debug)]
 pub struct TargetLock {
     _file: File,
+}
+
+/// Creates (`0700`) or checks codeb's state directory `<quadlet-dir>/.codeb`.
+pub fn state_dir(dir: &Path) -> Result<(), DeployError> {
+    codeb_host::lockfile::private_dir(dir).map_err(|source| DeployError::Io {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 impl TargetLock {
@@ -181,26 +218,19 @@ impl TargetLock {
         holder: &str,
     ) -> Result<Self, DeployError> {
         let path = state_dir.join(format!("{unit}.lock"));
-        let io = |source| DeployError::Io {
-            path: path.clone(),
+        let holder_path = state_dir.join(format!("{unit}.holder"));
+        let io = |path: &Path, source| DeployError::Io {
+            path: path.to_owned(),
             source,
         };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(io)?;
+        let file = codeb_host::lockfile::open_lock(&path, 0o600).map_err(|e| io(&path, e))?;
         let start = Instant::now();
         loop {
             match file.try_lock() {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
                     if start.elapsed() >= timeout {
-                        let mut who = String::new();
-                        let _ = file.rewind();
-                        let _ = file.read_to_string(&mut who);
+                        let who = std::fs::read_to_string(&holder_path).unwrap_or_default();
                         return Err(DeployError::Locked {
                             target: unit.to_owned(),
                             holder: if who.trim().is_empty() {
@@ -216,13 +246,11 @@ impl TargetLock {
                     }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(TryLockError::Error(e)) => return Err(io(e)),
+                Err(TryLockError::Error(e)) => return Err(io(&path, e)),
             }
         }
-        file.set_len(0).map_err(io)?;
-        file.rewind().map_err(io)?;
-        file.write_all(holder.as_bytes()).map_err(io)?;
-        file.flush().map_err(io)?;
+        codeb_host::atomic::write(&holder_path, holder.as_bytes(), 0o600)
+            .map_err(|e| io(&holder_path, e))?;
         Ok(Self { _file: file })
     }
 }
@@ -250,9 +278,9 @@ mod tests {
     #[test]
     fn previous_good_skips_failed_and_active() {
         let mut h = History::empty("t");
-        h.push(release("d1", ReleaseOutcome::Superseded));
-        h.push(release("d2", ReleaseOutcome::Active));
-        h.push(release("d3", ReleaseOutcome::RolledBack));
+        h.push(release("d1", ReleaseOutcome::Superseded), KEEP);
+        h.push(release("d2", ReleaseOutcome::Active), KEEP);
+        h.push(release("d3", ReleaseOutcome::RolledBack), KEEP);
         h.active = Some(Active {
             slot: Slot::Green,
             image: "r/x:2".into(),
@@ -267,9 +295,12 @@ mod tests {
     fn history_is_bounded_and_roundtrips() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut h = History::empty("t");
+        let mut dropped = Vec::new();
         for i in 0..30 {
-            h.push(release(&format!("d{i}"), ReleaseOutcome::Superseded));
+            dropped.extend(h.push(release(&format!("d{i}"), ReleaseOutcome::Superseded), KEEP));
         }
+        assert_eq!(dropped.len(), 30 - KEEP);
+        assert_eq!(dropped[0].digest, "d0");
         assert_eq!(h.releases.len(), KEEP);
         assert_eq!(h.releases[0].digest, "d29");
         h.save(dir.path()).expect("save");
@@ -298,5 +329,48 @@ mod tests {
         TargetLock::acquire(dir.path(), "t", Duration::ZERO, "pid 43")
             .await
             .expect("free again");
+    }
+
+    /// Issue 9 #8: the lock followed a symlink and truncated whatever it pointed at.
+    #[tokio::test]
+    async fn target_lock_refuses_a_symlink_and_never_truncates_its_target() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").expect("write");
+        std::os::unix::fs::symlink(&victim, dir.path().join("t.lock")).expect("symlink");
+        let err = TargetLock::acquire(dir.path(), "t", Duration::ZERO, "pid 1")
+            .await
+            .expect_err("a symlinked lock is refused");
+        assert!(err.to_string().contains("symlink"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "precious");
+    }
+
+    /// Issue 9 #8: the holder info was written into the lock file itself (truncate + write);
+    /// it goes to its own file, replaced atomically, and the lock file stays empty.
+    #[tokio::test]
+    async fn target_lock_writes_holder_info_to_a_separate_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let _held = TargetLock::acquire(dir.path(), "t", Duration::ZERO, "pid 7 (deploy)")
+            .await
+            .expect("lock");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("t.lock")).expect("lock file"),
+            ""
+        );
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("t.holder")).expect("holder file"),
+            "pid 7 (deploy)"
+        );
+    }
+
+    /// Issue 9 #8: `.codeb/` was created with the umask's mode (world-readable).
+    #[test]
+    fn state_dir_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().join(".codeb");
+        state_dir(&d).expect("create");
+        let mode = std::fs::metadata(&d).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
     }
 }

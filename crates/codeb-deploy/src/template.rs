@@ -25,6 +25,16 @@ pub struct UnitContext {
     pub container_port: u16,
     pub env_file: Option<String>,
     pub health_cmd: Option<String>,
+    /// More `[Container]` lines, rendered after the fixed ones.
+    #[serde(default)]
+    pub extra: Vec<KeyValue>,
+}
+
+/// One `Key=value` line of a unit section.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
 }
 
 /// A value for a unit file line: one line, `%` escaped for systemd specifiers.
@@ -62,6 +72,15 @@ pub fn render_unit(ctx: &UnitContext, templates: Option<&Path>) -> Result<String
         .as_deref()
         .map(|c| unit_value("health command", c))
         .transpose()?;
+    for kv in &mut safe.extra {
+        if kv.key.is_empty() || !kv.key.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(DeployError::Input(format!(
+                "unit key {:?} is not a Quadlet key name",
+                kv.key
+            )));
+        }
+        kv.value = unit_value(&kv.key, &kv.value)?;
+    }
     let context =
         tera::Context::from_serialize(&safe).map_err(|e| DeployError::Template(chain(&e)))?;
     tera.render(NAME, &context)
@@ -99,7 +118,36 @@ mod tests {
             container_port: 3000,
             env_file: Some("/home/codeb/env/myapp-production.env".into()),
             health_cmd: Some(crate::engine::DEFAULT_HEALTH_CMD.into()),
+            extra: Vec::new(),
         }
+    }
+
+    #[test]
+    fn extra_container_keys_are_rendered_and_checked() {
+        let mut c = ctx();
+        c.extra = vec![
+            KeyValue {
+                key: "UserNS".into(),
+                value: "auto".into(),
+            },
+            KeyValue {
+                key: "PodmanArgs".into(),
+                value: "--memory=512m".into(),
+            },
+        ];
+        let text = render_unit(&c, None).expect("renders");
+        assert!(
+            text.contains("\nUserNS=auto\nPodmanArgs=--memory=512m\n"),
+            "{text}"
+        );
+        let unit = codeb_quadlet::ContainerUnit::parse("/x/a.container", &text).expect("valid");
+        let args = unit.podman_run_args();
+        assert!(args.iter().any(|a| a == "--memory=512m"), "{args:?}");
+        c.extra[0].key = "Bad Key".into();
+        assert!(render_unit(&c, None).is_err());
+        c.extra[0].key = "UserNS".into();
+        c.extra[0].value = "auto\nPrivileged=true".into();
+        assert!(render_unit(&c, None).is_err());
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //! | event | action / condition | intents |
 //! |---|---|---|
 //! | `pull_request` | `opened`, `reopened`, `synchronize`, `ready_for_review` | `EnsurePreview` |
-//! | `pull_request` | `labeled` with the approve label | `EnsurePreview` (how a maintainer approves a fork's preview) |
+//! | `pull_request` | `labeled` with the approve label | `EnsurePreview` with `approves` (how a maintainer approves a fork's preview of that head commit) |
+//! | `pull_request` | `unlabeled` (the approve label) or `converted_to_draft`, from a fork | `EnsurePreview`: the gate runs again and takes the preview down |
 //! | `pull_request` | `closed` (merged or not) | `DestroyPreview` |
-//! | `pull_request` | `converted_to_draft` | none: the preview stays as it is; the next push refreshes it |
-//! | `pull_request` | any other action (`assigned`, `edited`, `labeled` with another label, `unlabeled`, ...) | none |
+//! | `pull_request` | `converted_to_draft`, not a fork | none: the preview stays as it is; the next push refreshes it |
+//! | `pull_request` | any other action (`assigned`, `edited`, `labeled` with another label, ...) | none |
 //! | `package`, `registry_package` | `published`, a container image with a tag | `PullImage` of `ghcr.io/<owner>/<name>:<tag>`; a tag `pr-<N>` adds `EnsurePreview` for PR N |
 //! | `workflow_run` | `completed`, conclusion `success`, run triggered by `pull_request` | `EnsurePreview` for each PR of the run, at the run's head commit |
 //! | `ping` and every other event | | none |
@@ -151,12 +152,12 @@ fn pull_request(ev: PullRequestEvent, approve_label: &str) -> Result<Interpretat
         pr: Some(pr),
         ..Interpretation::default()
     };
-    let ensure = |i: Interpretation| -> Result<Interpretation, EventError> {
+    let fork = match &ev.pull_request.head.repo {
+        Some(head) => !head.full_name.eq_ignore_ascii_case(&repo),
+        None => true,
+    };
+    let ensure = |i: Interpretation, approves: bool| -> Result<Interpretation, EventError> {
         let head_sha = check_sha(E, &ev.pull_request.head.sha)?;
-        let fork = match &ev.pull_request.head.repo {
-            Some(head) => !head.full_name.eq_ignore_ascii_case(&repo),
-            None => true,
-        };
         let labels = ev
             .pull_request
             .labels
@@ -171,14 +172,15 @@ fn pull_request(ev: PullRequestEvent, approve_label: &str) -> Result<Interpretat
                 fork,
                 labels,
                 image_tag: None,
+                approves,
             }],
             ..i
         })
     };
     match ev.action.as_str() {
-        "opened" | "reopened" | "synchronize" | "ready_for_review" => ensure(i),
+        "opened" | "reopened" | "synchronize" | "ready_for_review" => ensure(i, false),
         "labeled" => match &ev.label {
-            Some(l) if l.name == approve_label => ensure(i),
+            Some(l) if l.name == approve_label => ensure(i, true),
             Some(l) => Ok(i.ignore(format!(
                 "label `{}` is not the approve label `{approve_label}`",
                 l.name
@@ -189,6 +191,14 @@ fn pull_request(ev: PullRequestEvent, approve_label: &str) -> Result<Interpretat
             intents: vec![Intent::DestroyPreview { repo, pr }],
             ..i
         }),
+        "unlabeled" => match &ev.label {
+            Some(l) if l.name == approve_label && fork => ensure(i, false),
+            Some(l) if l.name == approve_label => Ok(i.ignore(
+                "approve label removed from a pull request that is not a fork: nothing to gate",
+            )),
+            _ => Ok(i.ignore("a label other than the approve label was removed")),
+        },
+        "converted_to_draft" if fork => ensure(i, false),
         "converted_to_draft" => {
             Ok(i.ignore("converted to draft: the preview stays; the next push refreshes it"))
         }
@@ -270,6 +280,7 @@ fn package(event: &str, ev: PackageEvent) -> Result<Interpretation, EventError> 
             fork: false,
             labels: Vec::new(),
             image_tag: Some(tag.to_owned()),
+            approves: false,
         });
     }
     Ok(Interpretation {
@@ -322,6 +333,7 @@ fn workflow_run(ev: WorkflowRunEvent) -> Result<Interpretation, EventError> {
             fork,
             labels: Vec::new(),
             image_tag: None,
+            approves: false,
         });
     }
     let pr = match run.pull_requests.as_slice() {
@@ -477,6 +489,7 @@ mod tests {
                 fork: true,
                 labels: vec!["preview".into(), "bug".into()],
                 image_tag: None,
+                approves: true,
             }]
         );
         v["label"]["name"] = json!("bug");
@@ -495,11 +508,49 @@ mod tests {
                 pr: 7
             }]
         );
-        for action in ["converted_to_draft", "assigned", "edited", "no_such_action"] {
+        for action in [
+            "converted_to_draft",
+            "unlabeled",
+            "assigned",
+            "edited",
+            "no_such_action",
+        ] {
             let i = run(&pr_event(action, Some("acme/app")), "pull_request").expect("parses");
             assert!(i.intents.is_empty(), "{action}");
             assert!(i.ignored.is_some(), "{action}");
         }
+    }
+
+    #[test]
+    fn unlabeled_and_converted_to_draft_regate_a_fork() {
+        for action in ["unlabeled", "converted_to_draft"] {
+            let i = run(&pr_event(action, Some("mallory/app")), "pull_request").expect("parses");
+            match &i.intents[..] {
+                [Intent::EnsurePreview { fork, approves, .. }] => {
+                    assert!(*fork && !*approves, "{action}");
+                }
+                other => panic!("{action}: {other:?}"),
+            }
+        }
+        // Removing another label of a fork changes nothing.
+        let mut v = pr_event("unlabeled", Some("mallory/app"));
+        v["label"]["name"] = json!("bug");
+        assert!(run(&v, "pull_request").expect("parses").intents.is_empty());
+    }
+
+    #[test]
+    fn only_labeled_approves_and_synchronize_does_not() {
+        let approves =
+            |action: &str| match &run(&pr_event(action, Some("mallory/app")), "pull_request")
+                .expect("parses")
+                .intents[..]
+            {
+                [Intent::EnsurePreview { approves, .. }] => *approves,
+                other => panic!("{other:?}"),
+            };
+        assert!(approves("labeled"));
+        assert!(!approves("synchronize"));
+        assert!(!approves("opened"));
     }
 
     #[test]

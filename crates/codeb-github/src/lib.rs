@@ -31,6 +31,14 @@ pub mod headers {
 /// GitHub refuses to send payloads above 25 MB; nothing larger is a genuine delivery.
 pub const MAX_PAYLOAD_BYTES: usize = 25 * 1024 * 1024;
 
+/// The body cap of the intake: 1 MiB. The events codeb acts on (`pull_request`, `package`,
+/// `registry_package`, `workflow_run`) are at most 32 KB in GitHub's example corpus
+/// (`tests/corpora/github-webhooks`, measured by a test); what makes real ones bigger is the
+/// pull request's body (at most 65,536 characters, up to 6 bytes each once JSON-escaped:
+/// 384 KiB) and its labels. 1 MiB holds that with room, and bounds what a client can make the
+/// daemon buffer to 1 MiB per request in flight.
+pub const MAX_ACTED_ON_PAYLOAD_BYTES: usize = 1024 * 1024;
+
 /// What a webhook delivery asks the daemon to do.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -46,19 +54,28 @@ pub enum Intent {
         labels: Vec<String>,
         /// Set when a published image triggered it (tag `pr-<N>`).
         image_tag: Option<String>,
+        /// The delivery is a maintainer adding the approve label: it approves a fork's
+        /// preview of `head_sha` (and of no later commit).
+        #[serde(default)]
+        approves: bool,
     },
     /// Tear the preview of a pull request down.
     DestroyPreview { repo: String, pr: u64 },
+    /// The reconciler found the preview idle past its TTL (or its pull request closed): run
+    /// in the pull request's queue, it checks again and removes the preview if that still
+    /// holds.
+    ExpirePreview { repo: String, pr: u64 },
     /// Pull an image so that the self-hosted runner's deploy finds it locally.
     PullImage { image: String },
 }
 
 impl Intent {
-    /// `ensure_preview`, `destroy_preview` or `pull_image` (the serde tag).
+    /// `ensure_preview`, `destroy_preview`, `expire_preview` or `pull_image` (the serde tag).
     pub fn kind(&self) -> &'static str {
         match self {
             Intent::EnsurePreview { .. } => "ensure_preview",
             Intent::DestroyPreview { .. } => "destroy_preview",
+            Intent::ExpirePreview { .. } => "expire_preview",
             Intent::PullImage { .. } => "pull_image",
         }
     }
@@ -67,9 +84,9 @@ impl Intent {
     /// `<owner/name>#<pr>` for preview work, `image:<reference>` for pulls.
     pub fn key(&self) -> String {
         match self {
-            Intent::EnsurePreview { repo, pr, .. } | Intent::DestroyPreview { repo, pr } => {
-                format!("{repo}#{pr}")
-            }
+            Intent::EnsurePreview { repo, pr, .. }
+            | Intent::DestroyPreview { repo, pr }
+            | Intent::ExpirePreview { repo, pr } => format!("{repo}#{pr}"),
             Intent::PullImage { image } => image_key(image),
         }
     }
@@ -77,9 +94,9 @@ impl Intent {
     /// The repository and pull request this intent is about, if any.
     pub fn pull_request(&self) -> Option<(&str, u64)> {
         match self {
-            Intent::EnsurePreview { repo, pr, .. } | Intent::DestroyPreview { repo, pr } => {
-                Some((repo, *pr))
-            }
+            Intent::EnsurePreview { repo, pr, .. }
+            | Intent::DestroyPreview { repo, pr }
+            | Intent::ExpirePreview { repo, pr } => Some((repo, *pr)),
             Intent::PullImage { .. } => None,
         }
     }

@@ -5,19 +5,20 @@
 
 use std::fmt;
 
+use codeb_secret::Secret;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// A webhook secret. Never printed: `Debug` shows `WebhookSecret(***)`.
+/// A webhook secret (a [`Secret`]). Never printed: `Debug` shows `WebhookSecret(***)`.
 #[derive(Clone, PartialEq, Eq)]
-pub struct WebhookSecret(Vec<u8>);
+pub struct WebhookSecret(Secret);
 
 impl WebhookSecret {
-    /// A secret from its bytes. Leading and trailing whitespace is *not* trimmed here.
-    pub fn new(value: impl Into<Vec<u8>>) -> Self {
-        Self(value.into())
+    /// A secret from its text. Leading and trailing whitespace is *not* trimmed here.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Secret::new(value))
     }
 
     /// Secrets from a comma-separated list (`CODEB_WEBHOOK_SECRET=new,old`), each trimmed;
@@ -32,7 +33,7 @@ impl WebhookSecret {
 
     /// The secret itself, for the one place that must use it (the HMAC key).
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        self.0.as_bytes()
     }
 }
 

@@ -96,6 +96,7 @@ fn corpus_labeled_with_the_approve_label_ensures() {
             fork: false,
             labels: vec!["bug".into()],
             image_tag: None,
+            approves: true,
         }]
     );
 }
@@ -123,6 +124,7 @@ fn ghcr_publish_of_a_pr_tag_pulls_and_ensures() {
                 fork: false,
                 labels: vec![],
                 image_tag: Some("pr-42".into()),
+                approves: false,
             }
         ]
     );
@@ -153,6 +155,7 @@ fn successful_pull_request_run_ensures_at_the_run_head() {
             fork: false,
             labels: vec![],
             image_tag: None,
+            approves: false,
         }]
     );
     let mut v: serde_json::Value = serde_json::from_slice(&body).expect("json");

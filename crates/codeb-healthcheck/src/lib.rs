@@ -4,7 +4,7 @@
 //! Exit codes: 0 healthy, 1 not healthy by the deadline, 2 usage error.
 
 use clap::Parser;
-use codeb_actions::{Annotation, Level, Secret, Step};
+use codeb_actions::{Annotation, Exit, Level, Secret, Step};
 use codeb_health::{Attempt, Expectation, Policy, Probe, Prober, Report, format_secs};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -75,7 +75,7 @@ pub fn main() -> ExitCode {
                 ..Annotation::default()
             },
         );
-        ExitCode::from(2)
+        Exit::Usage.into()
     };
     let args: Args = match codeb_actions::parse_args(&step, "codeb-healthcheck") {
         Ok(a) => a,
@@ -169,7 +169,7 @@ fn finish(step: &Step, url: &str, policy: &Policy, r: &Report) -> ExitCode {
             if r.attempts == 1 { "" } else { "s" },
             latency
         ));
-        ExitCode::SUCCESS
+        Exit::Success.into()
     } else {
         let why = match &r.last_failure {
             Some(f) => f.to_string(),
@@ -189,6 +189,6 @@ fn finish(step: &Step, url: &str, policy: &Policy, r: &Report) -> ExitCode {
             },
         );
         let _ = step.append_summary(&format!("### Health check failed\n\n{message}\n"));
-        ExitCode::from(1)
+        Exit::Failure.into()
     }
 }

@@ -5,7 +5,7 @@ use crate::HostPorts;
 use crate::atomic;
 use codeb_core::manifest::{AllocError, DEFAULT_PATH, Document, ParseError, Target};
 use codeb_core::vars;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -130,6 +130,10 @@ impl ManifestStore {
     }
 
     /// Takes the manifest's exclusive lock (a `.NAME.lock` file beside it), waiting for it.
+    /// The lock file is shared by every user that edits the manifest (root's daemon, the
+    /// runner's user): it is opened read-only (flock needs no more), never through a symlink,
+    /// and created group-writable with the manifest's owner and group, so that whoever comes
+    /// first does not lock the others out.
     pub fn lock(&self) -> Result<ManifestLock, StoreError> {
         let lock = self.lock_path();
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty())
@@ -142,12 +146,7 @@ impl ManifestStore {
             lock: lock.clone(),
             source,
         };
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .map_err(err)?;
+        let file = open_shared_lock(&lock, &self.path).map_err(err)?;
         file.lock().map_err(err)?;
         Ok(ManifestLock { _file: file })
     }
@@ -217,6 +216,70 @@ impl ManifestStore {
             source,
         })
     }
+}
+
+/// Mode of a new manifest lock file: readable and writable by the manifest's group.
+pub const LOCK_MODE: u32 = 0o660;
+
+/// Opens the manifest's lock file read-only (no symlink followed), creating it as
+/// [`LOCK_MODE`] with the owner and group of the manifest (or of its directory when the
+/// manifest does not exist yet). A lock file this user owns (or any, for root) that an older
+/// codeb created private is opened up the same way.
+fn open_shared_lock(lock: &Path, manifest: &Path) -> io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::MetadataExt;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let owner = || {
+        std::fs::metadata(manifest)
+            .or_else(|_| std::fs::metadata(manifest.parent().unwrap_or(Path::new("."))))
+            .map(|m| (m.uid(), m.gid()))
+            .ok()
+    };
+    let share = |file: &File| {
+        let me = crate::lockfile::euid();
+        let Ok(meta) = file.metadata() else { return };
+        if me != 0 && meta.uid() != me {
+            return;
+        }
+        if meta.mode() & 0o060 != 0o060 {
+            let _ = rustix::fs::fchmod(file, Mode::from_raw_mode(LOCK_MODE));
+        }
+        if let Some((uid, gid)) = owner()
+            && (meta.uid(), meta.gid()) != (uid, gid)
+        {
+            let (u, g) = (
+                rustix::fs::Uid::from_raw(uid),
+                rustix::fs::Gid::from_raw(gid),
+            );
+            // Only root may give the file away; anyone may pass it to a group they are in.
+            if rustix::fs::fchown(file, Some(u), Some(g)).is_err() {
+                let _ = rustix::fs::fchown(file, None, Some(g));
+            }
+        }
+    };
+    for _ in 0..2 {
+        match rustix::fs::open(lock, flags, Mode::empty()) {
+            Ok(fd) => {
+                let file = File::from(fd);
+                share(&file);
+                return Ok(file);
+            }
+            Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        match rustix::fs::open(
+            lock,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | flags.difference(OFlags::RDONLY),
+            Mode::from_raw_mode(LOCK_MODE),
+        ) {
+            Ok(fd) => share(&File::from(fd)),
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    rustix::fs::open(lock, flags, Mode::empty())
+        .map(File::from)
+        .map_err(Into::into)
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! Exit codes: 0 valid, 1 validation failure, 2 usage or I/O error.
 
 use clap::{Parser, ValueEnum};
-use codeb_actions::{Annotation, Level, Step, md_cell};
+use codeb_actions::{Annotation, Exit, Level, Step, md_cell};
 use codeb_core::manifest::{Manifest, PortUse, Problem, Scope, Target};
 use codeb_core::{Environment, ProjectName};
 use codeb_host::{AllocateError, HostPorts, ManifestStore, StoreError};
@@ -103,10 +103,11 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     match run(&step, &args) {
-        Outcome::Valid => ExitCode::SUCCESS,
-        Outcome::Invalid => ExitCode::from(1),
-        Outcome::Error => ExitCode::from(2),
+        Outcome::Valid => Exit::Success,
+        Outcome::Invalid => Exit::Failure,
+        Outcome::Error => Exit::Usage,
     }
+    .into()
 }
 
 fn fail(step: &Step, file: Option<&str>, message: &str) {

@@ -1,7 +1,9 @@
 //! The few GitHub REST calls previews need, through octocrab: pull requests, deployments and
-//! their statuses, and the one preview comment per pull request (found by a marker).
+//! their statuses, and the one preview comment per pull request (found by its marker and
+//! the bot's own login, so a comment someone else wrote with the marker is never edited).
 
 use crate::PreviewError;
+use codeb_secret::Secret;
 use octocrab::Octocrab;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -16,52 +18,103 @@ pub struct PullInfo {
     pub fork: bool,
     pub labels: Vec<String>,
     pub html_url: String,
+    pub draft: bool,
 }
 
 #[derive(Clone)]
 pub struct GitHub {
     oc: Octocrab,
+    /// The login codeb's comments are written by: from the config, else `GET /user`.
+    login: std::sync::Arc<tokio::sync::OnceCell<String>>,
+    configured_login: Option<String>,
 }
 
 fn err(what: &str, e: octocrab::Error) -> PreviewError {
-    let detail = match &e {
-        octocrab::Error::GitHub { source, .. } => {
-            format!("{} ({})", source.message, source.status_code)
-        }
-        other => other.to_string(),
+    let (detail, status) = match &e {
+        octocrab::Error::GitHub { source, .. } => (
+            format!("{} ({})", source.message, source.status_code),
+            Some(source.status_code.as_u16()),
+        ),
+        other => (other.to_string(), None),
     };
-    PreviewError::GitHub(format!("{what}: {detail}"))
+    PreviewError::GitHub {
+        what: what.to_owned(),
+        detail,
+        status,
+    }
+}
+
+fn unexpected(what: &str, detail: impl Into<String>) -> PreviewError {
+    PreviewError::Unexpected {
+        what: what.to_owned(),
+        detail: detail.into(),
+    }
 }
 
 impl GitHub {
-    pub fn new(api_url: &str, token: Option<String>) -> Result<Self, PreviewError> {
+    pub fn new(
+        api_url: &str,
+        token: Option<Secret>,
+        login: Option<String>,
+    ) -> Result<Self, PreviewError> {
         let mut b = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| PreviewError::Config(format!("github_api_url `{api_url}`: {e}")))?
             .set_connect_timeout(Some(Duration::from_secs(10)))
             .set_read_timeout(Some(Duration::from_secs(30)));
         if let Some(t) = token {
-            b = b.personal_token(t);
+            b = b.personal_token(t.expose().to_owned());
         }
         let oc = b
             .build()
             .map_err(|e| PreviewError::Config(format!("GitHub client: {e}")))?;
-        Ok(Self { oc })
+        Ok(Self {
+            oc,
+            login: Default::default(),
+            configured_login: login,
+        })
+    }
+
+    /// The login of the account the token belongs to (`bot_login` in the config wins: a
+    /// GitHub App's installation token cannot read `GET /user`).
+    pub async fn login(&self) -> Result<&str, PreviewError> {
+        self.login
+            .get_or_try_init(|| async {
+                if let Some(l) = &self.configured_login {
+                    return Ok(l.clone());
+                }
+                let what =
+                    "GET /user (the token's own login; set [previews] bot_login for a GitHub App)";
+                let v: Value = self
+                    .oc
+                    .get("/user", None::<&()>)
+                    .await
+                    .map_err(|e| err(what, e))?;
+                v.get("login")
+                    .and_then(Value::as_str)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .ok_or_else(|| unexpected(what, "no `login`"))
+            })
+            .await
+            .map(String::as_str)
     }
 
     pub async fn pull(&self, repo: &str, pr: u64) -> Result<PullInfo, PreviewError> {
+        let what = format!("GET pull request {repo}#{pr}");
         let v: Value = self
             .oc
             .get(format!("/repos/{repo}/pulls/{pr}"), None::<&()>)
             .await
-            .map_err(|e| err(&format!("GET pull request {repo}#{pr}"), e))?;
-        Ok(pull_info(repo, &v))
+            .map_err(|e| err(&what, e))?;
+        pull_info(repo, &v).map_err(|d| unexpected(&what, d))
     }
 
     /// Numbers of the open pull requests of `repo` (all pages).
     pub async fn open_pulls(&self, repo: &str) -> Result<Vec<u64>, PreviewError> {
         let mut out = Vec::new();
         for page in 1..=50u32 {
+            let what = format!("GET open pull requests of {repo}");
             let v: Value = self
                 .oc
                 .get(
@@ -69,13 +122,19 @@ impl GitHub {
                     Some(&json!({"state": "open", "per_page": 100, "page": page})),
                 )
                 .await
-                .map_err(|e| err(&format!("GET open pull requests of {repo}"), e))?;
-            let items = v.as_array().cloned().unwrap_or_default();
-            out.extend(
-                items
-                    .iter()
-                    .filter_map(|p| p.get("number").and_then(Value::as_u64)),
-            );
+                .map_err(|e| err(&what, e))?;
+            // Anything but a list would read as "no open pull requests" and tear every
+            // preview down: refuse it.
+            let items = v
+                .as_array()
+                .ok_or_else(|| unexpected(&what, format!("not a list: {}", short(&v))))?;
+            for p in items {
+                out.push(
+                    p.get("number")
+                        .and_then(Value::as_u64)
+                        .ok_or_else(|| unexpected(&what, "an entry without `number`"))?,
+                );
+            }
             if items.len() < 100 {
                 break;
             }
@@ -105,7 +164,10 @@ impl GitHub {
             .await
             .map_err(|e| err(&format!("POST deployment of {repo} {environment}"), e))?;
         v.get("id").and_then(Value::as_u64).ok_or_else(|| {
-            PreviewError::GitHub(format!("the deployment answer for {repo} has no id: {v}"))
+            unexpected(
+                &format!("POST deployment of {repo} {environment}"),
+                "no `id`",
+            )
         })
     }
 
@@ -172,13 +234,15 @@ impl GitHub {
             .post(format!("/repos/{repo}/issues/{pr}/comments"), Some(&body))
             .await
             .map_err(|e| err(&format!("POST comment on {repo}#{pr}"), e))?;
-        v.get("id").and_then(Value::as_u64).ok_or_else(|| {
-            PreviewError::GitHub(format!("the comment answer for {repo}#{pr} has no id"))
-        })
+        v.get("id")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| unexpected(&format!("POST comment on {repo}#{pr}"), "no `id`"))
     }
 
     async fn find_comment(&self, repo: &str, pr: u64) -> Result<Option<u64>, PreviewError> {
+        let login = self.login().await?.to_owned();
         for page in 1..=20u32 {
+            let what = format!("GET comments of {repo}#{pr}");
             let v: Value = self
                 .oc
                 .get(
@@ -186,14 +250,11 @@ impl GitHub {
                     Some(&json!({"per_page": 100, "page": page})),
                 )
                 .await
-                .map_err(|e| err(&format!("GET comments of {repo}#{pr}"), e))?;
-            let items = v.as_array().cloned().unwrap_or_default();
-            if let Some(id) = items.iter().find_map(|c| {
-                c.get("body")
-                    .and_then(Value::as_str)
-                    .filter(|b| b.starts_with(COMMENT_MARKER))
-                    .and(c.get("id").and_then(Value::as_u64))
-            }) {
+                .map_err(|e| err(&what, e))?;
+            let items = v
+                .as_array()
+                .ok_or_else(|| unexpected(&what, format!("not a list: {}", short(&v))))?;
+            if let Some(id) = items.iter().find_map(|c| ours(c, &login)) {
                 return Ok(Some(id));
             }
             if items.len() < 100 {
@@ -202,6 +263,20 @@ impl GitHub {
         }
         Ok(None)
     }
+}
+
+/// The id of `comment` if it is codeb's: it starts with the marker and was written by
+/// `login` (anyone can paste the marker into a comment of their own).
+pub(crate) fn ours(comment: &Value, login: &str) -> Option<u64> {
+    let body = comment.get("body").and_then(Value::as_str)?;
+    let author = comment.pointer("/user/login").and_then(Value::as_str)?;
+    (body.starts_with(COMMENT_MARKER) && author.eq_ignore_ascii_case(login))
+        .then(|| comment.get("id").and_then(Value::as_u64))
+        .flatten()
+}
+
+fn short(v: &Value) -> String {
+    truncate(&v.to_string(), 200)
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -214,30 +289,75 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-pub(crate) fn pull_info(repo: &str, v: &Value) -> PullInfo {
+pub(crate) fn pull_info(repo: &str, v: &Value) -> Result<PullInfo, String> {
+    let state = v.get("state").and_then(Value::as_str).ok_or("no `state`")?;
+    let head_sha = v
+        .pointer("/head/sha")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .ok_or("no `head.sha`")?
+        .to_ascii_lowercase();
+    // `head.repo` is null when the fork was deleted: treat that as a fork.
     let head_repo = v.pointer("/head/repo/full_name").and_then(Value::as_str);
-    PullInfo {
-        open: v.get("state").and_then(Value::as_str) == Some("open"),
-        head_sha: v
-            .pointer("/head/sha")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned(),
-        fork: head_repo.is_none_or(|h| !h.eq_ignore_ascii_case(repo)),
-        labels: v
-            .get("labels")
-            .and_then(Value::as_array)
-            .map(|ls| {
-                ls.iter()
-                    .filter_map(|l| l.get("name").and_then(Value::as_str))
+    let labels = match v.get("labels") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(ls)) => ls
+            .iter()
+            .map(|l| {
+                l.get("name")
+                    .and_then(Value::as_str)
                     .map(str::to_owned)
-                    .collect()
+                    .ok_or("a label without `name`")
             })
-            .unwrap_or_default(),
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("`labels` is not a list".into()),
+    };
+    Ok(PullInfo {
+        open: state == "open",
+        head_sha,
+        fork: head_repo.is_none_or(|h| !h.eq_ignore_ascii_case(repo)),
+        labels,
         html_url: v
             .get("html_url")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned(),
+        draft: v.get("draft").and_then(Value::as_bool).unwrap_or(false),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sticky_comment_needs_the_marker_and_the_bots_login() {
+        let c = |body: &str, login: &str| json!({"id": 5, "body": body, "user": {"login": login}});
+        let marked = format!("{COMMENT_MARKER}\nPreview ready");
+        assert_eq!(ours(&c(&marked, "codeb-bot"), "codeb-bot"), Some(5));
+        assert_eq!(ours(&c(&marked, "Codeb-Bot"), "codeb-bot"), Some(5));
+        // Someone else pasted the marker: not ours.
+        assert_eq!(ours(&c(&marked, "mallory"), "codeb-bot"), None);
+        assert_eq!(ours(&c("hello", "codeb-bot"), "codeb-bot"), None);
+        assert_eq!(ours(&json!({"id": 5, "body": marked}), "codeb-bot"), None);
+    }
+
+    #[test]
+    fn pull_info_refuses_what_it_cannot_read() {
+        let ok = json!({"state": "open", "head": {"sha": "AB", "repo": {"full_name": "a/b"}}, "labels": [{"name": "preview"}], "draft": true});
+        let info = pull_info("a/b", &ok).expect("reads");
+        assert!(info.open && !info.fork && info.draft);
+        assert_eq!(info.head_sha, "ab");
+        assert_eq!(info.labels, vec!["preview".to_owned()]);
+        let gone = json!({"state": "open", "head": {"sha": "ab", "repo": null}});
+        assert!(pull_info("a/b", &gone).expect("reads").fork);
+        for bad in [
+            json!({}),
+            json!({"state": "open", "head": {"sha": ""}}),
+            json!({"state": "open", "head": {"sha": "ab"}, "labels": "preview"}),
+            json!([]),
+        ] {
+            assert!(pull_info("a/b", &bad).is_err(), "{bad}");
+        }
     }
 }

@@ -4,111 +4,37 @@
 //!
 //! A preview of PR `N` of a configured repository is the project's manifest target
 //! `<project>-pr-<N>`: a port from 5000-5999 (allocated through the manifest library), a unit
-//! deployed by the deploy engine (image `<image>:pr-<N>`, restart strategy), a Caddy host route
-//! `pr-<N>.<domain>` to that port, a GitHub Deployment for environment `pr-<N>` with statuses,
-//! and one PR comment edited in place. Everything here is idempotent: applying the same intent
-//! twice leaves the same state.
+//! deployed by the deploy engine (the image `<image>:pr-<N>` pinned by digest once its
+//! revision label says it was built from the PR's head commit; restart strategy; confined by
+//! the repository's sandbox), a Caddy host route `pr-<N>.<domain>` to that port, a GitHub
+//! Deployment for environment `pr-<N>` with statuses, and one PR comment edited in place.
+//! Everything here is idempotent: applying the same intent twice leaves the same state.
+//!
+//! What GitHub's API says is the truth, not the webhook: whether the PR is open or closed,
+//! its head commit, its labels, whether it comes from a fork. A fork's preview runs only for
+//! the head commit a maintainer approved (the approve label added while that commit was the
+//! head); a later push needs a fresh approval, and removing the label (or turning the PR into
+//! a draft) takes the preview down.
 
+mod config;
+mod error;
 mod github;
 
 pub use codeb_github::Intent;
+pub use config::{PreviewConfig, Repo, RepoConfig, SandboxConfig, Settings};
+pub use error::PreviewError;
 pub use github::{COMMENT_MARKER, GitHub, PullInfo};
 
 use codeb_core::manifest::Target;
 use codeb_core::{Environment, ProjectName};
-use codeb_deploy::{DeployOptions, Engine, Outcome, RuntimeChoice, Strategy, TargetLocation};
+use codeb_deploy::{DeployOptions, Engine, Outcome, Strategy, TargetLocation};
+use codeb_health::Expectation;
 use codeb_host::{AllocateError, HostPorts, ManifestStore};
+use codeb_registry::{Auth, ImageRef, RegistryError, Resolver};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
-
-/// The `[previews]` section of the daemon's config.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PreviewConfig {
-    /// `owner/name` of a GitHub repository -> how its previews are built.
-    pub repos: BTreeMap<String, RepoConfig>,
-    /// Host name of a preview; `{pr}` and `{project}` are replaced.
-    pub domain_pattern: String,
-    /// Scheme of preview URLs told to GitHub (`https` behind a TLS-terminating Caddy).
-    pub url_scheme: String,
-    /// GitHub REST API base URL.
-    pub github_api_url: String,
-    /// File holding the GitHub token (else $GITHUB_TOKEN).
-    pub github_token_file: Option<PathBuf>,
-    /// Previews idle longer than this are removed (humantime, e.g. "7d").
-    pub ttl: String,
-    pub caddy_admin: String,
-    /// Address Caddy serves preview host names on, e.g. ":80" or "127.0.0.1:8080".
-    pub routes_listen: String,
-    /// The port manifest [default: $CODEB_MANIFEST, else /home/codeb/config/port-manifest.yaml].
-    pub manifest: Option<PathBuf>,
-    pub quadlet_dir: PathBuf,
-    /// Where preview bookkeeping (deployment and comment ids, last activity) is kept.
-    pub state_dir: PathBuf,
-    /// auto, systemd or podman.
-    pub runtime: String,
-    /// Label a maintainer puts on a fork's PR to allow its preview.
-    pub approve_label: String,
-    pub health_deadline: String,
-    /// Environment file given to every preview container (absolute, not world-readable).
-    pub env_file: Option<PathBuf>,
-}
-
-impl Default for PreviewConfig {
-    fn default() -> Self {
-        Self {
-            repos: BTreeMap::new(),
-            domain_pattern: "pr-{pr}.preview.localhost".into(),
-            url_scheme: "http".into(),
-            github_api_url: "https://api.github.com".into(),
-            github_token_file: None,
-            ttl: "7d".into(),
-            caddy_admin: "http://127.0.0.1:2019".into(),
-            routes_listen: ":80".into(),
-            manifest: None,
-            quadlet_dir: PathBuf::from("/etc/containers/systemd"),
-            state_dir: PathBuf::from("/var/lib/codeb/previews"),
-            runtime: "auto".into(),
-            approve_label: "preview".into(),
-            health_deadline: "120s".into(),
-            env_file: None,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RepoConfig {
-    /// Project name in the port manifest.
-    pub project: String,
-    /// Image repository the workflows push to, e.g. ghcr.io/acme/myapp (tag pr-<N>).
-    pub image: String,
-    #[serde(default = "default_container_port")]
-    pub container_port: u16,
-    #[serde(default = "default_health_path")]
-    pub health_path: String,
-}
-
-fn default_container_port() -> u16 {
-    3000
-}
-fn default_health_path() -> String {
-    "/api/health".into()
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum PreviewError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("GitHub API: {0}")]
-    GitHub(String),
-    #[error("the preview port pool is exhausted: {0}")]
-    PoolExhausted(String),
-    #[error("{0}")]
-    Failed(String),
-}
 
 /// What applying an intent did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,11 +45,19 @@ pub enum Applied {
     Skipped(String),
 }
 
+/// What a reconcile found. It removes only orphans itself (containers and routes of codeb's
+/// previews that have no port in the manifest); previews to take down are returned as
+/// [`Intent::ExpirePreview`]s for the daemon to run in each pull request's queue, where they
+/// are checked again.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
-    pub destroyed: Vec<String>,
-    pub expired: Vec<String>,
+    /// Previews of closed pull requests or idle past the TTL.
+    pub expire: Vec<Intent>,
     pub orphans_removed: Vec<String>,
+    /// Caddy fronts and routes that were missing and were put back from `.codeb/`.
+    pub restored: Vec<String>,
+    /// Repositories (or steps) that failed; the others were reconciled all the same.
+    pub errors: Vec<String>,
 }
 
 /// What codeb remembers about one preview, beside the engine's own history.
@@ -134,9 +68,15 @@ struct Record {
     deployment_id: Option<u64>,
     deployment_sha: Option<String>,
     comment_id: Option<u64>,
-    /// Unix seconds of the last deploy or refresh.
+    /// Unix seconds of the last ensure that started (a push, a label, an image).
     last_activity: u64,
     url: Option<String>,
+    /// For a fork: the head commit the approve label was added on.
+    #[serde(default)]
+    approved_sha: Option<String>,
+    /// The commit the preview serves now.
+    #[serde(default)]
+    served_sha: Option<String>,
 }
 
 fn unix_now() -> u64 {
@@ -146,193 +86,166 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
+fn short(sha: &str) -> String {
+    sha.chars().take(7).collect()
+}
+
+/// The revision label of an image: the commit it was built from.
+pub const REVISION_LABEL: &str = "org.opencontainers.image.revision";
+
 pub struct Previews {
-    config: PreviewConfig,
+    settings: Settings,
     github: GitHub,
     store: ManifestStore,
-    ttl: Duration,
-    health_deadline: Duration,
-    runtime: RuntimeChoice,
+    resolver: Resolver,
 }
 
 fn progress_log(line: &str) {
     tracing::info!(target: "codeb_previews::deploy", "{line}");
 }
 
-impl PreviewConfig {
-    /// Checks everything that can be checked without the network: durations, runtime, names,
-    /// the domain pattern, and the token file (readable, not readable by everyone). Returns
-    /// the token, the TTL, the health deadline and the runtime.
-    fn checked(&self) -> Result<(Option<String>, Duration, Duration, RuntimeChoice), PreviewError> {
-        let token = match &self.github_token_file {
-            Some(f) => {
-                use std::os::unix::fs::PermissionsExt;
-                let meta = std::fs::metadata(f).map_err(|e| {
-                    PreviewError::Config(format!("github_token_file {}: {e}", f.display()))
-                })?;
-                if meta.permissions().mode() & 0o004 != 0 {
-                    return Err(PreviewError::Config(format!(
-                        "github_token_file {} is readable by everyone; it holds a secret: chmod 600 {}",
-                        f.display(),
-                        f.display()
-                    )));
-                }
-                Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| {
-                            PreviewError::Config(format!("github_token_file {}: {e}", f.display()))
-                        })?
-                        .trim()
-                        .to_owned(),
-                )
-            }
-            None => std::env::var("GITHUB_TOKEN").ok().filter(|t| !t.is_empty()),
-        };
-        let ttl = humantime::parse_duration(&self.ttl).map_err(|e| {
-            PreviewError::Config(format!("ttl `{}`: {e}; write e.g. \"7d\"", self.ttl))
-        })?;
-        let health_deadline = humantime::parse_duration(&self.health_deadline).map_err(|e| {
-            PreviewError::Config(format!(
-                "health_deadline `{}`: {e}; write e.g. \"120s\"",
-                self.health_deadline
-            ))
-        })?;
-        let runtime = match self.runtime.as_str() {
-            "auto" => RuntimeChoice::Auto,
-            "systemd" => RuntimeChoice::Systemd,
-            "podman" => RuntimeChoice::Podman,
-            other => {
-                return Err(PreviewError::Config(format!(
-                    "runtime `{other}`: expected auto, systemd or podman"
-                )));
-            }
-        };
-        for (repo, rc) in &self.repos {
-            if repo.split('/').count() != 2 || repo.starts_with('/') || repo.ends_with('/') {
-                return Err(PreviewError::Config(format!(
-                    "repos.\"{repo}\": write the repository as owner/name"
-                )));
-            }
-            ProjectName::new(&rc.project)
-                .map_err(|e| PreviewError::Config(format!("repos.\"{repo}\".project: {e}")))?;
-            codeb_registry::ImageRef::parse(&format!("{}:pr-1", rc.image))
-                .map_err(|e| PreviewError::Config(format!("repos.\"{repo}\".image: {e}")))?;
-        }
-        if !self.domain_pattern.contains("{pr}") {
-            return Err(PreviewError::Config(
-                "domain_pattern must contain {pr}, e.g. \"pr-{pr}.preview.example.com\"".into(),
-            ));
-        }
-        Ok((token, ttl, health_deadline, runtime))
-    }
+/// Why a preview is being taken down, for the comment and the deployment status.
+enum Gone<'a> {
+    Closed,
+    Idle(Duration),
+    Gate(&'a str),
+}
 
-    /// Checks the section (what `codeb-daemon check-config` reports).
-    pub fn validate(&self) -> Result<(), PreviewError> {
-        self.checked().map(drop)
+impl Gone<'_> {
+    fn text(&self) -> String {
+        match self {
+            Gone::Closed => "the pull request was closed".into(),
+            Gone::Idle(ttl) => format!(
+                "it was idle for more than {}; push a commit to bring it back",
+                humantime::format_duration(*ttl)
+            ),
+            Gone::Gate(why) => (*why).to_owned(),
+        }
     }
 }
 
 impl Previews {
     pub fn new(config: PreviewConfig) -> Result<Self, PreviewError> {
-        let (token, ttl, health_deadline, runtime) = config.checked()?;
-        let github = GitHub::new(&config.github_api_url, token)?;
-        let store = ManifestStore::resolve(config.manifest.clone());
+        Self::with_settings(config.settings()?)
+    }
+
+    pub fn with_settings(settings: Settings) -> Result<Self, PreviewError> {
+        let github = GitHub::new(
+            &settings.github_api_url,
+            settings.token.clone(),
+            settings.bot_login.clone(),
+        )?;
+        let store = ManifestStore::resolve(settings.manifest.clone());
         Ok(Self {
-            config,
+            settings,
             github,
             store,
-            ttl,
-            health_deadline,
-            runtime,
+            resolver: Resolver::new(),
         })
     }
 
-    pub fn config(&self) -> &PreviewConfig {
-        &self.config
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     async fn engine(&self) -> Result<Engine, PreviewError> {
-        Engine::new(TargetLocation {
+        Ok(Engine::new(TargetLocation {
             manifest: self.store.clone(),
-            quadlet_dir: self.config.quadlet_dir.clone(),
-            caddy_admin: Some(self.config.caddy_admin.clone()),
-            runtime: self.runtime,
+            quadlet_dir: self.settings.quadlet_dir.clone(),
+            caddy_admin: Some(self.settings.caddy_admin.clone()),
+            allow_remote_admin: false,
+            runtime: self.settings.runtime,
             templates: None,
         })
-        .await
-        .map_err(|e| PreviewError::Failed(e.to_string()))
+        .await?)
     }
 
-    fn domain(&self, project: &str, pr: u64) -> String {
-        self.config
+    fn domain(&self, project: &ProjectName, pr: u64) -> String {
+        self.settings
             .domain_pattern
             .replace("{pr}", &pr.to_string())
-            .replace("{project}", project)
+            .replace("{project}", project.as_str())
     }
 
     fn record_path(&self, repo: &str, pr: u64) -> PathBuf {
-        self.config
+        self.settings
             .state_dir
             .join(format!("{}-pr-{pr}.json", repo.replace('/', "__")))
     }
 
-    fn load_record(&self, repo: &str, pr: u64) -> Record {
-        std::fs::read(self.record_path(repo, pr))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_else(|| Record {
+    fn load_record(&self, repo: &str, pr: u64) -> Result<Record, PreviewError> {
+        let path = self.record_path(repo, pr);
+        match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| PreviewError::BadState {
+                path,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Record {
                 repo: repo.to_owned(),
                 pr,
                 ..Record::default()
-            })
+            }),
+            Err(source) => Err(PreviewError::State { path, source }),
+        }
     }
 
     fn save_record(&self, r: &Record) -> Result<(), PreviewError> {
-        std::fs::create_dir_all(&self.config.state_dir).map_err(|e| {
-            PreviewError::Failed(format!(
-                "state_dir {}: {e}",
-                self.config.state_dir.display()
-            ))
+        let dir = &self.settings.state_dir;
+        std::fs::create_dir_all(dir).map_err(|source| PreviewError::State {
+            path: dir.clone(),
+            source,
         })?;
-        let text = serde_json::to_vec_pretty(r).map_err(|e| PreviewError::Failed(e.to_string()))?;
-        codeb_host::atomic::write(&self.record_path(&r.repo, r.pr), &text, 0o600).map_err(|e| {
-            PreviewError::Failed(format!(
-                "state_dir {}: {e}",
-                self.config.state_dir.display()
-            ))
-        })
+        let path = self.record_path(&r.repo, r.pr);
+        let text = serde_json::to_vec_pretty(r).map_err(|e| PreviewError::BadState {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+        codeb_host::atomic::write(&path, &text, 0o600)
+            .map_err(|source| PreviewError::State { path, source })
     }
 
-    fn target(&self, rc: &RepoConfig, pr: u64) -> Result<Target, PreviewError> {
-        let project =
-            ProjectName::new(&rc.project).map_err(|e| PreviewError::Config(e.to_string()))?;
-        Target::new(project, Environment::Preview, Some(pr))
-            .map_err(|e| PreviewError::Failed(e.to_string()))
+    fn target(&self, rc: &Repo, pr: u64) -> Result<Target, PreviewError> {
+        Target::new(rc.project.clone(), Environment::Preview, Some(pr))
+            .map_err(|e| PreviewError::Config(format!("{}#{pr}: {e}", rc.name)))
+    }
+
+    /// Whether the manifest holds a port for the preview (it exists, or is being made).
+    fn has_preview(&self, target: &Target) -> Result<bool, PreviewError> {
+        match self.store.load() {
+            Ok(d) => Ok(d.manifest.assignment(target).is_some()),
+            Err(codeb_host::StoreError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn comment(&self, record: &mut Record, text: &str) -> Result<(), PreviewError> {
+        record.comment_id = Some(
+            self.github
+                .upsert_comment(&record.repo, record.pr, record.comment_id, text)
+                .await?,
+        );
+        self.save_record(record)
     }
 
     /// Applies one intent. Safe to call again with the same intent (idempotent).
     pub async fn apply(&self, intent: &Intent) -> Result<Applied, PreviewError> {
         match intent {
             Intent::PullImage { image } => {
-                self.engine()
-                    .await?
-                    .pull(image)
-                    .await
-                    .map_err(|e| PreviewError::Failed(e.to_string()))?;
+                self.engine().await?.pull(image).await?;
                 Ok(Applied::Pulled)
             }
-            Intent::DestroyPreview { repo, pr } => {
-                self.destroy(repo, *pr, "the pull request was closed").await
-            }
+            Intent::DestroyPreview { repo, pr } => self.destroy(repo, *pr).await,
+            Intent::ExpirePreview { repo, pr } => self.expire(repo, *pr).await,
             Intent::EnsurePreview {
                 repo,
                 pr,
                 head_sha,
                 fork,
-                labels,
                 image_tag,
+                approves,
+                ..
             } => {
-                self.ensure(repo, *pr, head_sha, *fork, labels, image_tag.as_deref())
+                self.ensure(repo, *pr, head_sha, *fork, *approves, image_tag.as_deref())
                     .await
             }
         }
@@ -342,251 +255,343 @@ impl Previews {
         &self,
         repo: &str,
         pr: u64,
-        head_sha: &str,
-        fork: bool,
-        labels: &[String],
+        intent_sha: &str,
+        fork_hint: bool,
+        approves: bool,
         image_tag: Option<&str>,
     ) -> Result<Applied, PreviewError> {
-        let Some(rc) = self.config.repos.get(repo) else {
+        let Some(rc) = self.settings.repos.get(repo) else {
             return Ok(Applied::Skipped(format!(
                 "repository {repo} is not configured"
             )));
         };
-        // The webhook may be old news (redelivered, or a package event without the PR's
-        // state): the API says what the PR is now.
+        // The webhook may be old news (queued, redelivered, or a package event without the
+        // PR's state): the API says what the PR is now, labels included.
         let info = self.github.pull(repo, pr).await?;
         if !info.open {
-            return self.destroy(repo, pr, "the pull request is closed").await;
+            return self.teardown(rc, pr, Gone::Closed, true).await;
         }
-        let head_sha = if info.head_sha.is_empty() {
-            head_sha.to_owned()
-        } else {
-            info.head_sha.clone()
-        };
-        let labels: Vec<String> = if info.labels.is_empty() {
-            labels.to_vec()
-        } else {
-            info.labels.clone()
-        };
-        let mut record = self.load_record(repo, pr);
-        if (info.fork || fork) && !labels.iter().any(|l| l == &self.config.approve_label) {
-            let text = format!(
-                "**Preview not deployed.** This pull request comes from a fork, and previews run on the app server, which holds secrets. A maintainer can approve it by adding the `{}` label.",
-                self.config.approve_label
-            );
-            record.comment_id = Some(
-                self.github
-                    .upsert_comment(repo, pr, record.comment_id, &text)
-                    .await?,
-            );
-            self.save_record(&record)?;
-            return Ok(Applied::Skipped(
-                "fork pull request without the approval label".into(),
-            ));
+        let head = info.head_sha.clone();
+        let mut record = self.load_record(repo, pr)?;
+        // Activity counts from the start, so a preview being (re)deployed is never expired
+        // meanwhile, and one whose first deploy failed still expires later.
+        record.last_activity = unix_now();
+        self.save_record(&record)?;
+
+        if info.fork || fork_hint {
+            let label = &self.settings.approve_label;
+            let labelled = info.labels.iter().any(|l| l == label);
+            if info.draft || !labelled {
+                record.approved_sha = None;
+                self.save_record(&record)?;
+                let why = if info.draft {
+                    "the fork's pull request is a draft".to_owned()
+                } else {
+                    format!("the `{label}` label is not on the fork's pull request")
+                };
+                let target = self.target(rc, pr)?;
+                if self.has_preview(&target)? {
+                    self.teardown(rc, pr, Gone::Gate(&why), false).await?;
+                    record = self.load_record(repo, pr)?;
+                }
+                let text = format!(
+                    "**Preview not deployed.** This pull request comes from a fork, and previews run on the app server. A maintainer approves its current commit {} by adding the `{label}` label{}.",
+                    short(&head),
+                    if info.draft {
+                        " once it is ready for review"
+                    } else {
+                        ""
+                    }
+                );
+                self.comment(&mut record, &text).await?;
+                return Ok(Applied::Skipped(format!(
+                    "fork pull request not approved: {why}"
+                )));
+            }
+            if approves && !intent_sha.is_empty() {
+                // The approval is for the commit that was the head when the label was added.
+                record.approved_sha = Some(intent_sha.to_ascii_lowercase());
+                self.save_record(&record)?;
+            }
+            if record.approved_sha.as_deref() != Some(head.as_str()) {
+                let stays = match (&record.served_sha, &record.approved_sha) {
+                    (Some(s), Some(a)) if s == a => {
+                        format!("The preview stays on the approved commit {}.", short(a))
+                    }
+                    _ => "No preview is deployed.".to_owned(),
+                };
+                let text = format!(
+                    "**Preview not updated.** Commit {} of this fork's pull request has not been approved. {stays} A maintainer approves the new commit by removing the `{label}` label and adding it again.",
+                    short(&head)
+                );
+                self.comment(&mut record, &text).await?;
+                return Ok(Applied::Skipped(format!(
+                    "fork commit {} is not approved",
+                    short(&head)
+                )));
+            }
         }
+        self.deploy(rc, pr, &head, image_tag, &info, record).await
+    }
+
+    async fn deploy(
+        &self,
+        rc: &Repo,
+        pr: u64,
+        head: &str,
+        image_tag: Option<&str>,
+        info: &PullInfo,
+        mut record: Record,
+    ) -> Result<Applied, PreviewError> {
+        let repo = rc.name.as_str();
         let target = self.target(rc, pr)?;
         let environment = format!("pr-{pr}");
         let domain = self.domain(&rc.project, pr);
-        let url = format!("{}://{domain}", self.config.url_scheme);
-        let log_url = if info.html_url.is_empty() {
-            None
-        } else {
-            Some(format!("{}/checks", info.html_url))
-        };
+        let url = format!("{}://{domain}", self.settings.url_scheme);
+        let log_url = (!info.html_url.is_empty()).then(|| format!("{}/checks", info.html_url));
+        let log_url = log_url.as_deref();
 
-        if record.deployment_sha.as_deref() != Some(head_sha.as_str())
-            || record.deployment_id.is_none()
-        {
+        if record.deployment_sha.as_deref() != Some(head) || record.deployment_id.is_none() {
             let id = self
                 .github
                 .create_deployment(
                     repo,
-                    &head_sha,
+                    head,
                     &environment,
                     &format!("codeb preview of PR #{pr}"),
                 )
                 .await?;
             record.deployment_id = Some(id);
-            record.deployment_sha = Some(head_sha.clone());
+            record.deployment_sha = Some(head.to_owned());
             self.save_record(&record)?;
         }
-        let dep = record.deployment_id.unwrap_or_default();
+        let dep = record
+            .deployment_id
+            .ok_or_else(|| PreviewError::NoPort(format!("deployment of {repo}#{pr}")))?;
         self.github
             .deployment_status(
                 repo,
                 dep,
                 "in_progress",
                 None,
-                log_url.as_deref(),
+                log_url,
                 "deploying the preview",
             )
             .await?;
 
-        // A port from 5000-5999.
-        let host = HostPorts::read().ok();
-        let port = match self.store.allocate(&target, host.as_ref()) {
+        // The image of this very commit: the moving tag may still hold an older build.
+        let tag = image_tag
+            .map(str::to_owned)
+            .unwrap_or_else(|| format!("pr-{pr}"));
+        let image = ImageRef::parse(&format!("{}:{tag}", rc.image))?;
+        let auth = Auth::from_env(&image);
+        let resolved = match self.resolver.resolve(&image, &auth).await {
+            Ok(r) => r,
+            Err(RegistryError::TagNotFound { .. } | RegistryError::RepositoryNotFound { .. }) => {
+                let why = format!("the image `{image}` of {} to be published", short(head));
+                return self.waiting(&mut record, dep, log_url, &why).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let revision = self
+            .resolver
+            .revision(&image, &resolved.digest, &auth)
+            .await?;
+        let expect = match revision.as_deref() {
+            Some(r) if r == head => Vec::new(),
+            Some(r) => {
+                let why = format!(
+                    "the build of {}: `{image}` is still the image of {}",
+                    short(head),
+                    short(r)
+                );
+                return self.waiting(&mut record, dep, log_url, &why).await;
+            }
+            // No revision label: the release must say which commit it is.
+            None => vec![
+                Expectation::new("version", head)
+                    .map_err(|e| PreviewError::Config(format!("version expectation: {e}")))?,
+            ],
+        };
+        let pinned = image.pinned(&resolved.digest);
+
+        // A port from 5000-5999; the host check must see the host, or it could hand out a
+        // port something listens on.
+        let host = HostPorts::read().map_err(|e| PreviewError::HostPorts(e.to_string()))?;
+        let port = match self.store.allocate(&target, Some(&host)) {
             Ok((doc, _)) => doc
                 .manifest
                 .assignment(&target)
                 .map(|a| a.port)
-                .unwrap_or_default(),
+                .ok_or_else(|| PreviewError::NoPort(target.to_string()))?,
             Err(AllocateError::Pool(e)) => {
-                let msg = e.to_string();
                 self.github
                     .deployment_status(
                         repo,
                         dep,
                         "failure",
                         None,
-                        log_url.as_deref(),
+                        log_url,
                         "preview port pool exhausted",
                     )
                     .await?;
-                let text = format!("**Preview failed:** {msg}");
-                record.comment_id = Some(
-                    self.github
-                        .upsert_comment(repo, pr, record.comment_id, &text)
-                        .await?,
-                );
-                self.save_record(&record)?;
-                return Err(PreviewError::PoolExhausted(msg));
+                let text = format!("**Preview failed:** {e}");
+                self.comment(&mut record, &text).await?;
+                return Err(PreviewError::PoolExhausted(e));
             }
-            Err(AllocateError::Store(e)) => return Err(PreviewError::Failed(e.to_string())),
+            Err(AllocateError::Store(e)) => return Err(e.into()),
         };
 
-        let tag = image_tag
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("pr-{pr}"));
-        let image = format!("{}:{tag}", rc.image);
         let opts = DeployOptions {
             project: target.project.clone(),
             environment: Environment::Preview,
             pr: Some(pr),
-            image: image.clone(),
+            image: pinned.clone(),
             container_port: rc.container_port,
-            env_file: self.config.env_file.clone(),
+            env_file: self.settings.env_file.clone(),
             health_path: rc.health_path.clone(),
             strategy: Some(Strategy::Restart),
-            health_deadline: self.health_deadline,
-            health_interval: Duration::from_millis(500),
+            health_deadline: self.settings.health_deadline,
+            health_interval: Duration::from_millis(200),
             successes: 1,
-            expect: Vec::new(),
+            expect,
             health_cmd: None,
             drain: Duration::ZERO,
             lock_timeout: Duration::from_secs(600),
-            sha: head_sha.clone(),
+            sha: head.to_owned(),
             actor: "codeb-daemon".into(),
             listen_host: "127.0.0.1".into(),
+            keep_releases: codeb_deploy::KEEP_RELEASES,
+            container_keys: rc.sandbox.clone(),
         };
         let engine = self.engine().await?;
-        let result = engine.deploy(&opts, &progress_log).await;
-        let short: String = head_sha.chars().take(7).collect();
-        let failure = match result {
+        let failure = match engine.deploy(&opts, &progress_log).await {
             Ok(report) => match report.outcome {
                 Outcome::Deployed => None,
-                Outcome::RolledBack { reason } => Some(format!(
+                Outcome::RolledBack { reason } => Some(PreviewError::Unhealthy(format!(
                     "the new version of the preview was not healthy: {reason}"
-                )),
+                ))),
             },
-            Err(codeb_deploy::DeployError::Registry(
-                codeb_registry::RegistryError::TagNotFound { .. }
-                | codeb_registry::RegistryError::RepositoryNotFound { .. },
-            )) => {
-                self.github
-                    .deployment_status(
-                        repo,
-                        dep,
-                        "queued",
-                        None,
-                        log_url.as_deref(),
-                        &format!("waiting for image {image}"),
-                    )
-                    .await?;
-                let text = format!(
-                    "**Preview waiting** for the image `{image}` of {short} to be published by the build."
-                );
-                record.comment_id = Some(
-                    self.github
-                        .upsert_comment(repo, pr, record.comment_id, &text)
-                        .await?,
-                );
-                record.last_activity = unix_now();
-                self.save_record(&record)?;
-                return Ok(Applied::Skipped(format!(
-                    "image {image} is not published yet"
-                )));
-            }
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(PreviewError::from(e)),
         };
-        if let Some(reason) = failure {
+        if let Some(e) = failure {
+            let reason = e.to_string();
             self.github
-                .deployment_status(repo, dep, "failure", None, log_url.as_deref(), &reason)
+                .deployment_status(repo, dep, "failure", None, log_url, &reason)
                 .await?;
-            let text = format!("**Preview of {short} failed:** {reason}");
-            record.comment_id = Some(
-                self.github
-                    .upsert_comment(repo, pr, record.comment_id, &text)
-                    .await?,
-            );
-            record.last_activity = unix_now();
-            self.save_record(&record)?;
-            return Err(PreviewError::Failed(reason));
+            let text = format!("**Preview of {} failed:** {reason}", short(head));
+            self.comment(&mut record, &text).await?;
+            return Err(e);
         }
-        if let Some(c) = engine.caddy() {
-            c.host_route(
-                "codeb-previews",
-                &self.config.routes_listen,
-                &route_id(&target),
-                &domain,
-                port,
-            )
-            .await
-            .map_err(|e| PreviewError::Failed(e.to_string()))?;
+        if engine.caddy().is_some() {
+            // Recorded in `.codeb/` too, so a Caddy reload or restart does not lose it.
+            engine
+                .add_host_route(&codeb_deploy::HostRoute {
+                    server: "codeb-previews".into(),
+                    listen: self.settings.routes_listen.clone(),
+                    id: route_id(&target),
+                    host: domain.clone(),
+                    upstream: port,
+                })
+                .await?;
         }
         self.github
-            .deployment_status(
-                repo,
-                dep,
-                "success",
-                Some(&url),
-                log_url.as_deref(),
-                "preview is live",
-            )
+            .deployment_status(repo, dep, "success", Some(&url), log_url, "preview is live")
             .await?;
-        let text =
-            format!("**Preview ready:** {url}\n\nCommit {short}, image `{image}`, port {port}.");
-        record.comment_id = Some(
-            self.github
-                .upsert_comment(repo, pr, record.comment_id, &text)
-                .await?,
+        let text = format!(
+            "**Preview ready:** {url}\n\nCommit {}, image `{image}` ({}), port {port}.",
+            short(head),
+            resolved.digest
         );
-        record.last_activity = unix_now();
+        record.served_sha = Some(head.to_owned());
         record.url = Some(url.clone());
-        self.save_record(&record)?;
+        self.comment(&mut record, &text).await?;
         Ok(Applied::Deployed { url, port })
     }
 
-    async fn destroy(&self, repo: &str, pr: u64, why: &str) -> Result<Applied, PreviewError> {
-        let Some(rc) = self.config.repos.get(repo) else {
+    /// The right image is not there yet: say so and wait for its `package` event.
+    async fn waiting(
+        &self,
+        record: &mut Record,
+        dep: u64,
+        log_url: Option<&str>,
+        why: &str,
+    ) -> Result<Applied, PreviewError> {
+        self.github
+            .deployment_status(
+                &record.repo,
+                dep,
+                "queued",
+                None,
+                log_url,
+                &format!("waiting for {why}"),
+            )
+            .await?;
+        let text = format!("**Preview waiting** for {why}.");
+        self.comment(record, &text).await?;
+        Ok(Applied::Skipped(format!("waiting for {why}")))
+    }
+
+    /// The webhook says closed: believe it only when the API agrees (a redelivered or stale
+    /// `closed` of a reopened PR must not take its preview).
+    async fn destroy(&self, repo: &str, pr: u64) -> Result<Applied, PreviewError> {
+        let Some(rc) = self.settings.repos.get(repo) else {
+            return Ok(Applied::Skipped(format!(
+                "repository {repo} is not configured"
+            )));
+        };
+        let info = self.github.pull(repo, pr).await?;
+        if info.open {
+            return Ok(Applied::Skipped(
+                "GitHub says the pull request is open: the preview stays".into(),
+            ));
+        }
+        self.teardown(rc, pr, Gone::Closed, true).await
+    }
+
+    /// The reconciler's decision, checked again inside the pull request's queue.
+    async fn expire(&self, repo: &str, pr: u64) -> Result<Applied, PreviewError> {
+        let Some(rc) = self.settings.repos.get(repo) else {
             return Ok(Applied::Skipped(format!(
                 "repository {repo} is not configured"
             )));
         };
         let target = self.target(rc, pr)?;
-        let engine = self.engine().await?;
-        engine
-            .remove(&target, &progress_log)
-            .await
-            .map_err(|e| PreviewError::Failed(e.to_string()))?;
-        if let Some(c) = engine.caddy() {
-            c.remove_id(&route_id(&target))
-                .await
-                .map_err(|e| PreviewError::Failed(e.to_string()))?;
+        if !self.has_preview(&target)? {
+            return Ok(Applied::Skipped("no preview to expire".into()));
         }
-        self.store
-            .release(&target)
-            .map_err(|e| PreviewError::Failed(e.to_string()))?;
-        let record = self.load_record(repo, pr);
+        let info = self.github.pull(repo, pr).await?;
+        if !info.open {
+            return self.teardown(rc, pr, Gone::Closed, true).await;
+        }
+        let record = self.load_record(repo, pr)?;
+        let ttl = self.settings.ttl;
+        if unix_now().saturating_sub(record.last_activity) > ttl.as_secs() {
+            return self.teardown(rc, pr, Gone::Idle(ttl), true).await;
+        }
+        Ok(Applied::Skipped(
+            "active again since the reconciler looked".into(),
+        ))
+    }
+
+    /// Takes the preview away: containers and units, its Caddy front and host route, its
+    /// port; marks the deployment inactive and says why in the comment. `forget` also drops
+    /// the record (not for a fork gate, which keeps the comment for the next approval).
+    async fn teardown(
+        &self,
+        rc: &Repo,
+        pr: u64,
+        why: Gone<'_>,
+        forget: bool,
+    ) -> Result<Applied, PreviewError> {
+        let repo = rc.name.as_str();
+        let target = self.target(rc, pr)?;
+        let engine = self.engine().await?;
+        engine.remove(&target, &progress_log).await?;
+        engine.remove_host_route(&route_id(&target)).await?;
+        self.store.release(&target)?;
+        let mut record = self.load_record(repo, pr)?;
+        let why = why.text();
         if let Some(dep) = record.deployment_id {
             self.github
                 .deployment_status(
@@ -600,29 +605,60 @@ impl Previews {
                 .await?;
         }
         if record.comment_id.is_some() || record.deployment_id.is_some() {
-            self.github
-                .upsert_comment(
-                    repo,
-                    pr,
-                    record.comment_id,
-                    &format!("**Preview removed:** {why}."),
-                )
+            self.comment(&mut record, &format!("**Preview removed:** {why}."))
                 .await?;
         }
-        let _ = std::fs::remove_file(self.record_path(repo, pr));
+        if forget {
+            let path = self.record_path(repo, pr);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(PreviewError::State { path, source }),
+            }
+        } else {
+            record.served_sha = None;
+            record.url = None;
+            record.deployment_id = None;
+            record.deployment_sha = None;
+            self.save_record(&record)?;
+        }
         Ok(Applied::Destroyed)
     }
 
-    /// Compares open PRs with previews; removes what should not be there: previews of closed
-    /// PRs, previews idle longer than the TTL, and containers or routes of no preview.
+    /// Compares what runs with what should. Removes orphans itself: containers and Caddy
+    /// objects that codeb made for a preview of a configured project (by label, and by the
+    /// exact id pattern) and that have no port in the manifest. Returns the previews of closed
+    /// pull requests and the idle ones as [`Intent::ExpirePreview`]s. A repository that fails
+    /// (GitHub down, a bad record) is reported in `errors`; the others go on.
     pub async fn reconcile(&self) -> Result<ReconcileReport, PreviewError> {
         let mut report = ReconcileReport::default();
+        let projects = self.settings.projects();
+        let engine = self.engine().await?;
+        // Caddy may have been reloaded or restarted since: put back every front and preview
+        // route recorded in `.codeb/` that it lacks (idempotent; present routes stay).
+        match engine.restore_routes().await {
+            Ok(r) => {
+                report.restored = r.restored;
+                for (what, why) in r.skipped {
+                    report.errors.push(format!("cannot restore {what}: {why}"));
+                }
+            }
+            Err(e) => report.errors.push(format!("restoring Caddy routes: {e}")),
+        }
+        // What runs first, the manifest second: a preview's port is written before its
+        // container starts and its route is added, so anything listed here that belongs to
+        // a preview being made is already in the manifest read below.
+        let containers = engine.preview_containers(&projects).await?;
+        let ids = match engine.caddy() {
+            Some(c) => c.ids_with_prefix("codeb-").await?,
+            None => Vec::new(),
+        };
         let doc = match self.store.load() {
             Ok(d) => Some(d),
             Err(codeb_host::StoreError::NotFound(_)) => None,
-            Err(e) => return Err(PreviewError::Failed(e.to_string())),
+            Err(e) => return Err(e.into()),
         };
-        let previews: Vec<(String, u64)> = doc
+        let known: HashSet<(String, u64)> = doc
             .as_ref()
             .map(|d| {
                 d.manifest
@@ -632,95 +668,60 @@ impl Previews {
                     .collect()
             })
             .unwrap_or_default();
-        let now = unix_now();
-        for (repo, rc) in &self.config.repos {
-            let open = self.github.open_pulls(repo).await?;
-            for (_, pr) in previews.iter().filter(|(p, _)| p == &rc.project) {
-                let key = format!("{repo}#{pr}");
-                if !open.contains(pr) {
-                    self.destroy(repo, *pr, "the pull request was closed")
-                        .await?;
-                    report.destroyed.push(key);
-                    continue;
+        for c in containers {
+            if !known.contains(&(c.project.to_string(), c.pr)) {
+                match engine.remove_container(&c.name).await {
+                    Ok(()) => report.orphans_removed.push(c.name),
+                    Err(e) => report
+                        .errors
+                        .push(format!("removing orphan container {}: {e}", c.name)),
                 }
-                let record = self.load_record(repo, *pr);
-                if record.last_activity > 0
-                    && now.saturating_sub(record.last_activity) > self.ttl.as_secs()
-                {
-                    let why = format!(
-                        "it was idle for more than {}; push a commit to bring it back",
-                        humantime::format_duration(self.ttl)
-                    );
-                    self.destroy(repo, *pr, &why).await?;
-                    report.expired.push(key);
-                }
-            }
-        }
-        // Containers and routes that belong to no preview in the manifest.
-        let doc = match self.store.load() {
-            Ok(d) => Some(d),
-            Err(codeb_host::StoreError::NotFound(_)) => None,
-            Err(e) => return Err(PreviewError::Failed(e.to_string())),
-        };
-        let known: Vec<String> = doc
-            .as_ref()
-            .map(|d| {
-                d.manifest
-                    .previews
-                    .values()
-                    .map(|p| Target::preview_key(&p.project, p.pr))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let engine = self.engine().await?;
-        for name in engine
-            .preview_containers()
-            .await
-            .map_err(|e| PreviewError::Failed(e.to_string()))?
-        {
-            let unit = name.trim_end_matches("-blue").trim_end_matches("-green");
-            if !known.iter().any(|k| k == unit) {
-                engine
-                    .remove_container(&name)
-                    .await
-                    .map_err(|e| PreviewError::Failed(e.to_string()))?;
-                report.orphans_removed.push(name);
             }
         }
         if let Some(c) = engine.caddy() {
-            for id in c
-                .ids_with_prefix("codeb-route-")
-                .await
-                .map_err(|e| PreviewError::Failed(e.to_string()))?
-            {
-                let unit = id.trim_start_matches("codeb-route-");
-                if !known.iter().any(|k| k == unit) {
-                    c.remove_id(&id)
-                        .await
-                        .map_err(|e| PreviewError::Failed(e.to_string()))?;
-                    report.orphans_removed.push(id);
-                }
-            }
-            for id in c
-                .ids_with_prefix("codeb-")
-                .await
-                .map_err(|e| PreviewError::Failed(e.to_string()))?
-            {
-                // Fronts of previews: codeb-<project>-pr-<N>.
-                if id.starts_with("codeb-route-") {
-                    continue;
-                }
-                let Some(unit) = id.strip_prefix("codeb-") else {
+            for id in ids {
+                let Some((project, pr)) = preview_object(&id, &projects) else {
                     continue;
                 };
-                if unit.contains("-pr-")
-                    && !unit.ends_with("-proxy")
-                    && !known.iter().any(|k| k == unit)
-                {
-                    c.remove(unit)
-                        .await
-                        .map_err(|e| PreviewError::Failed(e.to_string()))?;
-                    report.orphans_removed.push(id);
+                if !known.contains(&(project, pr)) {
+                    match c.remove_id(&id).await {
+                        Ok(()) => report.orphans_removed.push(id),
+                        Err(e) => report.errors.push(format!("removing orphan {id}: {e}")),
+                    }
+                }
+            }
+        }
+        let now = unix_now();
+        for (repo, rc) in &self.settings.repos {
+            let prs: Vec<u64> = known
+                .iter()
+                .filter(|(p, _)| p == rc.project.as_str())
+                .map(|(_, n)| *n)
+                .collect();
+            if prs.is_empty() {
+                continue;
+            }
+            let open = match self.github.open_pulls(repo).await {
+                Ok(o) => o,
+                Err(e) => {
+                    report.errors.push(format!("{repo}: {e}"));
+                    continue;
+                }
+            };
+            for pr in prs {
+                let stale = !open.contains(&pr)
+                    || match self.load_record(repo, pr) {
+                        Ok(r) => now.saturating_sub(r.last_activity) > self.settings.ttl.as_secs(),
+                        Err(e) => {
+                            report.errors.push(format!("{repo}#{pr}: {e}"));
+                            false
+                        }
+                    };
+                if stale {
+                    report.expire.push(Intent::ExpirePreview {
+                        repo: repo.clone(),
+                        pr,
+                    });
                 }
             }
         }
@@ -740,4 +741,74 @@ impl Previews {
 
 fn route_id(target: &Target) -> String {
     format!("codeb-route-{}", target.unit_name())
+}
+
+/// The preview a Caddy `@id` belongs to, if it is one codeb makes for a preview of one of
+/// `projects`: exactly `codeb-route-<project>-pr-<N>` (the host route) or
+/// `codeb-<project>-pr-<N>` (the front). Anything else, a production front of a project
+/// whose name contains `-pr-` included, is not a preview.
+pub fn preview_object(id: &str, projects: &[ProjectName]) -> Option<(String, u64)> {
+    let rest = id.strip_prefix("codeb-")?;
+    let rest = rest.strip_prefix("route-").unwrap_or(rest);
+    let mut found = None;
+    for p in projects {
+        let Some(n) = rest
+            .strip_prefix(p.as_str())
+            .and_then(|r| r.strip_prefix("-pr-"))
+        else {
+            continue;
+        };
+        if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !n.starts_with('0') {
+            found = n.parse().ok().map(|n| (p.to_string(), n));
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(v: &[&str]) -> Vec<ProjectName> {
+        v.iter()
+            .map(|n| ProjectName::new(n).expect("name"))
+            .collect()
+    }
+
+    #[test]
+    fn reconcile_keeps_project_named_my_pr_tool() {
+        // `my-pr-tool` is a project with a production front; `my` has previews.
+        let projects = names(&["my", "app"]);
+        for id in [
+            "codeb-my-pr-tool-production",
+            "codeb-my-pr-tool-production-proxy",
+            "codeb-route-my-pr-tool",
+            "codeb-my-pr-7-proxy",
+            "codeb-other-pr-7",
+            "codeb-route-other-pr-7",
+            "codeb-my-pr-",
+            "codeb-my-pr-07",
+            "codeb-previews",
+        ] {
+            assert_eq!(preview_object(id, &projects), None, "{id}");
+        }
+        assert_eq!(
+            preview_object("codeb-my-pr-7", &projects),
+            Some(("my".into(), 7))
+        );
+        assert_eq!(
+            preview_object("codeb-route-app-pr-12", &projects),
+            Some(("app".into(), 12))
+        );
+        // Even when `my-pr-tool` itself has previews, its production front is not one.
+        let projects = names(&["my-pr-tool"]);
+        assert_eq!(
+            preview_object("codeb-my-pr-tool-production", &projects),
+            None
+        );
+        assert_eq!(
+            preview_object("codeb-my-pr-tool-pr-3", &projects),
+            Some(("my-pr-tool".into(), 3))
+        );
+    }
 }

@@ -6,9 +6,9 @@
 //! after it began changing the host; 2 usage or input error (nothing on the host changed).
 
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
-use codeb_actions::{Annotation, Level, Step, md_cell};
+use codeb_actions::{Annotation, Exit, Level, Step, md_cell};
 use codeb_core::manifest::Target;
-use codeb_core::{Environment, ProjectName};
+use codeb_core::{Environment, ProjectName, vars};
 use codeb_deploy::{
     DeployOptions, DeployReport, Engine, Outcome, RollbackOptions, RuntimeChoice, Strategy,
     TargetLocation,
@@ -36,6 +36,11 @@ Examples:
   codeb-quadlet-update history --project myapp --environment production
   codeb-quadlet-update rollback --project myapp --environment production
   codeb-quadlet-update podman-args /etc/containers/systemd/myapp-production-blue.container
+  codeb-quadlet-update restore-routes --caddy-admin unix//run/caddy/admin.sock --wait 30s
+
+Caddy keeps routes added through its admin API in memory only: after `caddy reload` or a
+restart, `restore-routes` (templates/systemd/codeb-restore-routes.service at boot) rebuilds
+every front and preview route from <quadlet-dir>/.codeb; routes that exist are left alone.
 
 Registry auth: ghcr.io uses CODEB_REGISTRY_TOKEN or GITHUB_TOKEN; other registries
 CODEB_REGISTRY_USERNAME + CODEB_REGISTRY_PASSWORD. Plain HTTP only for loopback registries.
@@ -63,10 +68,18 @@ enum Command {
     Rollback(Box<DeployArgs>),
     /// Show the releases of a target (digest, time, sha, result)
     History(HistoryArgs),
+    /// Rebuild every codeb Caddy front and preview route from <quadlet-dir>/.codeb (after a
+    /// Caddy reload or restart); routes that exist are left alone, so it is safe to repeat
+    RestoreRoutes(RestoreArgs),
     /// Print the podman run arguments of a .container file, one per line
+    #[command(after_help = podman_args_help())]
     PodmanArgs {
         /// The .container unit file
         file: PathBuf,
+        /// Refuse keys (and values) that this podman's Quadlet generator lacks or translates
+        /// differently, naming the versions that accept them and the PodmanArgs= equivalent
+        #[arg(long, value_name = "X.Y", value_parser = parse_podman_version)]
+        podman_version: Option<codeb_quadlet::PodmanVersion>,
     },
 }
 
@@ -88,7 +101,7 @@ struct Where {
     #[arg(
         long,
         value_name = "DIR",
-        env = "CODEB_QUADLET_DIR",
+        env = vars::CODEB_QUADLET_DIR,
         default_value = "/etc/containers/systemd"
     )]
     quadlet_dir: PathBuf,
@@ -111,7 +124,7 @@ struct DeployArgs {
     #[arg(long, value_name = "PATH", default_value = "/api/health")]
     health_path: String,
     /// auto: systemd where it is PID 1 and podman has Quadlet (>= 4.4), else podman
-    #[arg(long, value_enum, env = "CODEB_RUNTIME", default_value_t = RuntimeArg::Auto)]
+    #[arg(long, value_enum, env = vars::CODEB_RUNTIME, default_value_t = RuntimeArg::Auto)]
     runtime: RuntimeArg,
     /// blue-green (zero downtime) or restart [default: blue-green for production, else restart]
     #[arg(long, value_enum)]
@@ -131,14 +144,8 @@ struct DeployArgs {
     /// The unit's HealthCmd (inside the container), or `none`
     #[arg(long, value_name = "CMD")]
     health_cmd: Option<String>,
-    /// Caddy admin API that fronts the manifest port, or `none` (restart only)
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "CODEB_CADDY_ADMIN",
-        default_value = "http://127.0.0.1:2019"
-    )]
-    caddy_admin: String,
+    #[command(flatten)]
+    admin: AdminArgs,
     /// How long the old release keeps serving requests in flight after the switch
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = codeb_actions::parse_duration)]
     drain: Duration,
@@ -151,9 +158,46 @@ struct DeployArgs {
     /// Who deploys [default: $GITHUB_ACTOR, else $USER]
     #[arg(long, value_name = "NAME")]
     actor: Option<String>,
+    /// How many releases the history keeps; older releases' images are pruned from the host
+    /// (unless another target still uses them)
+    #[arg(long, value_name = "N", default_value_t = codeb_deploy::KEEP_RELEASES, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(2..=1000))]
+    keep_releases: usize,
     /// Directory with an app.container.tera overriding the embedded unit template
     #[arg(long, value_name = "DIR")]
     templates: Option<PathBuf>,
+}
+
+#[derive(Debug, ClapArgs)]
+struct AdminArgs {
+    /// Caddy admin API: its unix socket (recommended), e.g. unix//run/caddy/admin.sock, or a
+    /// loopback URL; `none`: no Caddy front (restart only)
+    #[arg(
+        long,
+        value_name = "ADDRESS",
+        env = vars::CODEB_CADDY_ADMIN,
+        default_value = "http://127.0.0.1:2019"
+    )]
+    caddy_admin: String,
+    /// Accept a Caddy admin URL that is not on loopback (its API has no authentication)
+    #[arg(long)]
+    allow_remote_caddy_admin: bool,
+}
+
+#[derive(Debug, ClapArgs)]
+struct RestoreArgs {
+    /// Where Quadlet units (and codeb's state in .codeb/) live
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = vars::CODEB_QUADLET_DIR,
+        default_value = "/etc/containers/systemd"
+    )]
+    quadlet_dir: PathBuf,
+    #[command(flatten)]
+    admin: AdminArgs,
+    /// Wait up to this long for Caddy's admin API to answer (Caddy may still be starting)
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = codeb_actions::parse_duration)]
+    wait: Duration,
 }
 
 #[derive(Debug, ClapArgs)]
@@ -224,27 +268,62 @@ pub fn main() -> ExitCode {
                 "codeb-quadlet-update",
                 &format!("cannot start the async runtime: {e}"),
             );
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
-    runtime.block_on(run(&step, cli))
+    runtime.block_on(run(&step, cli)).into()
 }
 
-async fn run(step: &Step, cli: Cli) -> ExitCode {
+fn parse_podman_version(s: &str) -> Result<codeb_quadlet::PodmanVersion, String> {
+    s.parse()
+        .map_err(|e: codeb_quadlet::InvalidVersion| e.to_string())
+}
+
+/// Which podman versions accept which keys (from codeb-quadlet's table, checked against
+/// podman's own generators).
+fn podman_args_help() -> String {
+    let checked: Vec<String> = codeb_quadlet::CHECKED_GENERATORS
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let mut help = format!(
+        "Podman versions: every supported [Container] key is accepted by podman {} and later, except:\n",
+        checked[0]
+    );
+    for (key, _) in codeb_quadlet::newer_keys() {
+        help.push_str(&format!("  {}\n", codeb_quadlet::describe(key)));
+    }
+    help.push_str(&format!(
+        "(checked against the Quadlet generators of podman {}; deploys write the PodmanArgs= \
+         equivalent for the host's podman)",
+        checked.join(", ")
+    ));
+    help
+}
+
+async fn run(step: &Step, cli: Cli) -> Exit {
     match cli.command {
-        Command::PodmanArgs { file } => match codeb_quadlet::ContainerUnit::load(&file) {
+        Command::PodmanArgs {
+            file,
+            podman_version,
+        } => match codeb_quadlet::ContainerUnit::load(&file).and_then(|unit| {
+            podman_version
+                .map_or(Ok(()), |v| unit.check_podman_version(v))
+                .map(|()| unit)
+        }) {
             Ok(unit) => {
                 for a in unit.podman_run_args() {
                     step.result(&a);
                 }
-                ExitCode::SUCCESS
+                Exit::Success
             }
             Err(e) => {
                 error(step, "codeb-quadlet-update", &e.to_string());
-                ExitCode::from(2)
+                Exit::Usage
             }
         },
         Command::History(h) => history(step, &h).await,
+        Command::RestoreRoutes(r) => restore_routes(step, &r).await,
         Command::Deploy(d) => deploy(step, &d, false).await,
         Command::Rollback(d) => deploy(step, &d, true).await,
     }
@@ -253,6 +332,7 @@ async fn run(step: &Step, cli: Cli) -> ExitCode {
 fn location(
     at: &Where,
     caddy: Option<String>,
+    allow_remote_admin: bool,
     runtime: RuntimeChoice,
     templates: Option<PathBuf>,
 ) -> TargetLocation {
@@ -260,31 +340,102 @@ fn location(
         manifest: ManifestStore::resolve(at.manifest.clone()),
         quadlet_dir: at.quadlet_dir.clone(),
         caddy_admin: caddy,
+        allow_remote_admin,
         runtime,
         templates,
     }
 }
 
-async fn history(step: &Step, h: &HistoryArgs) -> ExitCode {
+async fn restore_routes(step: &Step, r: &RestoreArgs) -> Exit {
+    let title = "Route restore failed";
+    let admin = r.admin.caddy_admin.as_str();
+    if matches!(admin, "" | "none") {
+        error(
+            step,
+            title,
+            "restore-routes needs Caddy's admin API: give --caddy-admin",
+        );
+        return Exit::Usage;
+    }
+    let caddy = if r.admin.allow_remote_caddy_admin {
+        codeb_deploy::Caddy::new_allowing_remote(admin)
+    } else {
+        codeb_deploy::Caddy::new(admin)
+    };
+    let state_dir = r.quadlet_dir.join(".codeb");
+    let caddy = match caddy {
+        Ok(c) => c.with_lock_file(state_dir.join("caddy.lock")),
+        Err(e) => {
+            error(step, title, &e.to_string());
+            return Exit::Usage;
+        }
+    };
+    let deadline = std::time::Instant::now() + r.wait;
+    while let Err(e) = caddy.check().await {
+        if std::time::Instant::now() >= deadline {
+            error(step, title, &e.to_string());
+            return Exit::Usage;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    match codeb_deploy::restore_routes(&state_dir, &caddy).await {
+        Ok(report) => {
+            for name in &report.restored {
+                step.result(&format!("restored {name}"));
+            }
+            for name in &report.present {
+                step.result(&format!("present  {name}"));
+            }
+            for (name, why) in &report.skipped {
+                step.annotate(
+                    Level::Warning,
+                    &Annotation {
+                        title: Some("route not restored".into()),
+                        message: format!("{name}: {why}"),
+                        ..Annotation::default()
+                    },
+                );
+            }
+            step.result(&format!(
+                "{} restored, {} already there, {} skipped",
+                report.restored.len(),
+                report.present.len(),
+                report.skipped.len()
+            ));
+            Exit::Success
+        }
+        Err(e) => {
+            error(step, title, &e.to_string());
+            if e.changed_host() {
+                Exit::Failure
+            } else {
+                Exit::Usage
+            }
+        }
+    }
+}
+
+async fn history(step: &Step, h: &HistoryArgs) -> Exit {
     let target = match Target::new(h.at.project.clone(), h.at.environment, h.at.pr) {
         Ok(t) => t,
         Err(e) => {
             error(step, "codeb-quadlet-update", &e.to_string());
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
-    let engine = match Engine::new(location(&h.at, None, RuntimeChoice::Podman, None)).await {
+    let engine = match Engine::new(location(&h.at, None, false, RuntimeChoice::Podman, None)).await
+    {
         Ok(e) => e,
         Err(e) => {
             error(step, "codeb-quadlet-update", &e.to_string());
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     let hist = match engine.history(&target) {
         Ok(x) => x,
         Err(e) => {
             error(step, "codeb-quadlet-update", &e.to_string());
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     match h.format {
@@ -292,7 +443,7 @@ async fn history(step: &Step, h: &HistoryArgs) -> ExitCode {
             Ok(s) => step.result(&s),
             Err(e) => {
                 error(step, "codeb-quadlet-update", &e.to_string());
-                return ExitCode::from(2);
+                return Exit::Usage;
             }
         },
         Format::Text => {
@@ -327,10 +478,10 @@ async fn history(step: &Step, h: &HistoryArgs) -> ExitCode {
             }
         }
     }
-    ExitCode::SUCCESS
+    Exit::Success
 }
 
-async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
+async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> Exit {
     let title = if rollback {
         "Rollback failed"
     } else {
@@ -340,7 +491,7 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
         Ok(e) => e,
         Err(e) => {
             error(step, title, &e.to_string());
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     if !rollback && d.image.trim().is_empty() {
@@ -349,9 +500,9 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
             title,
             "--image is required: the image to deploy, e.g. ghcr.io/acme/myapp:sha-1a2b3c",
         );
-        return ExitCode::from(2);
+        return Exit::Usage;
     }
-    let caddy = match d.caddy_admin.as_str() {
+    let caddy = match d.admin.caddy_admin.as_str() {
         "none" | "" => None,
         url => Some(url.to_owned()),
     };
@@ -390,22 +541,32 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
         sha: d
             .sha
             .clone()
-            .or_else(|| env("GITHUB_SHA"))
+            .or_else(|| env(vars::GITHUB_SHA))
             .unwrap_or_default(),
         actor: d
             .actor
             .clone()
-            .or_else(|| env("GITHUB_ACTOR"))
+            .or_else(|| env(vars::GITHUB_ACTOR))
             .or_else(|| env("USER"))
             .or_else(|| env("LOGNAME"))
             .unwrap_or_else(|| "unknown".into()),
         listen_host: "127.0.0.1".into(),
+        keep_releases: d.keep_releases,
+        container_keys: Vec::new(),
     };
-    let engine = match Engine::new(location(&d.at, caddy, runtime, d.templates.clone())).await {
+    let engine = match Engine::new(location(
+        &d.at,
+        caddy,
+        d.admin.allow_remote_caddy_admin,
+        runtime,
+        d.templates.clone(),
+    ))
+    .await
+    {
         Ok(e) => e,
         Err(e) => {
             error(step, title, &e.to_string());
-            return ExitCode::from(2);
+            return Exit::Usage;
         }
     };
     let progress = |line: &str| step.log(line);
@@ -436,12 +597,16 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> ExitCode {
             error(step, title, &e.to_string());
             let _ = step.set_output("result", "failed");
             let _ = step.append_summary(&format!("### {title}\n\n{}\n", md_cell(&e.to_string())));
-            ExitCode::from(if e.changed_host() { 1 } else { 2 })
+            if e.changed_host() {
+                Exit::Failure
+            } else {
+                Exit::Usage
+            }
         }
     }
 }
 
-fn finish(step: &Step, r: &DeployReport) -> ExitCode {
+fn finish(step: &Step, r: &DeployReport) -> Exit {
     for w in &r.warnings {
         step.annotate(
             Level::Warning,
@@ -485,7 +650,7 @@ fn finish(step: &Step, r: &DeployReport) -> ExitCode {
                 r.previous_digest.as_deref().unwrap_or("none"),
                 r.slot.as_str()
             ));
-            ExitCode::SUCCESS
+            Exit::Success
         }
         Outcome::RolledBack { reason } => {
             let msg = format!(
@@ -495,7 +660,7 @@ fn finish(step: &Step, r: &DeployReport) -> ExitCode {
             );
             error(step, "Deploy rolled back", &msg);
             let _ = step.append_summary(&format!("### Deploy rolled back\n\n{}\n", md_cell(&msg)));
-            ExitCode::from(1)
+            Exit::Failure
         }
     }
 }

@@ -85,6 +85,30 @@ pub enum QuadletError {
     /// The unit as a whole is not usable (e.g. no image, conflicting keys).
     #[error("{location}: {message}")]
     Invalid { location: Location, message: String },
+
+    /// A key, or a form of its value, that the target podman's Quadlet generator does not
+    /// accept (it would skip the whole unit: `systemctl start` then says the unit does not
+    /// exist) or translates differently from later podman.
+    #[error("{0}")]
+    NeedsNewerPodman(Box<VersionGap>),
+}
+
+/// The details of [`QuadletError::NeedsNewerPodman`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{location}: {key}= {problem} in podman {version}'s Quadlet generator (podman {since} and later take it as codeb does); {fix}"
+)]
+pub struct VersionGap {
+    pub location: Location,
+    pub key: String,
+    /// What goes wrong with that version (`is not a known [Container] key`, ...).
+    pub problem: String,
+    /// The version the unit was checked for.
+    pub version: String,
+    /// The oldest checked version that runs it as codeb does.
+    pub since: String,
+    /// What to write instead.
+    pub fix: String,
 }
 
 impl QuadletError {
@@ -94,6 +118,7 @@ impl QuadletError {
             Self::UnsupportedKey { key, .. }
             | Self::UnsupportedValue { key, .. }
             | Self::InvalidValue { key, .. } => Some(key),
+            Self::NeedsNewerPodman(gap) => Some(&gap.key),
             Self::Io { .. } | Self::Syntax { .. } | Self::Invalid { .. } => None,
         }
     }
@@ -107,6 +132,7 @@ impl QuadletError {
             | Self::UnsupportedValue { location, .. }
             | Self::InvalidValue { location, .. }
             | Self::Invalid { location, .. } => Some(location),
+            Self::NeedsNewerPodman(gap) => Some(&gap.location),
         }
     }
 }

@@ -11,6 +11,10 @@
 //! `--replace`, `--rm`, `--cgroups=split`, `--sdnotify=…`, `-d`); the caller runs
 //! `podman run -d --name <name> <args…>` itself.
 //!
+//! Which podman versions' generators accept each `[Container]` key is in [`accepted_since`]
+//! (checked against podman's own generators); [`lower_for`] rewrites a unit for an older
+//! podman through `PodmanArgs=`.
+//!
 //! Anything it cannot translate faithfully is refused with an error naming the file, line and
 //! key — an unknown key, a reference to another Quadlet unit, a systemd-only key — never
 //! silently dropped.
@@ -29,6 +33,7 @@
 //! # Ok::<(), codeb_quadlet::QuadletError>(())
 //! ```
 
+mod compat;
 mod container;
 mod csv;
 mod error;
@@ -36,8 +41,12 @@ mod port;
 mod split;
 mod unit;
 
+pub use compat::{
+    CHECKED_GENERATORS, InvalidVersion, Lowered, PodmanVersion, accepted_since, accepts, describe,
+    has_podman_args_equivalent, lower_for, newer_keys,
+};
 pub use container::{ContainerUnit, SUPPORTED_CONTAINER_KEYS, UNIT_DEPENDENCY_KEYS, Warning};
-pub use error::{Location, QuadletError};
+pub use error::{Location, QuadletError, VersionGap};
 pub use port::PortMapping;
 pub use split::{SplitMode, split_words};
 pub use unit::{Entry, Section, UnitFile, drop_in_dirs};

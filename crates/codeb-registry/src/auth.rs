@@ -1,22 +1,18 @@
 //! Registry credentials and how they are chosen from the environment.
 
-use codeb_actions::Secret;
+use codeb_core::vars::{
+    CODEB_REGISTRY_PASSWORD, CODEB_REGISTRY_TOKEN, CODEB_REGISTRY_USERNAME, GITHUB_TOKEN,
+};
+use codeb_secret::Secret;
 use oci_client::secrets::RegistryAuth;
 
 use crate::ImageRef;
 
 /// GitHub's container registry.
 pub const GHCR: &str = "ghcr.io";
-/// A token for the registry (GHCR: a GitHub token with `read:packages`). Preferred over
-/// [`ENV_GITHUB_TOKEN`]; used only for ghcr.io.
-pub const ENV_REGISTRY_TOKEN: &str = "CODEB_REGISTRY_TOKEN";
-/// The GitHub Actions token; used for ghcr.io when [`ENV_REGISTRY_TOKEN`] is not set, and never
-/// sent to any other registry.
-pub const ENV_GITHUB_TOKEN: &str = "GITHUB_TOKEN";
-/// The user name: for basic credentials with [`ENV_REGISTRY_PASSWORD`], and for a ghcr.io token.
-pub const ENV_REGISTRY_USERNAME: &str = "CODEB_REGISTRY_USERNAME";
-/// The password that goes with [`ENV_REGISTRY_USERNAME`].
-pub const ENV_REGISTRY_PASSWORD: &str = "CODEB_REGISTRY_PASSWORD";
+// Credentials come from codeb_core::vars: CODEB_REGISTRY_TOKEN (preferred; ghcr.io only),
+// GITHUB_TOKEN (ghcr.io only, never sent to any other registry), CODEB_REGISTRY_USERNAME and
+// CODEB_REGISTRY_PASSWORD (basic credentials; the user name also goes with a ghcr.io token).
 /// The user name sent with an [`Auth::Bearer`] token.
 pub const TOKEN_USERNAME: &str = "codeb";
 
@@ -51,9 +47,9 @@ impl Auth {
     ///   set, else anonymous. Tokens are never sent to them.
     pub fn from_lookup(image: &ImageRef, lookup: impl Fn(&str) -> Option<String>) -> Auth {
         let var = |name: &str| lookup(name).filter(|value| !value.trim().is_empty());
-        let username = var(ENV_REGISTRY_USERNAME);
+        let username = var(CODEB_REGISTRY_USERNAME);
         if image.registry().eq_ignore_ascii_case(GHCR) {
-            let token = var(ENV_REGISTRY_TOKEN).or_else(|| var(ENV_GITHUB_TOKEN));
+            let token = var(CODEB_REGISTRY_TOKEN).or_else(|| var(GITHUB_TOKEN));
             if let Some(token) = token {
                 let token = Secret::new(token.trim());
                 return match username {
@@ -65,7 +61,7 @@ impl Auth {
                 };
             }
         }
-        match (username, var(ENV_REGISTRY_PASSWORD)) {
+        match (username, var(CODEB_REGISTRY_PASSWORD)) {
             (Some(username), Some(password)) => Auth::Basic {
                 username,
                 password: Secret::new(password),
@@ -109,12 +105,12 @@ impl Auth {
     pub(crate) fn hint(&self, image: &ImageRef) -> String {
         let mut hint = if image.registry().eq_ignore_ascii_case(GHCR) {
             format!(
-                "set {ENV_REGISTRY_TOKEN} to a GitHub token with read:packages (in Actions, \
-                 {ENV_GITHUB_TOKEN} with `packages: read` works for the repository's own packages)"
+                "set {CODEB_REGISTRY_TOKEN} to a GitHub token with read:packages (in Actions, \
+                 {GITHUB_TOKEN} with `packages: read` works for the repository's own packages)"
             )
         } else {
             format!(
-                "set {ENV_REGISTRY_USERNAME} and {ENV_REGISTRY_PASSWORD} to credentials that may \
+                "set {CODEB_REGISTRY_USERNAME} and {CODEB_REGISTRY_PASSWORD} to credentials that may \
                  pull {}",
                 image.repository()
             )
@@ -155,23 +151,20 @@ mod tests {
         let ghcr = "ghcr.io/org/app:v1";
         assert_eq!(select(ghcr, &[]), Auth::Anonymous);
         assert_eq!(
-            select(ghcr, &[(ENV_GITHUB_TOKEN, "gh")]),
+            select(ghcr, &[(GITHUB_TOKEN, "gh")]),
             Auth::Bearer(Secret::new("gh"))
         );
         assert_eq!(
-            select(
-                ghcr,
-                &[(ENV_GITHUB_TOKEN, "gh"), (ENV_REGISTRY_TOKEN, "cb")]
-            ),
+            select(ghcr, &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "cb")]),
             Auth::Bearer(Secret::new("cb"))
         );
         assert_eq!(
-            select(ghcr, &[(ENV_GITHUB_TOKEN, "gh"), (ENV_REGISTRY_TOKEN, "")]),
+            select(ghcr, &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "")]),
             Auth::Bearer(Secret::new("gh")),
             "an empty variable counts as unset"
         );
         assert_eq!(
-            select(ghcr, &[(ENV_REGISTRY_TOKEN, " cb\n")]),
+            select(ghcr, &[(CODEB_REGISTRY_TOKEN, " cb\n")]),
             Auth::Bearer(Secret::new("cb")),
             "a token is trimmed"
         );
@@ -179,8 +172,8 @@ mod tests {
             select(
                 ghcr,
                 &[
-                    (ENV_REGISTRY_TOKEN, "cb"),
-                    (ENV_REGISTRY_USERNAME, "octocat")
+                    (CODEB_REGISTRY_TOKEN, "cb"),
+                    (CODEB_REGISTRY_USERNAME, "octocat")
                 ]
             ),
             basic("octocat", "cb"),
@@ -190,14 +183,14 @@ mod tests {
             select(
                 ghcr,
                 &[
-                    (ENV_REGISTRY_USERNAME, "octocat"),
-                    (ENV_REGISTRY_PASSWORD, "pw")
+                    (CODEB_REGISTRY_USERNAME, "octocat"),
+                    (CODEB_REGISTRY_PASSWORD, "pw")
                 ]
             ),
             basic("octocat", "pw")
         );
         assert_eq!(
-            select("GHCR.IO/org/app:v1", &[(ENV_GITHUB_TOKEN, "gh")]),
+            select("GHCR.IO/org/app:v1", &[(GITHUB_TOKEN, "gh")]),
             Auth::Bearer(Secret::new("gh"))
         );
     }
@@ -211,28 +204,28 @@ mod tests {
             "ghcr.io:8443/org/app:v1",
         ] {
             assert_eq!(
-                select(
-                    image,
-                    &[(ENV_GITHUB_TOKEN, "gh"), (ENV_REGISTRY_TOKEN, "cb")]
-                ),
+                select(image, &[(GITHUB_TOKEN, "gh"), (CODEB_REGISTRY_TOKEN, "cb")]),
                 Auth::Anonymous,
                 "{image}"
             );
             assert_eq!(
                 select(
                     image,
-                    &[(ENV_REGISTRY_USERNAME, "u"), (ENV_REGISTRY_PASSWORD, "p")]
+                    &[
+                        (CODEB_REGISTRY_USERNAME, "u"),
+                        (CODEB_REGISTRY_PASSWORD, "p")
+                    ]
                 ),
                 basic("u", "p"),
                 "{image}"
             );
             assert_eq!(
-                select(image, &[(ENV_REGISTRY_USERNAME, "u")]),
+                select(image, &[(CODEB_REGISTRY_USERNAME, "u")]),
                 Auth::Anonymous,
                 "a user name without a password is not enough: {image}"
             );
             assert_eq!(
-                select(image, &[(ENV_REGISTRY_PASSWORD, "p")]),
+                select(image, &[(CODEB_REGISTRY_PASSWORD, "p")]),
                 Auth::Anonymous,
                 "{image}"
             );

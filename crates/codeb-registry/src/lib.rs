@@ -20,10 +20,7 @@ mod error;
 mod reference;
 mod resolve;
 
-pub use auth::{
-    Auth, ENV_GITHUB_TOKEN, ENV_REGISTRY_PASSWORD, ENV_REGISTRY_TOKEN, ENV_REGISTRY_USERNAME, GHCR,
-    TOKEN_USERNAME,
-};
+pub use auth::{Auth, GHCR, TOKEN_USERNAME};
 pub use error::RegistryError;
 pub use reference::{Digest, ImageRef};
 pub use resolve::{Resolved, Resolver};

@@ -107,6 +107,53 @@ impl Resolver {
         }
     }
 
+    /// The `org.opencontainers.image.revision` label of the image `image` names (the commit it
+    /// was built from), read from the image's config blob; `None` for an image without the
+    /// label, or a multi-platform index (its per-platform configs may differ).
+    pub async fn revision(
+        &self,
+        image: &ImageRef,
+        digest: &Digest,
+        auth: &Auth,
+    ) -> Result<Option<String>, RegistryError> {
+        let pinned = ImageRef::parse(&image.pinned(digest))?;
+        let call = Call {
+            image: &pinned,
+            auth,
+            reference: oci_reference(&pinned),
+            oci_auth: auth.to_oci(),
+        };
+        let client = self.client_for(&call)?;
+        let fetch = async {
+            client
+                .auth(&call.reference, &call.oci_auth, RegistryOperation::Pull)
+                .await
+                .map_err(|e| call.map_error(e))?;
+            match client
+                .pull_manifest_and_config(&call.reference, &call.oci_auth)
+                .await
+            {
+                Ok((_, _, config)) => Ok(revision_label(&config)),
+                // An index has no single config.
+                Err(
+                    OciDistributionError::ImageManifestNotFoundError(_)
+                    | OciDistributionError::ImageIndexParsingNoPlatformResolverError,
+                ) => Ok(None),
+                Err(e) => Err(call.map_error(e)),
+            }
+        };
+        match tokio::time::timeout(self.total_timeout, fetch).await {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::Unreachable {
+                host: image.registry().to_string(),
+                reason: format!(
+                    "no complete answer within {}s",
+                    self.total_timeout.as_secs_f64()
+                ),
+            }),
+        }
+    }
+
     fn client_for(&self, call: &Call<'_>) -> Result<Client, RegistryError> {
         let protocol = if call.image.is_loopback() {
             ClientProtocol::HttpsExcept(vec![call.reference.resolve_registry().to_string()])
@@ -487,5 +534,25 @@ mod tests {
         assert!(!looks_like_tls(
             "tcp connect error: Connection refused (os error 111)"
         ));
+    }
+}
+
+/// The revision label of an image config (`{"config": {"Labels": {...}}}`).
+fn revision_label(config: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(config).ok()?;
+    v.pointer("/config/Labels/org.opencontainers.image.revision")
+        .and_then(serde_json::Value::as_str)
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| !s.is_empty())
+}
+
+#[cfg(test)]
+mod revision_tests {
+    #[test]
+    fn reads_the_revision_label_of_a_config() {
+        let c = r#"{"architecture":"amd64","config":{"Labels":{"org.opencontainers.image.revision":"ABC123"}}}"#;
+        assert_eq!(super::revision_label(c).as_deref(), Some("abc123"));
+        assert_eq!(super::revision_label(r#"{"config":{}}"#), None);
+        assert_eq!(super::revision_label("not json"), None);
     }
 }

@@ -5,6 +5,8 @@
 mod containers;
 
 pub use containers::{Container, LogStream, Logs};
+mod command;
+pub use command::Cmd;
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -167,11 +169,38 @@ impl Podman {
     }
 
     /// Stops (SIGTERM, then SIGKILL after `grace`) and removes a container; a missing one is fine.
+    ///
+    /// A container in a user namespace of its own (`UserNS=auto`) can make podman 4.3 report
+    /// "device or resource busy" for its shm mount while it is being torn down; the removal
+    /// is tried again then (a few times, 200 ms apart).
     pub async fn remove(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
         let t = grace.as_secs().to_string();
-        self.podman(&["rm", "--force", "--ignore", "--time", &t, name])
-            .await
-            .map(drop)
+        let mut tries = 0;
+        loop {
+            match self
+                .podman(&["rm", "--force", "--ignore", "--time", &t, name])
+                .await
+            {
+                Err(RuntimeError::Failed { stderr, .. })
+                    if tries < 4 && stderr.contains("resource busy") =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return other.map(drop),
+            }
+        }
+    }
+
+    /// `podman rmi NAME` (no force: an image a container uses stays); a missing one is fine.
+    pub async fn remove_image(&self, name: &str) -> Result<(), RuntimeError> {
+        match self.podman(&["rmi", name]).await {
+            Ok(_) => Ok(()),
+            Err(RuntimeError::Failed { stderr, .. }) if stderr.contains("image not known") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Names of containers (running or not) carrying `label` (`key=value`).
@@ -186,6 +215,37 @@ impl Podman {
             .map(str::trim)
             .filter(|l| !l.is_empty())
             .map(str::to_owned)
+            .collect())
+    }
+
+    /// Containers (running or not) carrying `label` (`key` or `key=value`), each with the
+    /// values of the labels `keys` (plain label names; empty where a container lacks one).
+    pub async fn containers_labelled(
+        &self,
+        label: &str,
+        keys: &[&'static str],
+    ) -> Result<Vec<(String, Vec<String>)>, RuntimeError> {
+        let filter = format!("label={label}");
+        let mut format = String::from("{{.Names}}");
+        for k in keys {
+            format.push_str(&format!("\t{{{{index .Labels \"{k}\"}}}}"));
+        }
+        let out = self
+            .podman(&["ps", "--all", "--filter", &filter, "--format", &format])
+            .await?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let mut parts = l.split('\t');
+                let name = parts.next().unwrap_or_default().trim().to_owned();
+                let values = keys
+                    .iter()
+                    .map(|_| parts.next().unwrap_or_default().trim().to_owned())
+                    .collect();
+                (name, values)
+            })
             .collect())
     }
 

@@ -2,9 +2,10 @@
 //! can come from its input, `INPUT_<NAME>`).
 
 use crate::{ActionsSource, OnDisk, Options, TemplateSet, inspect, render};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use codeb_actions::{Annotation, Level, Step};
-use codeb_core::ProjectName;
+use codeb_core::{ProjectName, vars};
+use codeb_secret::Secret;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -19,6 +20,9 @@ Examples:
   # Print it; or render with your own templates (any file of templates/workflows/)
   codeb-workflow-gen --project blog --type static --environments production --stdout
   codeb-workflow-gen --project api --type rust --templates ci/codeb-templates
+
+  # Can a fork's pull request reach the self-hosted runner? (reads GitHub's settings)
+  codeb-workflow-gen doctor --repo acme/myapp --workflow .github/workflows/myapp-deploy.yml
 
 A file that was edited by hand (its body no longer matches the hash in its header) or that
 codeb-workflow-gen did not write is never overwritten without --force.
@@ -37,12 +41,17 @@ template or I/O error (nothing written).";
     args_override_self = true,
     version,
     about = "Generate a secure-by-default deploy workflow for a project",
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Project name (a DNS label: a-z, 0-9, -)
-    #[arg(long, value_name = "NAME")]
-    project: String,
+    #[arg(long, value_name = "NAME", required = true)]
+    project: Option<String>,
 
     /// Project type: nextjs, node, rust, static, dockerfile (or a type of --templates' types.toml)
     #[arg(long = "type", value_name = "TYPE", default_value = "nextjs")]
@@ -95,6 +104,22 @@ struct Args {
     templates: Option<PathBuf>,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Check on GitHub that no fork pull request can reach the repository's self-hosted
+    /// runners (fork approval policy, visibility, runner groups' workflow restrictions).
+    /// Exit 0 safe, 1 a fork could reach a runner (with the setting to change), 2 error.
+    /// Token: CODEB_GITHUB_TOKEN or GITHUB_TOKEN (an administrator's); API: GITHUB_API_URL.
+    Doctor {
+        /// The repository, OWNER/NAME
+        #[arg(long, value_name = "OWNER/NAME")]
+        repo: String,
+        /// The deploy workflow, for the setting to pin ([default: .github/workflows/<NAME>-deploy.yml])
+        #[arg(long, value_name = "PATH")]
+        workflow: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum ActionsArg {
     Remote,
@@ -114,7 +139,11 @@ pub fn main() -> ExitCode {
         Ok(a) => a,
         Err(code) => return code,
     };
-    match run(&step, &args) {
+    let outcome = match &args.command {
+        Some(Command::Doctor { repo, workflow }) => run_doctor(&step, repo, workflow.as_deref()),
+        None => run(&step, &args),
+    };
+    match outcome {
         Outcome::Done => ExitCode::SUCCESS,
         Outcome::Differs => ExitCode::from(1),
         Outcome::Error => ExitCode::from(2),
@@ -133,8 +162,55 @@ fn fail(step: &Step, location: Option<(&str, Option<usize>)>, message: &str) {
     );
 }
 
+fn run_doctor(step: &Step, repo: &str, workflow: Option<&str>) -> Outcome {
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let repo = match crate::doctor::RepoName::parse(repo) {
+        Ok(r) => r,
+        Err(e) => {
+            fail(step, None, &e.to_string());
+            return Outcome::Error;
+        }
+    };
+    let token = env(vars::CODEB_GITHUB_TOKEN)
+        .or_else(|| env(vars::GITHUB_TOKEN))
+        .map(|t| Secret::new(t.trim()));
+    if let Some(t) = &token {
+        step.mask(t);
+    }
+    let api = env(vars::GITHUB_API_URL).unwrap_or_else(|| vars::DEFAULT_GITHUB_API_URL.into());
+    let workflow = workflow
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!(".github/workflows/{}-deploy.yml", repo.name));
+    match crate::doctor::doctor(&api, token, &repo, &workflow) {
+        Err(e) => {
+            fail(step, None, &e.to_string());
+            Outcome::Error
+        }
+        Ok((_, verdict)) => {
+            for n in &verdict.notes {
+                step.log(&format!("- {n}"));
+            }
+            if verdict.safe() {
+                step.result(&format!(
+                    "ok: no fork pull request can reach a self-hosted runner of {repo}"
+                ));
+                return Outcome::Done;
+            }
+            for f in &verdict.findings {
+                fail(step, None, &format!("{}. Change: {}", f.problem, f.fix));
+            }
+            step.result(&format!(
+                "a fork's pull request could reach a self-hosted runner of {repo}: {} setting(s) to change (above)",
+                verdict.findings.len()
+            ));
+            Outcome::Differs
+        }
+    }
+}
+
 fn options(args: &Args) -> Result<Options, String> {
-    let project = ProjectName::new(&args.project).map_err(|e| e.to_string())?;
+    let project = args.project.as_deref().unwrap_or_default();
+    let project = ProjectName::new(project).map_err(|e| e.to_string())?;
     let mut o = Options::new(project, &args.kind);
     o.database = args.database;
     o.redis = args.redis;

@@ -10,9 +10,14 @@
 //! - [`cli::main`]: the binary (exit codes 0 written or up to date, 1 the file on disk is not
 //!   what would be generated and was left alone, 2 usage, template or I/O error).
 //!
-//! The library does no output and no I/O apart from reading an override template directory.
+//! - [`doctor`]: reads the repository's settings through GitHub's REST API and says whether a
+//!   fork's pull request could reach a self-hosted runner, and which setting closes it.
+//!
+//! The library does no output and no I/O apart from reading an override template directory
+//! and the doctor's GitHub API calls.
 
 pub mod cli;
+pub mod doctor;
 mod options;
 mod render;
 mod stamp;

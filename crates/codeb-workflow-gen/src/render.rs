@@ -14,10 +14,6 @@ const NODE_VERSION: &str = "22";
 pub enum RenderError {
     #[error("unknown project type `{kind}`; the types are {}", known.join(", "))]
     UnknownType { kind: String, known: Vec<String> },
-    #[error(
-        "{flag} needs a test job, and type `{kind}` has none (its test list in types.toml is empty); drop {flag} or use a type with tests (nextjs, node, rust)"
-    )]
-    NoTestJob { flag: &'static str, kind: String },
     #[error("{0}")]
     Template(#[from] TemplateError),
 }
@@ -50,16 +46,9 @@ pub fn render(opts: &Options, set: &TemplateSet) -> Result<String, RenderError> 
             kind: opts.kind.clone(),
             known: set.types().map(|(k, _)| k.to_owned()).collect(),
         })?;
-    if t.test.is_empty() {
-        for (on, flag) in [(opts.database, "--database"), (opts.redis, "--redis")] {
-            if on {
-                return Err(RenderError::NoTestJob {
-                    flag,
-                    kind: opts.kind.clone(),
-                });
-            }
-        }
-    }
+    // `--database`/`--redis` say what the app uses. A type with a test job gets service
+    // containers for its tests; a type without one (static, dockerfile) gets none, and the
+    // flags stay in the header's command line, which provisioning reads later.
     let has = |e: Environment| opts.environments.contains(&e);
     let mut push_branches = vec!["main"];
     if has(Environment::Staging) {
@@ -101,8 +90,8 @@ pub fn render(opts: &Options, set: &TemplateSet) -> Result<String, RenderError> 
     ))
 }
 
-/// Every variant the proof covers: each type of `set`, with and without a database and Redis
-/// (types with a test job), for each environment set.
+/// Every variant the proof covers: each type of `set`, with and without a database and Redis,
+/// for each environment set.
 pub fn variant_matrix(set: &TemplateSet, project: &ProjectName) -> Vec<Options> {
     let env_sets: [&[Environment]; 3] = [
         &[Environment::Staging],
@@ -110,13 +99,8 @@ pub fn variant_matrix(set: &TemplateSet, project: &ProjectName) -> Vec<Options> 
         &DEFAULT_ENVIRONMENTS,
     ];
     let mut out = Vec::new();
-    for (kind, t) in set.types() {
-        let services: &[(bool, bool)] = if t.test.is_empty() {
-            &[(false, false)]
-        } else {
-            &[(false, false), (true, false), (false, true), (true, true)]
-        };
-        for &(database, redis) in services {
+    for (kind, _) in set.types() {
+        for (database, redis) in [(false, false), (true, false), (false, true), (true, true)] {
             for envs in env_sets {
                 let mut o = Options::new(project.clone(), kind);
                 o.database = database;
@@ -158,7 +142,7 @@ mod tests {
     fn every_variant_matches_its_snapshot() {
         let set = set();
         let matrix = variant_matrix(&set, &project());
-        assert_eq!(matrix.len(), 3 * 4 * 3 + 2 * 3);
+        assert_eq!(matrix.len(), 5 * 4 * 3);
         for o in &matrix {
             let text = render(o, &set).expect("renders");
             assert!(!text.contains("{{") || text.contains("${{"), "{text}");
@@ -178,13 +162,28 @@ mod tests {
     }
 
     #[test]
-    fn types_without_tests_refuse_services() {
+    fn static_and_dockerfile_accept_database_and_redis_without_service_containers() {
         let set = set();
         for kind in ["static", "dockerfile"] {
             let mut o = Options::new(project(), kind);
+            let plain = render(&o, &set).expect("renders");
+            o.database = true;
             o.redis = true;
-            let e = render(&o, &set).expect_err("no test job");
-            assert!(e.to_string().contains("--redis needs a test job"), "{e}");
+            let text = render(&o, &set).expect("--database/--redis are accepted");
+            assert!(
+                text.contains(&format!("--type {kind} --database --redis")),
+                "the header keeps the flags for provisioning:\n{text}"
+            );
+            assert!(
+                !text.contains("services:"),
+                "no test job, no services:\n{text}"
+            );
+            let body = |t: &str| {
+                t.split_once(stamp::HASH_LINE)
+                    .and_then(|(_, rest)| rest.split_once('\n'))
+                    .map(|(_, b)| b.to_owned())
+            };
+            assert_eq!(body(&text), body(&plain), "only the header differs");
         }
         let e = render(&Options::new(project(), "php"), &set).expect_err("unknown type");
         assert_eq!(

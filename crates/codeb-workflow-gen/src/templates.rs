@@ -98,6 +98,7 @@ struct PinsFile {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ActionPin {
+    /// Required (checked by `parse_pins`, which names the line of an entry without one).
     sha: Option<String>,
     version: String,
 }
@@ -233,18 +234,18 @@ impl TemplateSet {
         self.types.get(kind)
     }
 
-    /// `uses:` values by action name: `name@sha # version`, `name@version` with a zizmor
-    /// ignore for codeb's own unpinned actions, or `./actions/<name>` when `local`.
+    /// `uses:` values by action name: `name@sha # version` (codeb's own actions too), or
+    /// `./actions/<name>` for codeb's actions when `local`.
     pub fn uses(&self, local: bool) -> BTreeMap<String, String> {
         self.pins
             .actions
             .iter()
             .map(|(name, pin)| {
-                let value = match (name.strip_prefix("codeb/"), &pin.sha) {
-                    (Some(short), _) if local => format!("./actions/{short}"),
-                    (_, Some(sha)) => format!("{name}@{sha} # {}", pin.version),
-                    (_, None) => format!(
-                        "{name}@{} # zizmor: ignore[unpinned-uses] codeb's own action, by its major tag (see pins.toml)",
+                let value = match name.strip_prefix("codeb/") {
+                    Some(short) if local => format!("./actions/{short}"),
+                    _ => format!(
+                        "{name}@{} # {}",
+                        pin.sha.as_deref().unwrap_or_default(),
                         pin.version
                     ),
                 };
@@ -437,23 +438,19 @@ fn parse_pins(file: &str, text: &str) -> Result<PinsFile, TemplateError> {
                 pin.version
             )));
         }
-        match &pin.sha {
-            Some(sha)
-                if sha.len() != 40
-                    || !sha
-                        .chars()
-                        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)) =>
-            {
-                return Err(bad(format!(
-                    "{name}: sha {sha:?} must be a full 40-character lower-case commit SHA"
-                )));
-            }
-            None if !name.starts_with("codeb/") => {
-                return Err(bad(format!(
-                    "{name} has no sha: third-party actions are pinned to a full commit SHA"
-                )));
-            }
-            _ => {}
+        let Some(sha) = &pin.sha else {
+            return Err(bad(format!(
+                "{name} has no sha: every action is pinned to a full commit SHA, codeb's own too"
+            )));
+        };
+        if sha.len() != 40
+            || !sha
+                .chars()
+                .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+        {
+            return Err(bad(format!(
+                "{name}: sha {sha:?} must be a full 40-character lower-case commit SHA: every action is pinned to a commit, codeb's own too"
+            )));
         }
     }
     for name in ACTIONS {
@@ -541,9 +538,15 @@ mod tests {
             uses["actions/checkout"],
             "actions/checkout@11bd71901bbe5b1630ceea73d27597364c9af683 # v4.2.2"
         );
+        let pinned = &uses["codeb/port-validate"];
+        let (sha, version) = pinned
+            .strip_prefix("codeb/port-validate@")
+            .and_then(|rest| rest.split_once(" # "))
+            .expect("codeb/port-validate@<sha> # <version>");
+        assert_eq!(sha.len(), 40, "{pinned}");
         assert!(
-            uses["codeb/port-validate"]
-                .starts_with("codeb/port-validate@v1 # zizmor: ignore[unpinned-uses]")
+            !version.is_empty() && !pinned.contains("zizmor"),
+            "{pinned}"
         );
         assert_eq!(set.uses(true)["codeb/healthcheck"], "./actions/healthcheck");
     }
@@ -586,6 +589,13 @@ mod tests {
         .expect_err("unpinned third-party action");
         assert_eq!(e.line, Some((2, 1)), "{e}");
         assert!(e.message.contains("full commit SHA"), "{e}");
+        let e = with_file(
+            "pins.toml",
+            "[actions]\n\"codeb/healthcheck\" = { version = \"v1\" }\n",
+        )
+        .expect_err("codeb's own actions are pinned too");
+        assert_eq!(e.line, Some((2, 1)), "{e}");
+        assert!(e.message.contains("codeb's own too"), "{e}");
         let e =
             with_file("types.toml", "[x]\nsetup = \"node\"\nbogus = 1\n").expect_err("unknown key");
         assert!(e.line.is_some_and(|(l, _)| l >= 1), "{e}");

@@ -21,7 +21,6 @@
 
 mod convert;
 mod edit;
-mod fast;
 mod tree;
 
 use crate::names::{Environment, ProjectName};

@@ -153,18 +153,8 @@ impl MarkedEventReceiver for Builder<'_> {
     }
 }
 
-/// Parses `text` into documents of marked nodes: through the fast path when the text lies in
-/// its subset, else through yaml-rust2.
+/// Parses `text` into documents of marked nodes with yaml-rust2.
 pub(crate) fn parse(text: &str) -> Result<Vec<Node>, SyntaxError> {
-    match super::fast::parse(text) {
-        Some(docs) => Ok(docs),
-        None => parse_yaml(text),
-    }
-}
-
-/// Parses `text` into documents of marked nodes with yaml-rust2 (the reference for the fast
-/// path).
-pub(crate) fn parse_yaml(text: &str) -> Result<Vec<Node>, SyntaxError> {
     let mut builder = Builder {
         lines: text.lines().collect(),
         stack: Vec::new(),

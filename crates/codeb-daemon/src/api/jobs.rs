@@ -638,6 +638,8 @@ async fn run_job(api: &Arc<Api>, id: i64) {
         sha: stored.sha.clone().unwrap_or_default(),
         actor: format!("{} via the API, job {id}", stored.actor),
         listen_host: api.cfg.listen_host.clone(),
+        keep_releases: codeb_deploy::KEEP_RELEASES,
+        container_keys: Vec::new(),
     };
     // The engine reports progress synchronously; a task stores it.
     let (ptx, mut prx) = mpsc::unbounded_channel::<String>();

@@ -167,6 +167,7 @@ impl Api {
             manifest: ManifestStore::resolve(previews.manifest.clone()),
             quadlet_dir: previews.quadlet_dir.clone(),
             caddy_admin: Some(previews.caddy_admin.clone()).filter(|c| !c.is_empty()),
+            allow_remote_admin: false,
             runtime,
             templates: None,
         };

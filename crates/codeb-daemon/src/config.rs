@@ -54,6 +54,8 @@ pub struct Config {
     /// Bounds on what one client may hold of the HTTP intake.
     pub limits: Limits,
     pub previews: PreviewConfig,
+    /// The control plane (`/api/v1`): [`crate::api::ApiConfig`].
+    pub api: crate::api::ApiConfig,
 }
 
 /// What one client may take of the intake (slowloris, slow uploads, floods).
@@ -117,6 +119,8 @@ struct RawConfig {
     intake: RawLimits,
     #[serde(default)]
     previews: PreviewConfig,
+    #[serde(default)]
+    api: crate::api::ApiConfig,
 }
 
 /// `[intake]`: the HTTP limits (all optional).
@@ -331,6 +335,10 @@ pub fn parse(
         events,
         limits,
         previews: raw.previews,
+        api: raw
+            .api
+            .validated()
+            .map_err(|m| invalid(format!("[api] {m}")))?,
     })
 }
 

@@ -16,7 +16,12 @@
 //! | `jobs --config FILE [--state S] [--limit N]` | prints the job table as JSON | 0, 2 |
 //! | `deliveries --config FILE [--limit N]` | prints the delivery records as JSON | 0, 2 |
 //! | `sign [--config FILE] [BODY_FILE]` | prints the `X-Hub-Signature-256` of a body (stdin by default) | 0, 1, 2 |
+//! | `bootstrap-admin --config FILE [--name N] [--expires-in D] [--force]` | creates the first admin and prints its token (once) | 0, 1 (an admin exists; `--force` mints another), 2 |
+//!
+//! The control plane (`/api/v1`, [`api`]) is served beside the intake; its contract is the
+//! `codeb_api` crate.
 
+pub mod api;
 pub mod config;
 pub mod metrics;
 pub mod server;
@@ -84,6 +89,21 @@ enum Command {
     },
     /// Print the X-Hub-Signature-256 header value for a body, signed with the first webhook
     /// secret (from --config, else CODEB_WEBHOOK_SECRET): to replay a payload with curl.
+    /// Create the first admin of the control plane and print its token (shown once). Run it
+    /// on the server as root or the daemon's user.
+    BootstrapAdmin {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The admin's user name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// Token lifetime (humantime).
+        #[arg(long, default_value = "90d")]
+        expires_in: humantime::Duration,
+        /// Mint a token even though an admin exists (makes `name` an enabled admin).
+        #[arg(long)]
+        force: bool,
+    },
     Sign {
         /// Take the secret from this config's secret source.
         #[arg(long)]
@@ -203,6 +223,41 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             out(&serde_json::to_string_pretty(&rows).map_err(|e| Failure::Io(e.to_string()))?)
         }
+        Command::BootstrapAdmin {
+            config: c,
+            name,
+            expires_in,
+            force,
+        } => {
+            let config = config::load(&c.config, &env)?;
+            std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+                Failure::Io(format!(
+                    "cannot create state_dir {}: {e}",
+                    config.state_dir.display()
+                ))
+            })?;
+            let ttl: std::time::Duration = expires_in.into();
+            if ttl.is_zero() || ttl > api::MAX_TOKEN_TTL {
+                return Err(Failure::Invalid(
+                    "--expires-in must be between 1s and 366d".into(),
+                ));
+            }
+            let (db, _) =
+                api::db::Db::open(&config.db_path()).map_err(|e| Failure::Io(e.to_string()))?;
+            let t = api::team::bootstrap_admin(&db, &name, ttl, force).map_err(Failure::Invalid)?;
+            let _ = writeln!(
+                std::io::stderr(),
+                "codeb-daemon: admin `{name}` (token id {}), expires {}; the token is shown once:",
+                t.info.id,
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH
+                        + std::time::Duration::from_millis(
+                            u64::try_from(t.info.expires_ms).unwrap_or(0)
+                        )
+                )
+            );
+            out(&t.token)
+        }
         Command::Sign { config: c, body } => {
             let secret = match c {
                 Some(path) => config::load(&path, &env)?.secrets.into_iter().next(),
@@ -318,7 +373,8 @@ impl Daemon {
                     config.listen
                 ))
             })?;
-        let (app, shutdown, tasks) = wire(&config, store, applier);
+        let api = open_api(&config)?;
+        let (app, shutdown, tasks) = wire(&config, store, applier, api);
         info!(
             listen = %config.listen,
             state = %config.db_path().display(),
@@ -367,11 +423,25 @@ impl Daemon {
     }
 }
 
+/// Opens the control plane's tables (None when `[api] enabled = false`).
+fn open_api(config: &Config) -> Result<Option<Arc<api::Api>>, Failure> {
+    if !config.api.enabled {
+        return Ok(None);
+    }
+    let (api, recovered) = api::Api::open(&config.db_path(), config.api.clone(), &config.previews)
+        .map_err(|e| Failure::Io(e.to_string()))?;
+    if !recovered.interrupted.is_empty() {
+        warn!(jobs = ?recovered.interrupted, "API jobs interrupted by the last stop are reported interrupted (not rerun)");
+    }
+    Ok(Some(api))
+}
+
 /// Builds the router and starts the background tasks; returns the shutdown switch.
 fn wire<A: Applier>(
     config: &Config,
     store: Store,
     applier: Arc<A>,
+    api: Option<Arc<api::Api>>,
 ) -> (
     axum::Router,
     watch::Sender<bool>,
@@ -428,11 +498,13 @@ fn wire<A: Applier>(
         config.retention,
         shutdown_rx,
     ));
-    (
-        server::router(intake),
-        shutdown,
-        vec![dispatcher, reconciler],
-    )
+    let mut tasks = vec![dispatcher, reconciler];
+    let mut router = server::router(intake);
+    if let Some(api) = api {
+        tasks.push(api::spawn(api.clone(), shutdown.subscribe()));
+        router = router.merge(api::router(api));
+    }
+    (router, shutdown, tasks)
 }
 
 /// For in-process tests: the router and background tasks over `applier`, with the store at
@@ -443,6 +515,7 @@ pub fn app_for_tests<A: Applier>(
 ) -> Result<(axum::Router, watch::Sender<bool>), String> {
     std::fs::create_dir_all(&config.state_dir).map_err(|e| e.to_string())?;
     let (store, _) = Store::open(&config.db_path()).map_err(|e| e.to_string())?;
-    let (app, shutdown, _tasks) = wire(config, store, applier);
+    let api = open_api(config).map_err(|e| e.to_string())?;
+    let (app, shutdown, _tasks) = wire(config, store, applier, api);
     Ok((app, shutdown))
 }

@@ -2,6 +2,9 @@
 //! with a timeout and is killed when dropped; a failing command's stderr becomes part of the
 //! error, so the user sees what podman said.
 
+mod containers;
+
+pub use containers::{Container, LogStream, Logs};
 mod command;
 pub use command::Cmd;
 

@@ -151,7 +151,8 @@ printf '[[registry]]\nlocation = "{GUEST_REGISTRY}"\ninsecure = true\n' \
 test "$(cat /proc/sys/net/ipv4/tcp_migrate_req)" = 1
 # Preview units run with UserNS=auto (the daemon's sandbox): rootful podman takes those
 # ids from the subordinate ranges of the user "containers", which a fresh Debian 13 lacks
-# ("no subuid ranges found for user containers"). Nothing in codeb sets them up yet.
+# ("no subuid ranges found for user containers"). codeb-install adds them on a real host; this
+# shared guest is not installed by it, so the harness adds the same range.
 grep -q '^containers:' /etc/subuid || echo 'containers:2147483647:2147483648' >>/etc/subuid
 grep -q '^containers:' /etc/subgid || echo 'containers:2147483647:2147483648' >>/etc/subgid
 systemctl is-active caddy

@@ -169,8 +169,21 @@ fn install_sets_modes_and_owners_then_a_second_run_changes_nothing() {
         ),
         ("/usr/local/bin/codeb-daemon", 0o755, 0, 0),
         ("/usr/local/bin/codeb-quadlet-update", 0o755, 0, 0),
+        ("/etc/subuid", 0o644, 0, 0),
+        ("/etc/subgid", 0o644, 0, 0),
     ] {
         assert_eq!(stat(r, p), (mode, uid, gid), "{p}: (mode, uid, gid)");
+    }
+    // Preview units run with UserNS=auto: podman needs subordinate ids for "containers".
+    for f in ["etc/subuid", "etc/subgid"] {
+        let text = fs::read_to_string(r.join(f)).expect(f);
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("containers:"))
+                .count(),
+            1,
+            "{f}: {text}"
+        );
     }
     // The embedded templates are what got installed.
     let repo = util::repo();

@@ -23,6 +23,8 @@ pub mod paths {
     pub const QUADLET_DIR: &str = "/etc/containers/systemd";
     pub const QUADLET_STATE: &str = "/etc/containers/systemd/.codeb";
     pub const SYSCTL_FILE: &str = "/etc/sysctl.d/90-codeb.conf";
+    pub const SUBUID: &str = "/etc/subuid";
+    pub const SUBGID: &str = "/etc/subgid";
     pub const CONTAINERS_DROPIN: &str = "/etc/containers/containers.conf.d/90-codeb.conf";
     pub const UNIT_DIR: &str = "/etc/systemd/system";
     pub const DAEMON_UNIT: &str = "/etc/systemd/system/codeb-daemon.service";
@@ -537,6 +539,22 @@ async fn plan_install(cx: &mut Ctx<'_>, facts: &Facts) -> Result<(), InstallErro
         cx.remove(paths::CONTAINERS_DROPIN, false);
     }
 
+    // Preview units run with `UserNS=auto` (the daemon's default sandbox): rootful podman
+    // takes those ids from the subordinate ranges of the user "containers", which a fresh
+    // Debian lacks ("no subuid ranges found for user containers"). Add podman's documented
+    // default range when the user has none; other entries are kept as they are.
+    for file in [paths::SUBUID, paths::SUBGID] {
+        let at = cx.at(file);
+        let existing = match std::fs::read(&at) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => return Err(InstallError::Read { path: at, source }),
+        };
+        if let Some(wanted) = with_containers_range(&existing) {
+            cx.ensure(Want::file(at, file, wanted, 0o644, "root", "root"))?;
+        }
+    }
+
     // Units: the daemon, the route restore and its ties to Caddy.
     let mut units_changed = false;
     let daemon_unit = cx.ensure(Want::file(
@@ -954,6 +972,25 @@ fn new_webhook_secret() -> Vec<u8> {
     hex.into_bytes()
 }
 
+/// The subordinate-id range podman documents for `UserNS=auto` (user "containers").
+const CONTAINERS_RANGE: &str = "containers:2147483647:2147483648";
+
+/// `/etc/subuid` or `/etc/subgid` with a range for the user "containers" appended, or `None`
+/// when it has one already.
+fn with_containers_range(existing: &[u8]) -> Option<Vec<u8>> {
+    let text = String::from_utf8_lossy(existing);
+    if text.lines().any(|l| l.starts_with("containers:")) {
+        return None;
+    }
+    let mut out = existing.to_vec();
+    if !out.is_empty() && !out.ends_with(b"\n") {
+        out.push(b'\n');
+    }
+    out.extend_from_slice(CONTAINERS_RANGE.as_bytes());
+    out.push(b'\n');
+    Some(out)
+}
+
 /// Whether every `key = value` of a sysctl file is what the kernel has now.
 fn sysctl_applied(file: &[u8]) -> bool {
     String::from_utf8_lossy(file)
@@ -1180,6 +1217,29 @@ const SYSTEM_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sb
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fresh Debian has no subordinate ids for "containers", so preview units (UserNS=auto)
+    /// failed to start on an installed host.
+    #[test]
+    fn subuid_range_for_userns_auto_is_added_once_and_keeps_other_entries() {
+        let fresh = with_containers_range(b"").expect("added to an empty file");
+        assert_eq!(fresh, b"containers:2147483647:2147483648\n");
+        let admin = with_containers_range(b"alice:100000:65536").expect("added");
+        assert_eq!(
+            String::from_utf8_lossy(&admin),
+            "alice:100000:65536\ncontainers:2147483647:2147483648\n"
+        );
+        assert_eq!(
+            with_containers_range(&admin),
+            None,
+            "a second run changes nothing"
+        );
+        assert_eq!(
+            with_containers_range(b"containers:1:2\n"),
+            None,
+            "the admin's range stays"
+        );
+    }
 
     #[test]
     fn containers_conf_only_without_unified_cgroups() {

@@ -204,12 +204,12 @@ journalctl -u codeb-restore-routes --no-pager -o cat | tail -n 5
         repo: REPO.into(),
         number: 7,
         open: true,
-        head_sha: "a".repeat(40),
+        head_sha: crate::PR_SHA.into(),
         head_repo: REPO.into(),
         labels: vec![],
         draft: false,
     });
-    let body = serde_json::to_vec(&pr_opened(7, &"a".repeat(40))).expect("payload");
+    let body = serde_json::to_vec(&pr_opened(7, crate::PR_SHA)).expect("payload");
     std::fs::write(guest.share().join("pr-7-opened.json"), &body).expect("share payload");
     let preview = guest.ok(
         "configure the daemon and send a signed pull_request",

@@ -12,6 +12,7 @@
 
 mod exit;
 mod inputs;
+pub mod sudo;
 
 pub use exit::Exit;
 pub use inputs::{InputError, args_with_inputs};
@@ -68,10 +69,13 @@ pub struct Step {
     actions: bool,
     output: Option<PathBuf>,
     summary: Option<PathBuf>,
+    /// Run through sudo for this uid: outputs and summary go only to that user's own files.
+    owner: Option<u32>,
 }
 
 impl Step {
-    /// Reads `GITHUB_ACTIONS`, `GITHUB_OUTPUT` and `GITHUB_STEP_SUMMARY`.
+    /// Reads `GITHUB_ACTIONS`, `GITHUB_OUTPUT` and `GITHUB_STEP_SUMMARY` (and, run through
+    /// sudo, `SUDO_UID`: see [`sudo::open_append_as`]).
     pub fn from_env() -> Self {
         let path = |name: &str| {
             std::env::var_os(name)
@@ -82,6 +86,16 @@ impl Step {
             actions: std::env::var(vars::GITHUB_ACTIONS).is_ok_and(|v| v == "true"),
             output: path(vars::GITHUB_OUTPUT),
             summary: path(vars::GITHUB_STEP_SUMMARY),
+            owner: sudo::Caller::from_env().map(|c| c.uid),
+        }
+    }
+
+    /// Appends to an output or summary file: created if need be, or, run through sudo, only
+    /// an existing regular file of the calling user's.
+    fn open_append(&self, path: &std::path::Path) -> io::Result<std::fs::File> {
+        match self.owner {
+            Some(uid) => sudo::open_append_as(path, uid),
+            None => OpenOptions::new().append(true).create(true).open(path),
         }
     }
 
@@ -91,6 +105,7 @@ impl Step {
             actions: false,
             output: None,
             summary: None,
+            owner: None,
         }
     }
 
@@ -116,7 +131,7 @@ impl Step {
                 break d;
             }
         };
-        let mut f = OpenOptions::new().append(true).create(true).open(path)?;
+        let mut f = self.open_append(path)?;
         write!(f, "{name}<<{delimiter}\n{value}\n{delimiter}\n")
     }
 
@@ -125,7 +140,7 @@ impl Step {
         let Some(path) = &self.summary else {
             return Ok(());
         };
-        let mut f = OpenOptions::new().append(true).create(true).open(path)?;
+        let mut f = self.open_append(path)?;
         f.write_all(markdown.as_bytes())?;
         if !markdown.ends_with('\n') {
             f.write_all(b"\n")?;
@@ -297,6 +312,7 @@ mod tests {
             actions: true,
             output: Some(dir.join("out")),
             summary: Some(dir.join("summary")),
+            owner: None,
         }
     }
 

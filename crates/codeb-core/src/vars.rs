@@ -54,6 +54,14 @@ pub const GITHUB_API_URL: &str = "GITHUB_API_URL";
 /// Prefix of action inputs as the runner exports them (`INPUT_<NAME>`).
 pub const INPUT_PREFIX: &str = "INPUT_";
 
+// --- set by sudo -------------------------------------------------------------------------------
+
+/// The uid of the user who ran `sudo` (codeb-actions: a step run through the runner's sudoers
+/// rule writes outputs only to that user's files; codeb-quadlet-update checks its inputs).
+pub const SUDO_UID: &str = "SUDO_UID";
+/// The name of the user who ran `sudo` (for messages).
+pub const SUDO_USER: &str = "SUDO_USER";
+
 // --- `we` (crates/codeb-we), the command line of the control plane ---------------------------
 
 /// Token of `we`; overrides the stored credentials (CI).
@@ -94,6 +102,8 @@ pub const ALL: &[&str] = &[
     GITHUB_ACTOR,
     GITHUB_TOKEN,
     GITHUB_API_URL,
+    SUDO_UID,
+    SUDO_USER,
     CONTAINERS_CONF,
     XDG_CONFIG_HOME,
     HOME,

@@ -35,6 +35,10 @@ pub mod paths {
         "/etc/systemd/system/codeb-restore-routes.service.d/50-codeb-install.conf";
     pub const RESTORE_WANTS: &str =
         "/etc/systemd/system/caddy.service.wants/codeb-restore-routes.service";
+    pub const SUDOERS_DIR: &str = "/etc/sudoers.d";
+    pub const SUDOERS_MAIN: &str = "/etc/sudoers";
+    /// Where sudo's `visudo` is (package sudo); it checks the runner's rule before it is used.
+    pub const VISUDO: &str = "/usr/sbin/visudo";
 }
 
 pub const CODEB_USER: &str = "codeb";
@@ -212,6 +216,8 @@ enum Op {
     DeleteUser(String),
     DeleteGroup(String),
     Ensure(Want),
+    /// A sudoers file: written beside its place, checked with `visudo -cf`, then renamed.
+    Sudoers(Want),
     Symlink {
         path: PathBuf,
         target: String,
@@ -419,6 +425,17 @@ async fn plan_install(cx: &mut Ctx<'_>, facts: &Facts) -> Result<(), InstallErro
     let t = Templates::new(o.templates.as_deref());
     // Everything below only reads until `apply`; runner checks that can refuse come first.
     let runner_steps = if o.runner.requested() {
+        if !Path::new(paths::VISUDO).is_file() {
+            return Err(InstallError::MissingPackage {
+                what: format!(
+                    "sudo is not installed ({} is missing); the runner's jobs deploy through \
+                     the sudoers rule {}",
+                    paths::VISUDO,
+                    crate::sudoers::PATH
+                ),
+                package: "sudo".into(),
+            });
+        }
         Some(runner_preflight(cx)?)
     } else {
         None
@@ -722,6 +739,45 @@ async fn plan_runner(cx: &mut Ctx<'_>, steps: RunnerSteps) -> Result<(), Install
     let user = r.user.clone();
     let home = runner_home(&r);
     let dir_host = r.dir.to_string_lossy().into_owned();
+
+    // The deploy steps need root: the runner's sudoers rule (before the runner can run jobs).
+    let want = Want::file(
+        cx.at(crate::sudoers::PATH),
+        crate::sudoers::PATH,
+        crate::sudoers::render(&user).into_bytes(),
+        crate::sudoers::MODE,
+        "root",
+        "root",
+    );
+    if let Some(text) = fsops::diff(&want, &cx.acc).map_err(|source| InstallError::Read {
+        path: want.path.clone(),
+        source,
+    })? {
+        cx.push(
+            format!(
+                "{text}: {user} may run codeb-quadlet-update {} as root (checked with visudo -cf \
+                 before it is moved into place)",
+                crate::sudoers::COMMANDS.join("|")
+            ),
+            Op::Sudoers(want),
+        );
+    }
+    let main = cx.at(paths::SUDOERS_MAIN);
+    if let Ok(text) = std::fs::read_to_string(&main)
+        && !text.lines().any(|l| {
+            l.trim_start()
+                .trim_start_matches(['@', '#'])
+                .starts_with("includedir /etc/sudoers.d")
+        })
+    {
+        cx.notes.push(format!(
+            "{} does not read {} (no `@includedir {}`): add it, or the runner's jobs cannot \
+             deploy",
+            paths::SUDOERS_MAIN,
+            paths::SUDOERS_DIR,
+            paths::SUDOERS_DIR
+        ));
+    }
     cx.ensure(Want::dir(cx.at(&home), &home, 0o750, &user, &user))?;
     cx.ensure(Want::dir(cx.at(&dir_host), &dir_host, 0o750, &user, &user))?;
     let dir = cx.at(&dir_host);
@@ -882,6 +938,7 @@ async fn plan_uninstall(cx: &mut Ctx<'_>, purge: bool) -> Result<(), InstallErro
             }
         }
     }
+    cx.remove(crate::sudoers::PATH, false);
     cx.remove(paths::SYSCTL_FILE, false);
     cx.remove(paths::CONTAINERS_DROPIN, false);
     for name in REQUIRED_BINS.iter().chain(OPTIONAL_BINS.iter()) {
@@ -1100,6 +1157,7 @@ async fn apply_one(o: &Options, op: &Op) -> Result<(), ApplyError> {
             }
         }
         Op::Ensure(want) => fsops::apply(want, &Accounts::read(root)?)?,
+        Op::Sudoers(want) => write_sudoers(want).await?,
         Op::Symlink { path, target } => {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -1209,6 +1267,44 @@ async fn apply_one(o: &Options, op: &Op) -> Result<(), ApplyError> {
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Writes a sudoers file the way visudo does: a temporary file beside it (its name has a dot,
+/// which sudo's includedir skips) with the final mode and owner, checked with `visudo -cf`,
+/// then renamed into place. A rule that does not parse never reaches sudo.
+async fn write_sudoers(want: &Want) -> Result<(), ApplyError> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let fsops::Kind::File(contents) = &want.kind else {
+        return Err(ApplyError::Other(format!("{} is not a file", want.shown)));
+    };
+    let dir = want
+        .path
+        .parent()
+        .ok_or_else(|| ApplyError::Other(format!("{} has no directory", want.shown)))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".codeb-install-")
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)?;
+    tmp.write_all(contents)?;
+    std::os::unix::fs::fchown(tmp.as_file(), Some(0), Some(0))?;
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(want.mode))?;
+    tmp.as_file().sync_all()?;
+    Cmd::new(paths::VISUDO)
+        .arg("-cf")
+        .arg(tmp.path().as_os_str())
+        .timeout(Duration::from_secs(30))
+        .output()
+        .await?;
+    tmp.persist(&want.path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod fsops;
 pub mod install;
+pub mod sudoers;
 pub mod templates;
 
 use clap::Parser;
@@ -46,6 +47,10 @@ What a codeb host gets (paths under --root when given):
              (config.sh --unattended, as the runner's user) and installs and starts its service
              (svc.sh install <user>, svc.sh start). The token comes from --runner-token-file or
              $CODEB_RUNNER_TOKEN and is never printed.
+  sudo       with a runner: /etc/sudoers.d/codeb-runner (0440, checked with visudo -cf) lets
+             the runner's user run exactly `codeb-quadlet-update deploy` and `rollback` as
+             root without a password (a deploy writes units and runs systemctl and rootful
+             podman); port-validate and healthcheck run as the runner's user
 
 Every step is checked first and only done when needed: a second run says there is nothing
 to do. Files codeb owns are replaced when they differ; daemon.toml and webhook-secret are

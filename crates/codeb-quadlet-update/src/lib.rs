@@ -17,6 +17,8 @@ use codeb_health::Expectation;
 use codeb_host::ManifestStore;
 use std::path::PathBuf;
 use std::process::ExitCode;
+
+mod delegated;
 use std::time::Duration;
 
 const AFTER_HELP: &str = "\
@@ -324,8 +326,8 @@ async fn run(step: &Step, cli: Cli) -> Exit {
         },
         Command::History(h) => history(step, &h).await,
         Command::RestoreRoutes(r) => restore_routes(step, &r).await,
-        Command::Deploy(d) => deploy(step, &d, false).await,
-        Command::Rollback(d) => deploy(step, &d, true).await,
+        Command::Deploy(mut d) => deploy(step, &mut d, false).await,
+        Command::Rollback(mut d) => deploy(step, &mut d, true).await,
     }
 }
 
@@ -481,7 +483,7 @@ async fn history(step: &Step, h: &HistoryArgs) -> Exit {
     Exit::Success
 }
 
-async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> Exit {
+async fn deploy(step: &Step, d: &mut DeployArgs, rollback: bool) -> Exit {
     let title = if rollback {
         "Rollback failed"
     } else {
@@ -500,6 +502,13 @@ async fn deploy(step: &Step, d: &DeployArgs, rollback: bool) -> Exit {
             title,
             "--image is required: the image to deploy, e.g. ghcr.io/acme/myapp:sha-1a2b3c",
         );
+        return Exit::Usage;
+    }
+    // Run through sudo (the runner's jobs): only what the caller could do itself.
+    if let Some(caller) = codeb_actions::sudo::Caller::from_env()
+        && let Err(e) = delegated::check(&caller, d)
+    {
+        error(step, title, &e);
         return Exit::Usage;
     }
     let caddy = match d.admin.caddy_admin.as_str() {

@@ -4,6 +4,7 @@
 # of that repository):
 #   DEST/action.yml        actions/NAME/action.yml, with ../_lib/ rewritten to _lib/
 #   DEST/_lib/install.sh   actions/_lib/install.sh (finds or downloads the binary)
+#   DEST/_lib/as-root.sh   actions/_lib/as-root.sh (runs a deploy as root: sudo -n unless root)
 #   DEST/_lib/checksums.txt, DEST/_lib/VERSION
 #                          with CHECKSUMS_DIR: the sha256 of every release asset and the
 #                          release tag (write-checksums.sh), which install.sh checks the
@@ -38,7 +39,7 @@ sed 's#${GITHUB_ACTION_PATH}/../_lib/#${GITHUB_ACTION_PATH}/_lib/#g' "${src}/act
 if grep -q '\.\./' "${dest}/action.yml"; then
   fail "${dest}/action.yml still refers outside the action's directory"
 fi
-install -m 0755 "${root}/actions/_lib/install.sh" "${dest}/_lib/install.sh"
+install -m 0755 "${root}/actions/_lib/install.sh" "${root}/actions/_lib/as-root.sh" "${dest}/_lib/"
 if [ -n "$checksums" ]; then
   [ -s "${checksums}/checksums.txt" ] && [ -s "${checksums}/VERSION" ] ||
     fail "${checksums} must hold checksums.txt and VERSION (templates/release/write-checksums.sh)"

@@ -620,6 +620,14 @@ fn runner_is_registered_as_its_own_user_and_the_token_never_printed() {
     );
     assert!(!dry.all().contains(TOKEN), "token printed: {}", dry.all());
     assert_eq!(snapshot(r), before);
+    assert!(
+        dry.stdout.contains(
+            "create file /etc/sudoers.d/codeb-runner (root:root, 0440): codeb-runner may run \
+             codeb-quadlet-update deploy|rollback as root (checked with visudo -cf"
+        ),
+        "the dry run shows the sudoers rule: {}",
+        dry.all()
+    );
 
     let mut c = codeb("codeb-install");
     c.arg("--root")
@@ -634,6 +642,26 @@ fn runner_is_registered_as_its_own_user_and_the_token_never_printed() {
 
     let (uid, gid) = ids(r, "codeb-runner");
     let codeb_gid = group_id(r, "codeb");
+    // The deploy steps' sudoers rule: root's, 0440, exactly codeb's rule for the user, and
+    // no temporary file left beside it (sudo would skip one, but it is litter).
+    assert_eq!(stat(r, "/etc/sudoers.d/codeb-runner"), (0o440, 0, 0));
+    let rule = fs::read_to_string(r.join("etc/sudoers.d/codeb-runner")).expect("sudoers");
+    assert!(
+        rule.contains(
+            "Cmnd_Alias CODEB_DEPLOY = /usr/local/bin/codeb-quadlet-update deploy, \
+             /usr/local/bin/codeb-quadlet-update rollback\n"
+        ),
+        "{rule}"
+    );
+    assert!(
+        rule.contains("codeb-runner ALL = (root) NOPASSWD: CODEB_DEPLOY"),
+        "{rule}"
+    );
+    assert_eq!(
+        fs::read_dir(r.join("etc/sudoers.d")).expect("ls").count(),
+        1,
+        "only the rule is in /etc/sudoers.d"
+    );
     let dir = "/home/codeb-runner/actions-runner";
     assert_eq!(stat(r, "/home/codeb-runner"), (0o750, uid, gid));
     assert_eq!(stat(r, dir), (0o750, uid, gid));
@@ -701,6 +729,11 @@ fn runner_is_registered_as_its_own_user_and_the_token_never_printed() {
         "{calls}"
     );
     assert!(!rd.join(".runner").exists() && !rd.join(".service").exists());
+    assert!(
+        !r.join("etc/sudoers.d/codeb-runner").exists(),
+        "--uninstall removes the sudoers rule: {}",
+        un.all()
+    );
 
     let purge = install(r, bins.path(), &["--uninstall", "--purge"]);
     assert_eq!(purge.code, 0, "{}", purge.all());

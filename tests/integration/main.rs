@@ -19,6 +19,7 @@ mod infra;
 mod install;
 mod port_validate;
 mod previews;
+mod sudo;
 mod tidy;
 mod we_cli;
 mod workflow_gen;

@@ -449,6 +449,11 @@ fn the_split_makes_standalone_actions() {
             &fs::metadata(&install).expect("install.sh").permissions(),
         );
         assert!(mode & 0o111 != 0, "{name}: install.sh is executable");
+        let as_root = dest.join("_lib/as-root.sh");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &fs::metadata(&as_root).expect("as-root.sh").permissions(),
+        );
+        assert!(mode & 0o111 != 0, "{name}: as-root.sh is executable");
         let readme = fs::read_to_string(dest.join("README.md")).expect("README");
         assert!(
             readme.contains(&format!("uses: codeb/{name}@v1")),

@@ -466,11 +466,13 @@ runuser -u codeb-runner -- sudo -n -l",
 
     // The job's files: the action as the runner checks it out, its step scripts as it runs
     // them, and the output files it creates for each step, all the runner user's.
-    share_file(
-        guest,
-        &infra_root().join("actions/_lib/as-root.sh"),
-        "job/action/actions/_lib/as-root.sh",
-    );
+    for rel in [
+        "action.yml",
+        "actions/_lib/as-root.sh",
+        "actions/quadlet-update/action.yml",
+    ] {
+        share_file(guest, &infra_root().join(rel), &format!("job/action/{rel}"));
+    }
     for (rel, text) in [
         ("job/port.sh", step_run("action.yml", "port")),
         (
@@ -599,6 +601,7 @@ out=$(runuser -u codeb-runner -- touch /etc/sudoers.d/evil 2>&1); r write_sudoer
 out=$({escape} 2>&1); r quadlet_dir $?; echo "$out"
 out=$({reset} 2>&1); r env_reset $?; echo "$out"
 ls /etc/containers/systemd/evil.container /home/codeb-runner/units 2>&1 | sed 's/^/left: /'
+true
 "#
         ),
         Duration::from_secs(300),

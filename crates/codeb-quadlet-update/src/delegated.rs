@@ -14,6 +14,10 @@
 //!   everyone). It is copied, through the descriptor that was checked, into codeb's root-only
 //!   state (`<quadlet-dir>/.codeb/env/`), and the unit reads the copy: podman reads env files
 //!   as root at every start, so the caller's own path could later name any file of root's.
+//!
+//! "Through sudo" is `SUDO_UID` of a user other than root while running as root: an
+//! administrator's `sudo codeb-quadlet-update` is held to the same (the message says how to
+//! run it as plain root); the runner's user cannot drop the variable, its rule has no `env`.
 
 use crate::DeployArgs;
 use codeb_actions::sudo::{Caller, SUDOERS_FILE};
@@ -28,7 +32,8 @@ const MAX_ENV_FILE: u64 = 1 << 20;
 
 fn refuse(caller: &Caller, what: &str) -> String {
     format!(
-        "run through sudo for {} ({SUDOERS_FILE}), {what}",
+        "run through sudo for {} ({SUDOERS_FILE}), {what}. (An administrator who means it: run \
+         it as root without sudo's variables, `sudo env -u SUDO_UID codeb-quadlet-update ...`.)",
         caller.user
     )
 }

@@ -33,6 +33,7 @@
 //! | POST | `/api/v1/projects/{name}/deploy` | deploy | admin / owner / – | [`DeployRequest`] | 202 [`Job`], or 200 [`DeployPlan`] when `dry_run` |
 //! | POST | `/api/v1/projects/{name}/rollback` | rollback | admin / owner / – | [`RollbackRequest`] | 202 [`Job`], or 200 [`DeployPlan`] when `dry_run` |
 //! | GET | `/api/v1/projects/{name}/logs?environment=E&tail=N&follow=true` | logs | admin / owner / – | [`LogsQuery`] | NDJSON [`LogEvent`] |
+//! | GET | `/api/v1/projects/{name}/env?environment=E` | env_read | admin / owner / – | [`EnvQuery`] | [`EnvValues`] (the env file's values, for `we scale k8s`'s Secret; audited by key) |
 //! | GET | `/api/v1/jobs?project=P&limit=N` | job_list | all | [`JobsQuery`] | `Vec<`[`Job`]`>` |
 //! | GET | `/api/v1/jobs/{id}` | job_get | all | – | [`Job`] |
 //! | GET | `/api/v1/jobs/{id}/events` | job_get | all | – | NDJSON [`JobEvent`] (from the first event; ends after the terminal one) |
@@ -59,6 +60,7 @@
 //! An admin, disabling or demoting themselves as the last enabled admin, gets 409: the team
 //! always keeps one admin. The first admin's token comes from `codeb-daemon bootstrap-admin`.
 
+pub mod k8s;
 pub mod perm;
 pub mod token;
 
@@ -66,6 +68,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use k8s::{EnvQuery, EnvValues, KubernetesSpec};
 pub use perm::{Access, Action, Role};
 pub use token::{Token, TokenError, TokenHash};
 
@@ -106,6 +109,9 @@ pub mod paths {
     }
     pub fn logs(name: &str) -> String {
         format!("{PROJECTS}/{name}/logs")
+    }
+    pub fn env(name: &str) -> String {
+        format!("{PROJECTS}/{name}/env")
     }
     pub fn job(id: i64) -> String {
         format!("{JOBS}/{id}")
@@ -314,6 +320,9 @@ pub struct ProjectSpec {
     /// User names that own the project.
     #[serde(default)]
     pub owners: Vec<String>,
+    /// How the project runs on Kubernetes (`we scale k8s`); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSpec>,
 }
 
 fn default_health_path() -> String {

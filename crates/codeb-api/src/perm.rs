@@ -88,10 +88,12 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// The values of a project environment's env file (for `we scale k8s`'s Secret).
+    EnvRead,
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 29] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -120,6 +122,7 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::EnvRead,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -153,6 +156,7 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::EnvRead => "env.read",
         }
     }
 
@@ -195,7 +199,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 28] = {
+pub const TABLE: [(Action, [Access; 3]); 29] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -226,6 +230,7 @@ pub const TABLE: [(Action, [Access; 3]); 28] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::EnvRead, [A, O, D]),
     ]
 };
 

@@ -17,6 +17,7 @@
 //! capacity; streams (job events, logs) have a second limit and do not count against it.
 
 pub mod db;
+pub mod env;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
@@ -561,6 +562,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/projects/{name}/deploy", post(jobs::deploy))
         .route("/api/v1/projects/{name}/rollback", post(jobs::rollback))
         .route("/api/v1/projects/{name}/logs", get(logs::logs))
+        .route("/api/v1/projects/{name}/env", get(env::env_values))
         .route(
             "/api/v1/projects/{name}/{*rest}",
             get(unknown_under_project).post(unknown_under_project),

@@ -34,6 +34,8 @@ pub enum ApplyError {
     },
     #[error("cannot build a Kubernetes client for context `{context}`: {message}")]
     Client { context: String, message: String },
+    #[error("cannot reach the Kubernetes API server ({what}): {message}")]
+    Unreachable { what: String, message: String },
     #[error("{kind} {namespace}/{name}: {message}")]
     Apply {
         kind: &'static str,
@@ -156,11 +158,17 @@ where
     let back = api
         .patch(&name, pp, &Patch::Apply(obj))
         .await
-        .map_err(|e| ApplyError::Apply {
-            kind,
-            namespace: namespace.to_owned(),
-            name: name.clone(),
-            message: explain(&e, namespace),
+        .map_err(|e| match e {
+            kube::Error::Api(_) => ApplyError::Apply {
+                kind,
+                namespace: namespace.to_owned(),
+                name: name.clone(),
+                message: explain(&e, namespace),
+            },
+            other => ApplyError::Unreachable {
+                what: format!("applying {kind} {namespace}/{name}"),
+                message: other.to_string(),
+            },
         })?;
     Ok(Applied {
         kind,

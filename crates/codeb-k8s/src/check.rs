@@ -122,7 +122,7 @@ pub fn problems(m: &Manifests, spec: &ProjectSpec) -> Vec<String> {
         let cn = &c.name;
         let req = c.resources.as_ref().and_then(|r| r.requests.as_ref());
         for r in ["cpu", "memory"] {
-            if !req.is_some_and(|q| q.get(r).is_some_and(|v| !v.0.is_empty())) {
+            if req.is_none_or(|q| q.get(r).is_none_or(|v| v.0.is_empty())) {
                 p.push(format!(
                     "Deployment {name}, container {cn}: no {r} request (the HPA's utilization is a share of the CPU request; the scheduler needs both)"
                 ));

@@ -53,7 +53,7 @@ mod tests {
     #[test]
     fn strings_that_look_like_other_scalars_stay_strings() {
         let v = serde_json::json!({"a": "true", "b": "0600", "c": "70", "d": "null", "e": 70, "f": "25%", "g": ""});
-        let text = documents(&[v.clone()]).expect("yaml");
+        let text = documents(&[v]).expect("yaml");
         let back = yaml_rust2::YamlLoader::load_from_str(&text).expect("parse");
         let h = &back[0];
         assert_eq!(h["a"].as_str(), Some("true"), "{text}");

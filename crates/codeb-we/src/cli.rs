@@ -71,7 +71,7 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log (admins)
     Audit(AuditArgs),
-    /// Scale out: the Kubernetes target (`we scale k8s render|apply`)
+    /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
     #[command(subcommand)]
     Scale(crate::scale::ScaleCommand),
     /// Shell completions: `we completions bash > /etc/bash_completion.d/we`
@@ -346,6 +346,7 @@ mod tests {
                 "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
             ],
             &["scale", "k8s", "render", "myapp", "--include-secrets"],
+            &["scale", "status", "--window", "2s", "--json"],
             &[
                 "scale",
                 "k8s",

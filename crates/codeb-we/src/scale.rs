@@ -43,6 +43,16 @@ pub enum ScaleCommand {
     /// The Kubernetes target (phase 2): render the manifests, apply them to a cluster
     #[command(subcommand)]
     K8s(K8sCommand),
+    /// The manual's phase-2 thresholds measured on the server (requests in flight and
+    /// request rate from Caddy's metrics, host CPU, deploys in 24 h) and whether phase 2 is due
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// How long the server samples Caddy's counters and the CPU (1s-60s)
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub window: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,7 +122,83 @@ pub async fn scale(cmd: ScaleCommand, api: &Api, out: &Out) -> Result<Exit, WeEr
     match cmd {
         ScaleCommand::K8s(K8sCommand::Render(a)) => render(a, api, out).await,
         ScaleCommand::K8s(K8sCommand::Apply(a)) => apply(a, api, out).await,
+        ScaleCommand::Status(a) => status(a, api, out).await,
     }
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(
+        || "-".to_owned(),
+        |v| {
+            if (v - v.round()).abs() < f64::EPSILON {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        },
+    )
+}
+
+async fn status(a: StatusArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
+    let secs = humantime::parse_duration(a.window.trim())
+        .ok()
+        .filter(|d| (Duration::from_secs(1)..=Duration::from_secs(60)).contains(d))
+        .ok_or_else(|| {
+            WeError::Usage(format!(
+                "--window `{}` is not a duration from 1s to 60s (e.g. 5s)",
+                a.window
+            ))
+        })?;
+    let s: codeb_api::ScaleStatus = {
+        let _p = out.progress(&format!(
+            "sampling for {}",
+            humantime::format_duration(secs)
+        ));
+        api.get(
+            codeb_api::paths::SCALE_STATUS,
+            &[("window", a.window.trim().to_owned())],
+        )
+        .await?
+    };
+    if out.json {
+        out.json_line(&s)?;
+        return Ok(Exit::Ok);
+    }
+    use crate::output::{Cell, Style};
+    let rows: Vec<Vec<Cell>> = s
+        .thresholds
+        .iter()
+        .map(|t| {
+            let state = match t.exceeded {
+                Some(true) => Cell::new("past the limit", Style::Bad),
+                Some(false) => Cell::new("within", Style::Good),
+                None => Cell::new("not measured", Style::Dim),
+            };
+            vec![
+                Cell::from(t.name.clone()),
+                Cell::from(num(t.measured)),
+                Cell::from(
+                    t.limit
+                        .map_or_else(|| "-".to_owned(), |l| format!("{l:.0}")),
+                ),
+                state,
+                Cell::new(t.note.clone(), Style::Dim),
+            ]
+        })
+        .collect();
+    out.table(
+        &["threshold", "measured", "limit", "state", "source"],
+        &rows,
+    )?;
+    out.pairs(&[
+        ("requests/s", Cell::from(num(s.measured.requests_per_s))),
+        ("requests total", Cell::from(num(s.measured.requests_total))),
+    ])?;
+    out.line(&s.verdict)?;
+    for n in &s.notes {
+        out.warn(n);
+    }
+    Ok(Exit::Ok)
 }
 
 /// Fetches what the render needs and renders; `with_values` asks the server for the env

@@ -21,6 +21,7 @@ pub mod env;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
+pub mod scale;
 pub mod team;
 
 use std::path::PathBuf;
@@ -573,6 +574,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/health", get(registry::health))
         .route("/api/v1/up", get(registry::up))
         .route("/api/v1/ports", get(registry::ports))
+        .route("/api/v1/scale/status", get(scale::status))
         .route("/api/v1/ssot/status", get(registry::ssot_status))
         .route("/api/v1/ssot/projects", get(registry::ssot_projects))
         .route("/api/v1/ssot/sync", post(registry::ssot_sync))

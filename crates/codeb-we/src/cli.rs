@@ -17,6 +17,9 @@ Examples:
   we logs myapp -f                           # follow the container's output
   we health --verbose
   we audit --project myapp --since 1d --json
+  we scale status                            # is phase 2 (Kubernetes) due?
+  we scale k8s render myapp                  # Deployment, Service, HPA, PDB, Ingress as YAML
+  we scale k8s apply myapp --context prod --dry-run=server
 
 Every command takes --json (JSON lines when streaming). Data goes to stdout, messages to
 stderr; NO_COLOR turns colour off. Credentials: $XDG_CONFIG_HOME/codeb/credentials.toml

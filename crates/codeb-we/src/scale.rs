@@ -73,6 +73,7 @@ pub enum Format {
 
 #[derive(Debug, Args)]
 pub struct Common {
+    /// The registry project
     pub project: String,
     #[arg(long, short = 'e', value_enum, default_value_t = EnvArg::Production)]
     pub environment: EnvArg,

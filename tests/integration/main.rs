@@ -22,4 +22,5 @@ mod previews;
 mod sudo;
 mod tidy;
 mod we_cli;
+mod we_scale;
 mod workflow_gen;

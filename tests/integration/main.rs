@@ -21,4 +21,5 @@ mod port_validate;
 mod previews;
 mod tidy;
 mod we_cli;
+mod we_control;
 mod workflow_gen;

@@ -1,0 +1,785 @@
+//! The real `we` binary against the real control plane: `codeb-daemon serve` as a process
+//! with its SQLite store (first token from `codeb-daemon bootstrap-admin`), and for deploys
+//! real podman, a real registry with the sample app's images and a real Caddy.
+//!
+//! Every output `we` produces in these tests is collected and searched for every token the
+//! tests made: a token appears only in the one answer that creates it (`we team add`).
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use codeb_core::vars;
+use serde_json::Value;
+
+use crate::infra::{
+    Caddy, Podman, Registry, SampleImages, ScratchDir, free_port, http_get, http_request, unique_id,
+};
+use crate::util::{Run, codeb, run};
+use crate::we_cli::{credentials, run_with_stdin, we};
+
+/// A project name unique across processes (a DNS label).
+fn project_name(prefix: &str) -> String {
+    let id = unique_id().replace('-', "");
+    format!("{prefix}{}", &id[id.len().saturating_sub(12)..])
+}
+
+/// Every output of `we` in a test, with the tokens it must never contain.
+#[derive(Default)]
+struct Transcript {
+    outputs: Mutex<Vec<(String, String)>>,
+}
+
+impl Transcript {
+    fn record(&self, what: &str, r: &Run) {
+        self.outputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((what.to_owned(), r.all()));
+    }
+
+    /// No recorded output contains any of `secrets`, except the allowed (what, secret) pairs.
+    fn assert_no_secret(&self, secrets: &[&str], allowed: &[(&str, &str)]) {
+        let outputs = self
+            .outputs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert!(!outputs.is_empty());
+        for (what, text) in outputs.iter() {
+            for s in secrets {
+                if allowed.iter().any(|(w, a)| w == what && a == s) {
+                    continue;
+                }
+                assert!(
+                    !text.contains(s) && !text.contains(&s[6..30]),
+                    "output of `{what}` contains a secret:\n{text}"
+                );
+            }
+        }
+    }
+}
+
+struct ControlPlane {
+    dir: ScratchDir,
+    port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+    admin: String,
+    webhook_secret: String,
+    home: ScratchDir,
+    podman: Option<Podman>,
+    transcript: Transcript,
+}
+
+impl ControlPlane {
+    /// A daemon with `manifest` and, when given, Caddy's admin API for deploys.
+    fn start(manifest: &str, caddy: Option<&Caddy>, podman: Option<Podman>) -> Self {
+        let dir = ScratchDir::new("we-control");
+        let port = free_port();
+        let dead = free_port();
+        std::fs::create_dir_all(dir.path().join("quadlet")).expect("quadlet dir");
+        std::fs::write(dir.path().join("port-manifest.yaml"), manifest).expect("manifest");
+        // A webhook secret of its own (searched for in every output like the tokens).
+        let webhook_secret = format!("whsec{}", unique_id().replace('-', ""));
+        let secret_file = dir.path().join("webhook-secret");
+        std::fs::write(&secret_file, format!("{webhook_secret}\n")).expect("secret");
+        std::fs::set_permissions(&secret_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        let caddy_admin =
+            caddy.map_or_else(|| format!("http://127.0.0.1:{dead}"), Caddy::admin_url);
+        let text = format!(
+            r#"listen = "127.0.0.1:{port}"
+state_dir = "{state}"
+secret_file = "{secret_file}"
+max_attempts = 1
+shutdown_grace = "5s"
+[previews]
+github_api_url = "http://127.0.0.1:{dead}"
+caddy_admin = "{caddy_admin}"
+quadlet_dir = "{quadlet}"
+manifest = "{manifest}"
+runtime = "podman"
+[api]
+health_deadline = "30s"
+health_interval = "250ms"
+drain = "1s"
+"#,
+            state = dir.path().join("state").display(),
+            secret_file = secret_file.display(),
+            quadlet = dir.path().join("quadlet").display(),
+            manifest = dir.path().join("port-manifest.yaml").display(),
+        );
+        let config = dir.path().join("daemon.toml");
+        std::fs::write(&config, text).expect("config");
+        let boot = run(codeb("codeb-daemon")
+            .args(["bootstrap-admin", "--config"])
+            .arg(&config)
+            .args(["--name", "root"]));
+        assert_eq!(boot.code, 0, "bootstrap-admin: {}", boot.all());
+        let admin = boot
+            .stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("codeb_"))
+            .unwrap_or_else(|| panic!("no token from bootstrap-admin: {}", boot.all()))
+            .to_owned();
+        let log = dir.path().join("daemon.log");
+        let mut cp = Self {
+            dir,
+            port,
+            config,
+            child: None,
+            log,
+            admin,
+            webhook_secret,
+            home: ScratchDir::new("we-home"),
+            podman,
+            transcript: Transcript::default(),
+        };
+        cp.spawn();
+        cp
+    }
+
+    fn spawn(&mut self) {
+        let mut cmd = codeb("codeb-daemon");
+        cmd.args(["serve", "--config"]).arg(&self.config);
+        if let Some(p) = &self.podman {
+            p.configure(&mut cmd);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = cmd
+            .env("CODEB_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn codeb-daemon serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(c) = &mut self.child
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("codeb-daemon exited with {status}:\n{}", self.log_text());
+            }
+            if let Ok((200, _)) = http_get(&self.url("/healthz"), Duration::from_secs(2)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "codeb-daemon not ready:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn server(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.server())
+    }
+
+    /// An API call with `token` (for setup the CLI has no command for: creating projects).
+    fn api(&self, method: &str, path: &str, token: &str, body: &Value) -> (u16, String) {
+        let auth = format!("Bearer {token}");
+        let body = if body.is_null() {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        http_request(
+            method,
+            &self.url(path),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            &body,
+            Duration::from_secs(30),
+        )
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    fn create_project(&self, spec: &Value) {
+        let (status, body) = self.api("POST", "/api/v1/projects", &self.admin, spec);
+        assert_eq!(status, 201, "create project: {body}");
+    }
+
+    /// `we` with `token` from the environment (as CI would), recorded.
+    fn we_as(&self, token: &str, args: &[&str]) -> Run {
+        let mut c = we(self.home.path());
+        c.env(vars::CODEB_SERVER, self.server())
+            .env(vars::CODEB_TOKEN, token)
+            .args(args);
+        let r = run(&mut c);
+        self.transcript.record(&args.join(" "), &r);
+        r
+    }
+
+    /// `we` with the stored credentials, recorded.
+    fn we_stored(&self, args: &[&str]) -> Run {
+        let r = run(we(self.home.path()).args(args));
+        self.transcript.record(&args.join(" "), &r);
+        r
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn json(r: &Run) -> Value {
+    serde_json::from_str(r.stdout.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {}", r.all()))
+}
+
+/// Adds a member; returns (id, token).
+fn add_member(cp: &ControlPlane, name: &str, role: &str, extra: &[&str]) -> (i64, String) {
+    let mut args = vec!["team", "add", name, "--role", role, "--json"];
+    args.extend_from_slice(extra);
+    let r = cp.we_as(&cp.admin, &args);
+    assert_eq!(r.code, 0, "team add {name}: {}", r.all());
+    let v = json(&r);
+    let token = v["token"]["token"].as_str().expect("token").to_owned();
+    (v["user"]["id"].as_i64().expect("id"), token)
+}
+
+fn project_spec(name: &str, image: &str) -> Value {
+    serde_json::json!({
+        "name": name,
+        "type": "dockerfile",
+        "repository": format!("acme/{name}"),
+        "image": image,
+        "container_port": 3000,
+        "health_path": "/api/health",
+        "environments": [{"name": "production"}, {"name": "staging"}],
+        "owners": [],
+    })
+}
+
+#[test]
+fn we_login_team_roles_and_audit_over_the_real_daemon() {
+    let mine = project_name("wemine");
+    let other = project_name("weother");
+    let manifest = format!(
+        "version: 1\nprojects:\n  {mine}:\n    production: {{port: 4471}}\n  {other}:\n    production: {{port: 4472}}\n"
+    );
+    let cp = ControlPlane::start(&manifest, None, None);
+    cp.create_project(&project_spec(&mine, "127.0.0.1:1/acme/mine"));
+    cp.create_project(&project_spec(&other, "127.0.0.1:1/acme/other"));
+
+    // Login: the token from stdin, checked with the server, stored 0600.
+    let r = run_with_stdin(
+        we(cp.home.path()).args(["login", "--server", &cp.server()]),
+        &format!("{}\n", cp.admin),
+    );
+    cp.transcript.record("login", &r);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stderr.contains("as root (admin)"), "{}", r.all());
+    let creds = credentials(cp.home.path());
+    let mode = std::fs::metadata(&creds)
+        .expect("credentials")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    let r = cp.we_stored(&["whoami", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json(&r)["user"]["role"], "admin");
+
+    // A wrong token is refused at login (exit 4) and nothing changes on disk.
+    let before = std::fs::read(&creds).expect("read");
+    let stranger = crate::we_cli::token(77);
+    let r = run_with_stdin(
+        we(cp.home.path()).args(["login", "--server", &cp.server()]),
+        &stranger,
+    );
+    cp.transcript.record("login stranger", &r);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert_eq!(std::fs::read(&creds).expect("read"), before);
+
+    // The team: a developer owning `mine`, a viewer.
+    let (dev_id, dev) = add_member(&cp, "dev", "developer", &["--projects", &mine]);
+    let (viewer_id, viewer) = add_member(&cp, "viewer", "viewer", &[]);
+    let r = cp.we_stored(&["team", "list"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    for n in ["root", "dev", "viewer", &mine] {
+        assert!(r.stdout.contains(n), "team list lacks {n}: {}", r.all());
+    }
+    let r = cp.we_stored(&["team", "status", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json(&r)["users"], 3);
+
+    // Forbidden is exit 3, for writes of a viewer and a developer's foreign project; the
+    // deploys are refused before any job exists.
+    for (token, args) in [
+        (&viewer, vec!["team", "add", "eve", "--role", "admin"]),
+        (
+            &viewer,
+            vec![
+                "deploy",
+                &mine,
+                "-e",
+                "production",
+                "--skip-scan",
+                "--image",
+                "x/y:1",
+            ],
+        ),
+        (&viewer, vec!["rollback", &mine, "-e", "production"]),
+        (&viewer, vec!["ssot", "sync", "--dry-run"]),
+        (&viewer, vec!["audit"]),
+        (
+            &dev,
+            vec![
+                "deploy",
+                &other,
+                "-e",
+                "production",
+                "--skip-scan",
+                "--image",
+                "x/y:1",
+            ],
+        ),
+        (&dev, vec!["rollback", &other, "-e", "production"]),
+        (&dev, vec!["logs", &other]),
+        (&dev, vec!["team", "role", "2", "admin"]),
+    ] {
+        let r = cp.we_as(token, &args);
+        assert_eq!(r.code, 3, "{args:?}: {}", r.all());
+        assert!(r.stdout.is_empty(), "{args:?}: {}", r.all());
+        assert!(r.stderr.contains("forbidden"), "{args:?}: {}", r.all());
+    }
+    // Reads are open to a viewer.
+    for args in [
+        &["up", "--json"][..],
+        &["team", "list"],
+        &["ssot", "status"],
+    ] {
+        let r = cp.we_as(&viewer, args);
+        assert!(r.code == 0 || r.code == 1, "{args:?}: {}", r.all());
+    }
+
+    // Role change and toggle by the admin; a disabled member's token is refused (exit 4).
+    let r = cp.we_stored(&[
+        "team",
+        "role",
+        &viewer_id.to_string(),
+        "developer",
+        "--json",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json(&r)["role"], "developer");
+    let r = cp.we_stored(&["team", "toggle", &viewer_id.to_string(), "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(json(&r)["enabled"], false);
+    let r = cp.we_as(&viewer, &["up"]);
+    assert_eq!(r.code, 4, "disabled: {}", r.all());
+
+    // An expired token: exit 4 saying so.
+    let (_, short) = add_member(&cp, "brief", "viewer", &["--expires-in", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let r = cp.we_as(&short, &["whoami"]);
+    assert_eq!(r.code, 4, "{}", r.all());
+    assert!(r.stderr.contains("expired"), "{}", r.all());
+
+    // Bad input: names the server refuses are refused by `we` first (exit 2).
+    let r = cp.we_as(&dev, &["team", "role", &dev_id.to_string(), "root"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+
+    // The audit log has the denied deploy with its actor, and no token.
+    let r = cp.we_stored(&["audit", "--project", &other, "--since", "1h", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let entries = json(&r);
+    let denied: Vec<&Value> = entries
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["result"] == "denied" && e["actor"] == "dev")
+        .collect();
+    assert!(!denied.is_empty(), "no denied entry of dev: {entries}");
+    let r = cp.we_stored(&["audit", "--since", "1h"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("denied"), "{}", r.all());
+
+    // Logout revokes the stored token on the server.
+    let r = cp.we_stored(&["logout"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(!creds.exists());
+    let r = cp.we_as(&cp.admin, &["whoami"]);
+    assert_eq!(r.code, 4, "revoked: {}", r.all());
+
+    cp.transcript.assert_no_secret(
+        &[&cp.admin, &dev, &viewer, &short, &stranger],
+        &[
+            (
+                &format!("team add dev --role developer --json --projects {mine}"),
+                &dev,
+            ),
+            ("team add viewer --role viewer --json", &viewer),
+            (
+                "team add brief --role viewer --json --expires-in 1s",
+                &short,
+            ),
+        ],
+    );
+    let log = cp.log_text();
+    for s in [&cp.admin, &dev, &viewer, &short] {
+        assert!(!log.contains(s.as_str()), "the daemon log contains a token");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Deploys through `we`
+
+/// The public port P of a target whose slot ports 10000+P and 20000+P are free too.
+fn free_triple(range: std::ops::RangeInclusive<u16>) -> u16 {
+    let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let len = range.end() - range.start() + 1;
+    let offset = u16::try_from(std::process::id() % u32::from(len)).unwrap_or(0);
+    (0..len)
+        .map(|i| range.start() + (offset + i) % len)
+        .find(|&p| [p, p + 10000, p + 20000].into_iter().all(bindable))
+        .expect("a free port triple")
+}
+
+fn version_on(port: u16) -> Option<String> {
+    let (status, body) = http_get(
+        &format!("http://127.0.0.1:{port}/api/health"),
+        Duration::from_secs(5),
+    )
+    .ok()?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    (status == 200).then(|| v["version"].as_str().unwrap_or_default().to_owned())
+}
+
+/// Removes the containers of `project` (the names the engine gives them).
+fn remove_containers(podman: &Podman, project: &str) {
+    if let Ok(names) = podman.run(&[
+        "ps",
+        "-a",
+        "--filter",
+        &format!("name=^{project}-"),
+        "--format",
+        "{{.Names}}",
+    ]) {
+        for n in names
+            .lines()
+            .filter(|n| n.starts_with(&format!("{project}-")))
+        {
+            let _ = podman.run(&["rm", "-f", "-t", "0", n]);
+        }
+    }
+}
+
+/// The project's repository: the workflow codeb-workflow-gen generates for it and a `.env`.
+fn repository(dir: &Path, project: &str, registry: &str) -> PathBuf {
+    let repo = dir.join("repo");
+    std::fs::create_dir_all(repo.join(".github/workflows")).expect("mkdir");
+    std::fs::create_dir_all(repo.join(".git")).expect("git dir");
+    let r = run(codeb("codeb-workflow-gen").current_dir(&repo).args([
+        "--project",
+        project,
+        "--type",
+        "dockerfile",
+        "--registry",
+        registry,
+    ]));
+    assert_eq!(r.code, 0, "workflow-gen: {}", r.all());
+    std::fs::write(repo.join(".env"), "PORT=3000\n").expect("env");
+    repo
+}
+
+#[test]
+fn we_deploy_rollback_health_and_logs_with_real_podman_registry_and_caddy() {
+    let podman = Podman::new();
+    let registry = Registry::start();
+    podman.trust_insecure(&registry.host_port());
+    let images = SampleImages::build_and_push(&podman, &registry);
+    let caddy = Caddy::start();
+    let project = project_name("wedeploy");
+    let port = free_triple(4300..=4460);
+    let manifest =
+        format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {port}}}\n");
+    let cp = ControlPlane::start(&manifest, Some(&caddy), Some(podman.clone()));
+    struct Cleanup<'a>(&'a Podman, String);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            remove_containers(self.0, &self.1);
+        }
+    }
+    let _cleanup = Cleanup(&podman, project.clone());
+    // Production only: an environment in the registry with no port is rightly unhealthy.
+    let mut spec = project_spec(&project, &images.repository);
+    spec["environments"] = serde_json::json!([{"name": "production"}]);
+    cp.create_project(&spec);
+    let repo = repository(cp.dir.path(), &project, &registry.host_port());
+    let repo_s = repo.display().to_string();
+    let admin = cp.admin.clone();
+    let (_, dev) = add_member(&cp, "dev", "developer", &["--projects", &project]);
+    let v = |tag: &str| images.get(tag).reference.clone();
+
+    // The repository agrees with the server.
+    let r = cp.we_as(&dev, &["scan", &project, "--diff", "--dir", &repo_s]);
+    assert_eq!(r.code, 0, "scan: {}", r.all());
+    assert!(r.stdout.contains("up-to-date"), "{}", r.all());
+
+    // A dry run changes nothing.
+    let r = cp.we_as(
+        &dev,
+        &[
+            "deploy",
+            &project,
+            "-e",
+            "production",
+            "--image",
+            &v("v1"),
+            "--dir",
+            &repo_s,
+            "--dry-run",
+            "--json",
+        ],
+    );
+    assert_eq!(r.code, 0, "dry run: {}", r.all());
+    let plan: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    let plan = plan
+        .iter()
+        .find(|l| l["type"] == "plan")
+        .expect("a plan line");
+    assert_eq!(plan["plan"]["digest"], images.get("v1").digest.as_str());
+    assert_eq!(plan["plan"]["port"], port);
+    assert_eq!(version_on(port), None, "a dry run deployed something");
+
+    // v1, then v2 blue-green, by the developer who owns the project.
+    for tag in ["v1", "v2"] {
+        let r = cp.we_as(
+            &dev,
+            &[
+                "deploy",
+                &project,
+                "-e",
+                "production",
+                "--image",
+                &v(tag),
+                "--dir",
+                &repo_s,
+            ],
+        );
+        assert_eq!(r.code, 0, "deploy {tag}: {}\n{}", r.all(), cp.log_text());
+        assert!(r.stdout.contains("done"), "{}", r.all());
+        assert_eq!(version_on(port).as_deref(), Some(tag));
+    }
+
+    // Health and up see it; --json is one value.
+    let r = cp.we_as(&dev, &["health", &project, "--verbose"]);
+    assert_eq!(r.code, 0, "health: {}", r.all());
+    assert!(r.stdout.contains("healthy"), "{}", r.all());
+    let r = cp.we_as(&dev, &["up", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let up = json(&r);
+    assert!(
+        up["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .any(|c| c["project"] == project.as_str() && c["state"] == "running"),
+        "{up}"
+    );
+
+    // Logs: the serving container's real output.
+    let r = cp.we_as(&dev, &["logs", &project, "--tail", "20"]);
+    assert_eq!(r.code, 0, "logs: {}", r.all());
+    assert!(
+        r.stdout.contains("codeb-sample-app v2 listening"),
+        "{}",
+        r.all()
+    );
+
+    // logs -f across a deploy: the old container's stream ends, `we` reconnects and shows
+    // the new release's output.
+    let mut follow = we(cp.home.path());
+    follow
+        .env(vars::CODEB_SERVER, cp.server())
+        .env(vars::CODEB_TOKEN, &dev)
+        .args(["logs", &project, "-f", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = follow.spawn().expect("spawn we logs -f");
+    let seen = std::sync::Arc::new(Mutex::new(String::new()));
+    let reader = {
+        let seen = seen.clone();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut s = seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                s.push_str(&line);
+                s.push('\n');
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(1));
+
+    // Drift refuses the deploy (exit 1) unless --force.
+    let wf = repo.join(format!(".github/workflows/{project}-deploy.yml"));
+    let text = std::fs::read_to_string(&wf).expect("workflow");
+    std::fs::write(&wf, text.replacen("timeout-minutes", "timeout-minutes ", 1)).expect("edit");
+    let r = cp.we_as(
+        &dev,
+        &[
+            "deploy",
+            &project,
+            "-e",
+            "production",
+            "--image",
+            &v("v1"),
+            "--dir",
+            &repo_s,
+        ],
+    );
+    assert_eq!(r.code, 1, "drift: {}", r.all());
+    assert!(
+        r.stderr.contains("drift") && r.stderr.contains("--force"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(
+        version_on(port).as_deref(),
+        Some("v2"),
+        "refused, nothing changed"
+    );
+    let r = cp.we_as(
+        &dev,
+        &["scan", &project, "--diff", "--dir", &repo_s, "--json"],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert_eq!(json(&r)["drift"], true);
+    let r = cp.we_as(
+        &dev,
+        &[
+            "deploy",
+            &project,
+            "-e",
+            "production",
+            "--image",
+            &v("v1"),
+            "--dir",
+            &repo_s,
+            "--force",
+        ],
+    );
+    assert_eq!(r.code, 0, "forced deploy: {}", r.all());
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // The follower saw v1 start in the new slot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline
+        && !seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains("v1 listening")
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("we logs -f output");
+    let _ = reader.join();
+    let stdout = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    cp.transcript.record(
+        "logs -f",
+        &Run {
+            code: 0,
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+        },
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let sources: Vec<&Value> = lines.iter().filter(|l| l["type"] == "source").collect();
+    assert!(
+        sources.len() >= 2,
+        "no reconnect to the new container:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l["type"] == "line"
+            && l["line"]
+                .as_str()
+                .is_some_and(|s| s.contains("v1 listening"))),
+        "the new release's output was not followed:\n{stdout}\n{stderr}"
+    );
+    let mut counts = BTreeMap::new();
+    for l in lines.iter().filter(|l| l["type"] == "line") {
+        *counts.entry(l["line"].to_string()).or_insert(0) += 1;
+    }
+    assert!(
+        counts.values().all(|n| *n == 1),
+        "a line was repeated: {counts:?}"
+    );
+
+    // Rollback goes back to v2; a broken release (v3) fails (exit 1) and v2 keeps serving.
+    let r = cp.we_as(&dev, &["rollback", &project, "-e", "production"]);
+    assert_eq!(r.code, 0, "rollback: {}", r.all());
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    let r = cp.we_as(
+        &admin,
+        &[
+            "deploy",
+            &project,
+            "-e",
+            "production",
+            "--image",
+            &v("v3"),
+            "--skip-scan",
+        ],
+    );
+    assert_eq!(r.code, 1, "a broken release: {}", r.all());
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    let r = cp.we_as(&dev, &["health", &project]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    cp.transcript.assert_no_secret(
+        &[&admin, &dev],
+        &[(
+            &format!("team add dev --role developer --json --projects {project}"),
+            &dev,
+        )],
+    );
+}

@@ -1056,3 +1056,279 @@ fn we_ssot_sync_repairs_a_missing_route_and_an_orphan_container_and_scan_ports_s
 
     cp.assert_secrets_kept(&[]);
 }
+
+/// A `we` process whose stdout lines are collected as they come.
+struct Background {
+    child: Child,
+    lines: std::sync::Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Background {
+    fn spawn(cp: &ControlPlane, token: &str, args: &[&str]) -> Self {
+        let mut c = we(cp.home.path());
+        c.env(vars::CODEB_SERVER, cp.server())
+            .env(vars::CODEB_TOKEN, token)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("spawn we");
+        let lines = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stdout = child.stdout.take().expect("stdout");
+        let l2 = lines.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                l2.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(line);
+            }
+        });
+        Self {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Waits (bounded) until a stdout line satisfies `f`.
+    fn wait_line(&self, what: &str, f: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(v) = self
+                .lines()
+                .iter()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find(|v| f(v))
+            {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "no {what} line: {:?}", self.lines());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits for the exit (bounded); records the output in the transcript.
+    fn finish(mut self, cp: &ControlPlane, what: &str) -> Run {
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("`we {what}` did not end: {:?}", self.lines());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+        let mut stderr = String::new();
+        if let Some(mut e) = self.child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let r = Run {
+            code: status.code().unwrap_or(-1),
+            stdout: self.lines().join("\n"),
+            stderr,
+        };
+        cp.transcript.record(what, &r);
+        r
+    }
+}
+
+fn args(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn history(cp: &ControlPlane, podman: &Podman, project: &str) -> Vec<(String, String)> {
+    let mut c = crate::util::scrubbed(crate::util::bin("codeb-quadlet-update"));
+    podman.configure(&mut c);
+    c.args(["history", "--project", project, "--environment", "production"])
+        .arg("--quadlet-dir")
+        .arg(cp.dir.path().join("quadlet"))
+        .args(["--format", "json"]);
+    let r = run(&mut c);
+    assert_eq!(r.code, 0, "history: {}", r.all());
+    let h: Value = serde_json::from_str(&r.stdout).expect("history JSON");
+    h["releases"]
+        .as_array()
+        .expect("releases")
+        .iter()
+        .map(|r| {
+            (
+                r["digest"].as_str().unwrap_or_default().to_owned(),
+                r["outcome"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Issue 10's faults with real deploys: a runner deploy (`codeb-quadlet-update`, the step
+/// binary) holding the target's lock makes a `we deploy` wait, name the holder and time out
+/// clearly, or wait its turn; a daemon SIGKILLed mid-job reports the job interrupted after
+/// the restart, never runs it again, and leaves the lock free.
+#[test]
+fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job() {
+    let podman = Podman::new();
+    let registry = Registry::start();
+    podman.trust_insecure(&registry.host_port());
+    let images = SampleImages::build_and_push(&podman, &registry);
+    let caddy = Caddy::start();
+    let project = project_name("welock");
+    let port = free_triple(4300..=4460);
+    let manifest =
+        format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {port}}}\n");
+    let mut cp = ControlPlane::start(&manifest, Some(&caddy), Some(podman.clone()));
+    struct Cleanup<'a>(&'a Podman, String);
+    impl Drop for Cleanup<'_> {
+        fn drop(&mut self) {
+            remove_containers(self.0, &self.1);
+        }
+    }
+    let _cleanup = Cleanup(&podman, project.clone());
+    let mut spec = project_spec(&project, &images.repository);
+    spec["environments"] = serde_json::json!([{"name": "production"}]);
+    cp.create_project(&spec);
+    let admin = cp.admin.clone();
+    let (v1, v2, v3) = (images.get("v1"), images.get("v2"), images.get("v3"));
+    let deploy = |img: &str, extra: &[&str]| {
+        let mut a = vec!["deploy", &project, "-e", "production", "--image", img, "--skip-scan"];
+        a.extend_from_slice(extra);
+        a.into_iter().map(str::to_owned).collect::<Vec<String>>()
+    };
+
+    let r = cp.we_as(&admin, &args(&deploy(&v1.reference, &[])));
+    assert_eq!(r.code, 0, "v1: {}\n{}", r.all(), cp.log_text());
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // The runner's deploy of the broken v3: it holds the lock through its health deadline.
+    let mut runner = crate::util::scrubbed(crate::util::bin("codeb-quadlet-update"));
+    podman.configure(&mut runner);
+    runner
+        .args(["deploy", "--project", &project, "--environment", "production"])
+        .args(["--image", &v3.reference])
+        .arg("--manifest")
+        .arg(cp.dir.path().join("port-manifest.yaml"))
+        .arg("--quadlet-dir")
+        .arg(cp.dir.path().join("quadlet"))
+        .args(["--runtime", "podman", "--caddy-admin", &caddy.admin_url()])
+        .args(["--drain", "1s", "--health-deadline", "15s", "--health-interval", "250ms"])
+        .args(["--health-cmd", "none", "--actor", "the-runner"])
+        .env("GITHUB_OUTPUT", cp.dir.path().join("github-output"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let runner = runner.spawn().expect("spawn codeb-quadlet-update");
+    let runner_pid = runner.id();
+    let holder = cp
+        .dir
+        .path()
+        .join(format!("quadlet/.codeb/{project}-production.holder"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&holder)
+        .unwrap_or_default()
+        .contains(&format!("pid {runner_pid} "))
+    {
+        assert!(Instant::now() < deadline, "the runner never took the lock");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // A `we deploy` with a short lock timeout waits, names the runner, and fails (exit 1).
+    let r = cp.we_as(&admin, &args(&deploy(&v2.reference, &["--lock-timeout", "2s"])));
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("waiting for the lock")
+            && r.stderr.contains(&format!("pid {runner_pid}"))
+            && r.stderr.contains("the-runner"),
+        "the wait names the holder: {}",
+        r.all()
+    );
+    assert!(
+        r.stderr.contains("holds the lock") && r.stderr.contains("lock_timeout"),
+        "a clear timeout: {}",
+        r.all()
+    );
+
+    // One with a long timeout waits its turn, then deploys.
+    let waiter = Background::spawn(
+        &cp,
+        &admin,
+        &args(&deploy(&v2.reference, &["--lock-timeout", "2m", "--json"])),
+    );
+    let waiting = waiter.wait_line("waiting", |v| v["type"] == "waiting");
+    assert!(waiting.to_string().contains(&format!("pid {runner_pid}")), "{waiting}");
+    let out = runner.wait_with_output().expect("runner");
+    assert_ne!(
+        out.status.code(),
+        Some(0),
+        "v3 is broken: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = waiter.finish(&cp, "deploy v2 waiting");
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), cp.log_text());
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    // One after the other: the runner's v3 was decided (rolled back) before v2 went active.
+    let h = history(&cp, &podman, &project);
+    assert_eq!(
+        h.iter().take(3).cloned().collect::<Vec<_>>(),
+        vec![
+            (v2.digest.clone(), "active".to_owned()),
+            (v3.digest.clone(), "rolled-back".to_owned()),
+            (v1.digest.clone(), "superseded".to_owned()),
+        ],
+        "{h:?}"
+    );
+
+    // The daemon SIGKILLed while a job health-checks v3 (the daemon's deadline is 30 s).
+    let follower = Background::spawn(&cp, &admin, &args(&deploy(&v3.reference, &["--json"])));
+    let job = follower.wait_line("job", |v| v["type"] == "job");
+    let job_id = job["job"]["id"].as_i64().expect("job id");
+    follower.wait_line("a failed health probe", |v| {
+        v["type"] == "progress" && v["message"].as_str().is_some_and(|m| m.contains("probe"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    cp.kill(); // SIGKILL
+    cp.spawn();
+    let r = follower.finish(&cp, "deploy v3 across a daemon kill");
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("interrupted"), "{}", r.all());
+    let (status, body) = cp.api("GET", &format!("/api/v1/jobs/{job_id}"), &admin, &Value::Null);
+    assert_eq!(status, 200, "{body}");
+    let j: Value = serde_json::from_str(&body).expect("job JSON");
+    assert_eq!(j["state"], "interrupted", "{j}");
+    assert_eq!(version_on(port).as_deref(), Some("v2"), "v2 kept serving");
+    // Never run again: no job runs now, and the history has the one attempt.
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, body) = cp.api("GET", "/api/v1/jobs", &admin, &Value::Null);
+    let jobs: Value = serde_json::from_str(&body).expect("jobs JSON");
+    assert!(
+        jobs.as_array()
+            .expect("jobs")
+            .iter()
+            .all(|j| j["state"] != "running" && j["state"] != "queued"),
+        "{jobs}"
+    );
+    let attempts = history(&cp, &podman, &project)
+        .iter()
+        .filter(|(d, _)| d == &v3.digest)
+        .count();
+    assert!(attempts <= 2, "v3: the runner's attempt and at most the killed job's");
+    // The lock is free: the next deploy does not wait, and succeeds over the leftovers.
+    let r = cp.we_as(&admin, &args(&deploy(&v1.reference, &["--lock-timeout", "5s"])));
+    assert_eq!(r.code, 0, "{}\n{}", r.all(), cp.log_text());
+    assert!(!r.stderr.contains("waiting for the lock"), "{}", r.all());
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let r = cp.we_as(&admin, &["health", &project]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    cp.assert_secrets_kept(&[]);
+}

@@ -91,7 +91,10 @@ impl ControlPlane {
         let webhook_secret = {
             use sha2::Digest;
             let h = sha2::Sha256::digest(format!("{}-{:?}", unique_id(), Instant::now()));
-            format!("whsec{}", h.iter().map(|b| format!("{b:02x}")).collect::<String>())
+            format!(
+                "whsec{}",
+                h.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
         };
         let secret_file = dir.path().join("webhook-secret");
         std::fs::write(&secret_file, format!("{webhook_secret}\n")).expect("secret");
@@ -269,9 +272,15 @@ impl ControlPlane {
 
     /// [`Self::assert_secrets_kept`], reading the audit log with `reader` (an admin token).
     fn assert_secrets_kept_with(&self, reader: &str, extra: &[&str]) {
-        let r = self.we_as(reader, &["audit", "--since", "1d", "--json", "--limit", "10000"]);
+        let r = self.we_as(
+            reader,
+            &["audit", "--since", "1d", "--json", "--limit", "10000"],
+        );
         assert_eq!(r.code, 0, "audit: {}", r.all());
-        assert!(json(&r).as_array().is_some_and(|a| !a.is_empty()), "no audit entries");
+        assert!(
+            json(&r).as_array().is_some_and(|a| !a.is_empty()),
+            "no audit entries"
+        );
         let tokens = self
             .tokens
             .lock()
@@ -930,13 +939,20 @@ fn we_ssot_sync_repairs_a_missing_route_and_an_orphan_container_and_scan_ports_s
     let squatter = crate::util::listen_in(4461..=4499);
     let ghost_port = squatter.local_addr().expect("addr").port();
     let manifest_path_text = |with_ghost: bool| {
-        let mut m = format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {port}}}\n");
+        let mut m =
+            format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {port}}}\n");
         if with_ghost {
-            m.push_str(&format!("  {ghost}:\n    production: {{port: {ghost_port}}}\n"));
+            m.push_str(&format!(
+                "  {ghost}:\n    production: {{port: {ghost_port}}}\n"
+            ));
         }
         m
     };
-    let mut cp = ControlPlane::start(&manifest_path_text(true), Some(&caddy), Some(podman.clone()));
+    let mut cp = ControlPlane::start(
+        &manifest_path_text(true),
+        Some(&caddy),
+        Some(podman.clone()),
+    );
     spawn_daemon_env(&mut cp, &storage);
     let mut spec = project_spec(&project, &images.repository);
     spec["environments"] = serde_json::json!([{"name": "production"}]);
@@ -946,7 +962,15 @@ fn we_ssot_sync_repairs_a_missing_route_and_an_orphan_container_and_scan_ports_s
 
     let r = cp.we_as(
         &admin,
-        &["deploy", &project, "-e", "production", "--image", &v1.reference, "--skip-scan"],
+        &[
+            "deploy",
+            &project,
+            "-e",
+            "production",
+            "--image",
+            &v1.reference,
+            "--skip-scan",
+        ],
     );
     assert_eq!(r.code, 0, "deploy: {}\n{}", r.all(), cp.log_text());
     assert_eq!(version_on(port).as_deref(), Some("v1"));
@@ -988,10 +1012,14 @@ fn we_ssot_sync_repairs_a_missing_route_and_an_orphan_container_and_scan_ports_s
     let f = findings(&plan);
     let route = ("missing_route".to_owned(), format!("{project}/production"));
     let orphan_f = ("orphan_container".to_owned(), orphan.clone());
-    let ghost_f = ("manifest_without_project".to_owned(), format!("{ghost}/production"));
+    let ghost_f = (
+        "manifest_without_project".to_owned(),
+        format!("{ghost}/production"),
+    );
     for want in [&route, &orphan_f, &ghost_f] {
         assert!(
-            f.iter().any(|(k, t, rep)| (k, t) == (&want.0, &want.1) && rep.is_null()),
+            f.iter()
+                .any(|(k, t, rep)| (k, t) == (&want.0, &want.1) && rep.is_null()),
             "dry run lacks {want:?} (unrepaired): {plan}"
         );
     }
@@ -1008,7 +1036,8 @@ fn we_ssot_sync_repairs_a_missing_route_and_an_orphan_container_and_scan_ports_s
     let f = findings(&done);
     for want in [&route, &orphan_f] {
         assert!(
-            f.iter().any(|(k, t, rep)| (k, t) == (&want.0, &want.1) && rep == &Value::Bool(true)),
+            f.iter()
+                .any(|(k, t, rep)| (k, t) == (&want.0, &want.1) && rep == &Value::Bool(true)),
             "not repaired: {want:?}: {done}"
         );
     }
@@ -1032,12 +1061,18 @@ fn we_ssot_sync_repairs_a_missing_route_and_an_orphan_container_and_scan_ports_s
             .as_array()
             .expect("entries")
             .iter()
-            .any(|e| e["port"] == port && e["listening"] == true && e["project"] == project.as_str()),
+            .any(|e| e["port"] == port
+                && e["listening"] == true
+                && e["project"] == project.as_str()),
         "{ports}"
     );
     let r = cp.we_as(&admin, &["scan", "--ports"]);
     assert_eq!(r.code, 1, "{}", r.all());
-    assert!(r.stderr.contains(&format!("port {ghost_port}")), "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!("port {ghost_port}")),
+        "{}",
+        r.all()
+    );
 
     // Without the ghost everything agrees: sync and scan exit 0.
     drop(squatter);
@@ -1078,7 +1113,10 @@ impl Background {
         let l2 = lines.clone();
         let reader = std::thread::spawn(move || {
             use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 l2.lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(line);
@@ -1110,7 +1148,11 @@ impl Background {
             {
                 return v;
             }
-            assert!(Instant::now() < deadline, "no {what} line: {:?}", self.lines());
+            assert!(
+                Instant::now() < deadline,
+                "no {what} line: {:?}",
+                self.lines()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -1153,10 +1195,16 @@ fn args(v: &[String]) -> Vec<&str> {
 fn history(cp: &ControlPlane, podman: &Podman, project: &str) -> Vec<(String, String)> {
     let mut c = crate::util::scrubbed(crate::util::bin("codeb-quadlet-update"));
     podman.configure(&mut c);
-    c.args(["history", "--project", project, "--environment", "production"])
-        .arg("--quadlet-dir")
-        .arg(cp.dir.path().join("quadlet"))
-        .args(["--format", "json"]);
+    c.args([
+        "history",
+        "--project",
+        project,
+        "--environment",
+        "production",
+    ])
+    .arg("--quadlet-dir")
+    .arg(cp.dir.path().join("quadlet"))
+    .args(["--format", "json"]);
     let r = run(&mut c);
     assert_eq!(r.code, 0, "history: {}", r.all());
     let h: Value = serde_json::from_str(&r.stdout).expect("history JSON");
@@ -1202,7 +1250,15 @@ fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job()
     let admin = cp.admin.clone();
     let (v1, v2, v3) = (images.get("v1"), images.get("v2"), images.get("v3"));
     let deploy = |img: &str, extra: &[&str]| {
-        let mut a = vec!["deploy", &project, "-e", "production", "--image", img, "--skip-scan"];
+        let mut a = vec![
+            "deploy",
+            &project,
+            "-e",
+            "production",
+            "--image",
+            img,
+            "--skip-scan",
+        ];
         a.extend_from_slice(extra);
         a.into_iter().map(str::to_owned).collect::<Vec<String>>()
     };
@@ -1215,14 +1271,27 @@ fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job()
     let mut runner = crate::util::scrubbed(crate::util::bin("codeb-quadlet-update"));
     podman.configure(&mut runner);
     runner
-        .args(["deploy", "--project", &project, "--environment", "production"])
+        .args([
+            "deploy",
+            "--project",
+            &project,
+            "--environment",
+            "production",
+        ])
         .args(["--image", &v3.reference])
         .arg("--manifest")
         .arg(cp.dir.path().join("port-manifest.yaml"))
         .arg("--quadlet-dir")
         .arg(cp.dir.path().join("quadlet"))
         .args(["--runtime", "podman", "--caddy-admin", &caddy.admin_url()])
-        .args(["--drain", "1s", "--health-deadline", "15s", "--health-interval", "250ms"])
+        .args([
+            "--drain",
+            "1s",
+            "--health-deadline",
+            "15s",
+            "--health-interval",
+            "250ms",
+        ])
         .args(["--health-cmd", "none", "--actor", "the-runner"])
         .env("GITHUB_OUTPUT", cp.dir.path().join("github-output"))
         .stdin(Stdio::null())
@@ -1244,7 +1313,10 @@ fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job()
     }
 
     // A `we deploy` with a short lock timeout waits, names the runner, and fails (exit 1).
-    let r = cp.we_as(&admin, &args(&deploy(&v2.reference, &["--lock-timeout", "2s"])));
+    let r = cp.we_as(
+        &admin,
+        &args(&deploy(&v2.reference, &["--lock-timeout", "2s"])),
+    );
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
         r.stderr.contains("waiting for the lock")
@@ -1266,7 +1338,10 @@ fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job()
         &args(&deploy(&v2.reference, &["--lock-timeout", "2m", "--json"])),
     );
     let waiting = waiter.wait_line("waiting", |v| v["type"] == "waiting");
-    assert!(waiting.to_string().contains(&format!("pid {runner_pid}")), "{waiting}");
+    assert!(
+        waiting.to_string().contains(&format!("pid {runner_pid}")),
+        "{waiting}"
+    );
     let out = runner.wait_with_output().expect("runner");
     assert_ne!(
         out.status.code(),
@@ -1302,7 +1377,12 @@ fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job()
     let r = follower.finish(&cp, "deploy v3 across a daemon kill");
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("interrupted"), "{}", r.all());
-    let (status, body) = cp.api("GET", &format!("/api/v1/jobs/{job_id}"), &admin, &Value::Null);
+    let (status, body) = cp.api(
+        "GET",
+        &format!("/api/v1/jobs/{job_id}"),
+        &admin,
+        &Value::Null,
+    );
     assert_eq!(status, 200, "{body}");
     let j: Value = serde_json::from_str(&body).expect("job JSON");
     assert_eq!(j["state"], "interrupted", "{j}");
@@ -1322,13 +1402,241 @@ fn we_deploy_waits_for_the_runners_lock_and_a_killed_daemon_interrupts_its_job()
         .iter()
         .filter(|(d, _)| d == &v3.digest)
         .count();
-    assert!(attempts <= 2, "v3: the runner's attempt and at most the killed job's");
+    assert!(
+        attempts <= 2,
+        "v3: the runner's attempt and at most the killed job's"
+    );
     // The lock is free: the next deploy does not wait, and succeeds over the leftovers.
-    let r = cp.we_as(&admin, &args(&deploy(&v1.reference, &["--lock-timeout", "5s"])));
+    let r = cp.we_as(
+        &admin,
+        &args(&deploy(&v1.reference, &["--lock-timeout", "5s"])),
+    );
     assert_eq!(r.code, 0, "{}\n{}", r.all(), cp.log_text());
     assert!(!r.stderr.contains("waiting for the lock"), "{}", r.all());
     assert_eq!(version_on(port).as_deref(), Some("v1"));
     let r = cp.we_as(&admin, &["health", &project]);
     assert_eq!(r.code, 0, "{}", r.all());
+    cp.assert_secrets_kept(&[]);
+}
+
+/// `X-Hub-Signature-256` of `body` under `secret`.
+fn webhook_signature(secret: &str, body: &[u8]) -> String {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    format!(
+        "sha256={}",
+        tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// One garbage request on a fresh connection; the status, or 0 when the server closed the
+/// connection without one (what it does to bytes that are not HTTP).
+fn garbage(port: u16, n: usize) -> u16 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 1;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let _ = s.set_write_timeout(Some(Duration::from_secs(10)));
+    let bad_token = crate::we_cli::token(u8::try_from(n % 200).unwrap_or(0));
+    let req: Vec<u8> = match n % 6 {
+        // Malformed JSON with a token that does not exist.
+        0 => format!(
+            "POST /api/v1/projects HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {bad_token}\r\ncontent-type: application/json\r\ncontent-length: 9\r\nconnection: close\r\n\r\n{{\"name\":["
+        )
+        .into_bytes(),
+        // A token with a broken checksum.
+        1 => format!(
+            "GET /api/v1/projects HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}x\r\nconnection: close\r\n\r\n",
+            &bad_token[..bad_token.len() - 1]
+        )
+        .into_bytes(),
+        // A huge body announced (the body limit answers before reading it).
+        2 => b"POST /api/v1/projects/x/deploy HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 500000000\r\nconnection: close\r\n\r\n{\"environment\":\"production\"".to_vec(),
+        // Not HTTP at all.
+        3 => b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage\r\n\r\n".to_vec(),
+        // No token; names that break the rules.
+        4 => b"GET /api/v1/projects/..%2F..%2Fetc/logs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec(),
+        _ => format!(
+            "POST /api/v1/projects/a;rm%20-rf/deploy HTTP/1.1\r\nhost: x\r\nauthorization: Bearer codeb_{}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}",
+            "A".repeat(n % 300)
+        )
+        .into_bytes(),
+    };
+    if s.write_all(&req).is_err() {
+        return 0;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 1,000 requests a second of garbage at `/api/v1` for a few seconds (malformed JSON, bad
+/// and broken tokens, huge bodies, bytes that are not HTTP, slowloris clients) while a
+/// signed webhook is still verified and answered (a forged one refused) and an admin still reads the registry; no answer is a
+/// 5xx other than 503 `overloaded`, and every token answer is 401.
+#[test]
+fn a_garbage_flood_at_the_api_leaves_webhooks_and_reads_served() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let cp = ControlPlane::start("version: 1\nprojects: {}\n", None, None);
+    let port = cp.port;
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let sent = std::sync::Arc::new(AtomicUsize::new(0));
+    let statuses = std::sync::Arc::new(Mutex::new(BTreeMap::<(usize, u16), usize>::new()));
+
+    // Slowloris: 100 connections that send a header byte now and then.
+    let slow: Vec<_> = (0..100)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                    return;
+                };
+                let _ = s.write_all(b"GET /api/v1/projects HTTP/1.1\r\nhost: x\r\n");
+                let mut i = 0;
+                while !stop.load(Ordering::SeqCst) && i < 100 {
+                    if s.write_all(format!("x-{i}: y\r\n").as_bytes()).is_err() {
+                        break;
+                    }
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+            })
+        })
+        .collect();
+
+    // The flood: 8 threads, 125 requests a second each, for 4 seconds.
+    const THREADS: usize = 8;
+    const PER_THREAD: usize = 500;
+    let started = Instant::now();
+    let flood: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let (sent, statuses) = (sent.clone(), statuses.clone());
+            std::thread::spawn(move || {
+                let begin = Instant::now();
+                for i in 0..PER_THREAD {
+                    let due = begin + Duration::from_millis(8 * i as u64);
+                    if let Some(w) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(w);
+                    }
+                    let n = t * PER_THREAD + i;
+                    let code = garbage(port, n);
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    *statuses
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .entry((n % 6, code))
+                        .or_insert(0) += 1;
+                }
+            })
+        })
+        .collect();
+
+    // Meanwhile: signed webhooks are accepted, the admin's reads served.
+    let body = std::fs::read(
+        crate::util::repo().join("tests/corpora/github-webhooks/pull_request/opened.payload.json"),
+    )
+    .expect("corpus payload");
+    let sig = webhook_signature(&cp.webhook_secret, &body);
+    let mut accepted = 0;
+    let mut reads = 0;
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(500));
+        let during = sent.load(Ordering::SeqCst);
+        let delivery = format!("flood-{}-{i}", unique_id());
+        let (status, answer) = http_request(
+            "POST",
+            &cp.url("/webhook/github"),
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", "pull_request"),
+                ("x-github-delivery", &delivery),
+                ("x-hub-signature-256", &sig),
+            ],
+            &body,
+            Duration::from_secs(10),
+        )
+        .expect("webhook during the flood");
+        // Verified and answered: the repository is not one this daemon previews, so the
+        // delivery is acknowledged as ignored (a wrong signature is 401, below).
+        assert_eq!(status, 200, "a signed webhook during the flood: {answer}");
+        assert!(answer.contains("\"ignored\""), "{answer}");
+        let (status, answer) = http_request(
+            "POST",
+            &cp.url("/webhook/github"),
+            &[
+                ("content-type", "application/json"),
+                ("x-github-event", "pull_request"),
+                ("x-github-delivery", &format!("{delivery}-forged")),
+                (
+                    "x-hub-signature-256",
+                    &webhook_signature("not-the-secret", &body),
+                ),
+            ],
+            &body,
+            Duration::from_secs(10),
+        )
+        .expect("forged webhook during the flood");
+        assert_eq!(status, 401, "a forged webhook during the flood: {answer}");
+        assert!(
+            during > 0 && during < THREADS * PER_THREAD,
+            "not during the flood"
+        );
+        accepted += 1;
+        let (status, answer) = cp.api("GET", "/api/v1/projects", &cp.admin, &Value::Null);
+        assert!(status == 200 || status == 503, "{status}: {answer}");
+        reads += usize::from(status == 200);
+    }
+    for f in flood {
+        f.join().expect("flood thread");
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    for s in slow {
+        let _ = s.join();
+    }
+    let total = sent.load(Ordering::SeqCst);
+    let statuses = statuses
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    println!(
+        "garbage flood: {total} requests in {elapsed:.1?} ({:.0}/s), {accepted} webhooks accepted, {reads}/5 admin reads served; (kind, status) -> count: {statuses:?}",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(total, THREADS * PER_THREAD);
+    for (&(kind, code), n) in &statuses {
+        assert!(
+            code < 500 || code == 503,
+            "kind {kind} got {code} ({n} times)"
+        );
+        match kind {
+            0 | 1 => assert!(
+                code == 401 || code == 503,
+                "a bad token got {code} ({n} times)"
+            ),
+            // Refused by its Content-Length at once (the body is never sent).
+            2 => assert!(code == 413 || code == 503, "a huge body got {code}"),
+            3 => assert!(code == 0 || code == 400, "not HTTP got {code}"),
+            _ => assert!(
+                (400..500).contains(&code) || code == 503,
+                "kind {kind} got {code}"
+            ),
+        }
+    }
+    // Afterwards everything answers as before.
+    let (status, answer) = cp.api("GET", "/api/v1/projects", &cp.admin, &Value::Null);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        http_get(&cp.url("/healthz"), Duration::from_secs(5)).map(|r| r.0),
+        Ok(200)
+    );
     cp.assert_secrets_kept(&[]);
 }

@@ -47,7 +47,11 @@ pub struct Container {
 /// The state word from `{{.State}}`: podman 4.3's template gives the status text ("Up 2
 /// seconds ago", "Exited (0) 3 minutes ago"), newer ones the state ("running").
 pub fn container_state(raw: &str) -> String {
-    let first = raw.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+    let first = raw
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     match first.as_str() {
         "up" => "running".to_owned(),
         _ => first,

@@ -17,6 +17,7 @@
 //! capacity; streams (job events, logs) have a second limit and do not count against it.
 
 pub mod db;
+pub mod guard;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
@@ -582,6 +583,10 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 async fn limit(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    let req = match guard::buffered(req, guard::BODY_TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let Ok(_permit) = api.limit.clone().try_acquire_owned() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

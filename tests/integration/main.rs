@@ -22,4 +22,5 @@ mod previews;
 mod tidy;
 mod we_cli;
 mod we_control;
+mod we_scale;
 mod workflow_gen;

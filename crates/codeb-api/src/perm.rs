@@ -88,10 +88,14 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// The values of a project environment's env file (for `we scale k8s`'s Secret).
+    EnvRead,
+    /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
+    ScaleStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 30] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -120,6 +124,8 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::EnvRead,
+        Action::ScaleStatus,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -153,6 +159,8 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::EnvRead => "env.read",
+            Action::ScaleStatus => "scale.status",
         }
     }
 
@@ -195,7 +203,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 28] = {
+pub const TABLE: [(Action, [Access; 3]); 30] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -226,6 +234,8 @@ pub const TABLE: [(Action, [Access; 3]); 28] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::EnvRead, [A, O, D]),
+        (Action::ScaleStatus, [A, A, A]),
     ]
 };
 

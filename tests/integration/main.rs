@@ -22,5 +22,6 @@ mod previews;
 mod sudo;
 mod tidy;
 mod we_cli;
+mod we_control;
 mod we_scale;
 mod workflow_gen;

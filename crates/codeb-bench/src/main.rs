@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     // Only when named: it needs the control plane's /api/v1, which is not built yet.
-    if which.contains(&"we")
+    if (all || which.contains(&"we"))
         && let Err(e) = we::run(runs)
     {
         eprintln!("codeb-bench: {e}");

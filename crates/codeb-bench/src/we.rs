@@ -3,7 +3,12 @@
 //! request with the same token, interleaved in the same run against the same daemon. The
 //! target is a median within 1.5x of curl's.
 //!
-//! Only 127.0.0.1 is targeted; the loop is bounded by `runs`.
+//! Also the control plane's authenticated read: `GET /api/v1/projects` (20 projects, a
+//! token checked against the store on every request) paced at 500 requests/s over keep-alive
+//! connections, beside the same load on `GET /healthz` (the server's floor: no token, no
+//! store), alternating rounds in the same run. The target is a p99 under 5 ms.
+//!
+//! Only 127.0.0.1 is targeted; the loops are bounded by `runs` and by count.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -145,6 +150,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
             .env_clear();
         c
     };
+    api_reads(dir, port, &token)?;
     println!(
         "\n## `we up --json` end to end vs {curl_version} (same request, same daemon, {runs} interleaved runs)\n"
     );
@@ -158,4 +164,181 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
         if ratio <= 1.5 { "met" } else { "NOT met" }
     );
     Ok(())
+}
+
+const PACED_RATE: u64 = 500;
+const PACED_SECONDS: u64 = 4;
+const PACED_CONNECTIONS: usize = 8;
+const ROUNDS: usize = 2;
+
+/// Registers 20 projects (through curl, as any client would), then paces reads.
+fn api_reads(dir: &Path, port: u16, token: &str) -> Result<(), String> {
+    let header = dir.join("auth.header");
+    for i in 0..20 {
+        let body = format!(
+            r#"{{"name":"bench{i}","type":"dockerfile","repository":"acme/bench{i}","image":"127.0.0.1:1/acme/bench{i}","container_port":3000,"health_path":"/health","environments":[{{"name":"production"}}],"owners":[]}}"#
+        );
+        let out = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "-X", "POST", "-H"])
+            .arg(format!("@{}", header.display()))
+            .args([
+                "-H",
+                "content-type: application/json",
+                "--data-binary",
+                &body,
+            ])
+            .arg(format!("http://127.0.0.1:{port}/api/v1/projects"))
+            .status()
+            .map_err(|e| format!("curl: {e}"))?;
+        if !out.success() {
+            return Err(format!("registering bench{i} failed: {out}"));
+        }
+    }
+    let auth = format!("Bearer {token}");
+    let (mut floor, mut read) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        floor.extend(paced(port, "/healthz", None)?);
+        read.extend(paced(port, "/api/v1/projects", Some(&auth))?);
+    }
+    let (f, r) = (quantiles(&mut floor)?, quantiles(&mut read)?);
+    println!(
+        "\n## Control plane: authenticated read vs the server's floor ({PACED_RATE} requests/s, {PACED_CONNECTIONS} keep-alive connections, {ROUNDS} alternating rounds of {PACED_SECONDS} s)\n"
+    );
+    println!(
+        "| latency | `GET /healthz` (floor) | `GET /api/v1/projects` (token, 20 projects) | ratio |\n|---|---|---|---|"
+    );
+    for (name, a, b) in [("p50", f.0, r.0), ("p99", f.1, r.1), ("max", f.2, r.2)] {
+        println!(
+            "| {name} | {} | {} | {:.2}x |",
+            crate::ms(a),
+            crate::ms(b),
+            b.as_secs_f64() / a.as_secs_f64().max(1e-9)
+        );
+    }
+    println!(
+        "\ntarget: authenticated read p99 < 5 ms at {PACED_RATE}/s: {}",
+        if r.1 < Duration::from_millis(5) {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}
+
+fn quantiles(v: &mut [Duration]) -> Result<(Duration, Duration, Duration), String> {
+    if v.is_empty() {
+        return Err("no samples".into());
+    }
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Ok((at(0.5), at(0.99), v[v.len() - 1]))
+}
+
+/// GETs `path` at PACED_RATE per second for PACED_SECONDS; each latency counts from the
+/// request's scheduled time (a slow answer delays the next ones and is charged for it).
+fn paced(port: u16, path: &str, auth: Option<&str>) -> Result<Vec<Duration>, String> {
+    let total = (PACED_RATE * PACED_SECONDS) as usize;
+    let interval = Duration::from_nanos(1_000_000_000 / PACED_RATE);
+    let start = Instant::now() + Duration::from_millis(100);
+    let mut handles = Vec::new();
+    for c in 0..PACED_CONNECTIONS {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\n{}\r\n",
+            auth.map_or_else(String::new, |a| format!("authorization: {a}\r\n"))
+        );
+        handles.push(std::thread::spawn(
+            move || -> Result<Vec<Duration>, String> {
+                let mut conn = Get::open(port)?;
+                let mut out = Vec::new();
+                let mut i = c;
+                while i < total {
+                    let at = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let status = match conn.get(&head) {
+                        Ok(s) => s,
+                        Err(_) => {
+                            conn = Get::open(port)?;
+                            conn.get(&head)?
+                        }
+                    };
+                    if status != 200 {
+                        return Err(format!("answered {status}"));
+                    }
+                    out.push(at.elapsed());
+                    i += PACED_CONNECTIONS;
+                }
+                Ok(out)
+            },
+        ));
+    }
+    let mut all = Vec::with_capacity(total);
+    for h in handles {
+        all.extend(h.join().map_err(|_| "a load thread panicked")??);
+    }
+    Ok(all)
+}
+
+/// A keep-alive HTTP/1.1 connection for GETs answered with a Content-Length.
+struct Get {
+    reader: std::io::BufReader<std::net::TcpStream>,
+    writer: std::net::TcpStream,
+}
+
+impl Get {
+    fn open(port: u16) -> Result<Get, String> {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+        s.set_nodelay(true).map_err(|e| e.to_string())?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(|e| e.to_string())?;
+        let writer = s.try_clone().map_err(|e| e.to_string())?;
+        Ok(Get {
+            reader: std::io::BufReader::new(s),
+            writer,
+        })
+    }
+
+    fn get(&mut self, head: &str) -> Result<u16, String> {
+        use std::io::{BufRead, Read, Write};
+        self.writer
+            .write_all(head.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.reader
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let status: u16 = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("bad status line {line:?}"))?;
+        let mut length = 0usize;
+        loop {
+            line.clear();
+            if self
+                .reader
+                .read_line(&mut line)
+                .map_err(|e| e.to_string())?
+                == 0
+            {
+                return Err("connection closed in the answer's head".into());
+            }
+            let l = line.trim_end().to_ascii_lowercase();
+            if l.is_empty() {
+                break;
+            }
+            if let Some(v) = l.strip_prefix("content-length:") {
+                length = v.trim().parse().map_err(|_| format!("bad header {l:?}"))?;
+            } else if l.starts_with("transfer-encoding:") {
+                return Err("a chunked answer; this client reads Content-Length only".into());
+            }
+        }
+        let mut rest = vec![0u8; length];
+        self.reader
+            .read_exact(&mut rest)
+            .map_err(|e| e.to_string())?;
+        Ok(status)
+    }
 }

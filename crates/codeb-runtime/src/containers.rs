@@ -44,6 +44,20 @@ pub struct Container {
     pub slot: String,
 }
 
+/// The state word from `{{.State}}`: podman 4.3's template gives the status text ("Up 2
+/// seconds ago", "Exited (0) 3 minutes ago"), newer ones the state ("running").
+pub fn container_state(raw: &str) -> String {
+    let first = raw
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match first.as_str() {
+        "up" => "running".to_owned(),
+        _ => first,
+    }
+}
+
 const LABELS_FORMAT: &str = "{{.Names}}\t{{.State}}\t{{.Image}}\t{{index .Labels \"codeb.project\"}}\t{{index .Labels \"codeb.environment\"}}\t{{index .Labels \"codeb.slot\"}}";
 
 impl Podman {
@@ -109,7 +123,7 @@ impl Podman {
                 let name = f.first()?.trim();
                 (!name.is_empty()).then(|| Container {
                     name: name.to_owned(),
-                    state: f.get(1).unwrap_or(&"").trim().to_owned(),
+                    state: container_state(f.get(1).unwrap_or(&"")),
                     image: f.get(2).unwrap_or(&"").trim().to_owned(),
                     project: f.get(3).unwrap_or(&"").trim().to_owned(),
                     environment: f.get(4).unwrap_or(&"").trim().to_owned(),
@@ -129,6 +143,23 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(
     while let Ok(Some(line)) = lines.next_line().await {
         if tx.send((stream, line)).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod state_tests {
+    #[test]
+    fn status_text_and_state_words_are_one_state() {
+        for (raw, state) in [
+            ("Up 2 seconds ago", "running"),
+            ("running", "running"),
+            ("Exited (0) 3 minutes ago", "exited"),
+            ("exited", "exited"),
+            ("Created", "created"),
+            ("", ""),
+        ] {
+            assert_eq!(super::container_state(raw), state, "{raw:?}");
         }
     }
 }

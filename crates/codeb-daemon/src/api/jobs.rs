@@ -9,8 +9,7 @@
 //! `running` by a killed daemon is `interrupted` at the next start and never run again.
 
 use std::collections::HashSet;
-use std::fs::{OpenOptions, TryLockError};
-use std::io::Read;
+use std::fs::TryLockError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -489,17 +488,14 @@ async fn finish(api: &Api, id: i64, state: JobState, digest: Option<String>, ev:
 /// error message when `timeout` passes first.
 async fn wait_for_lock(api: &Api, id: i64, unit: &str, timeout: Duration) -> Result<(), String> {
     let state_dir = api.state_dir();
-    if std::fs::create_dir_all(&state_dir).is_err() {
+    // The lock file exactly as the engine (and `codeb-quadlet-update`) opens it: created
+    // 0600 in the private state dir, never written; the holder names itself in `.holder`.
+    if codeb_host::lockfile::private_dir(&state_dir).is_err() {
         return Ok(()); // the engine reports it properly
     }
     let path = state_dir.join(format!("{unit}.lock"));
-    let Ok(mut file) = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&path)
-    else {
+    let holder_path = state_dir.join(format!("{unit}.holder"));
+    let Ok(file) = codeb_host::lockfile::open_lock(&path, 0o600) else {
         return Ok(());
     };
     let start = Instant::now();
@@ -511,9 +507,7 @@ async fn wait_for_lock(api: &Api, id: i64, unit: &str, timeout: Duration) -> Res
                 return Ok(());
             }
             Err(TryLockError::WouldBlock) => {
-                let mut who = String::new();
-                let _ = std::io::Seek::rewind(&mut file);
-                let _ = file.read_to_string(&mut who);
+                let who = std::fs::read_to_string(&holder_path).unwrap_or_default();
                 let who = if who.trim().is_empty() {
                     "unknown holder".to_owned()
                 } else {

@@ -18,6 +18,7 @@
 
 pub mod db;
 pub mod env;
+pub mod guard;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
@@ -586,6 +587,10 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 async fn limit(State(api): State<Arc<Api>>, req: Request, next: Next) -> Response {
+    let req = match guard::buffered(req, guard::BODY_TIMEOUT).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let Ok(_permit) = api.limit.clone().try_acquire_owned() else {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -631,3 +631,269 @@ fn dumps_are_checksummed_and_faults_are_refused_or_recorded() {
     assert_eq!(name, "app");
     drop(reg);
 }
+
+/// `codeb-daemon serve` with `[api] backup_config` pointing at the cluster's config.
+struct Plane {
+    child: std::process::Child,
+    port: u16,
+    admin: String,
+    quadlet: PathBuf,
+    log: PathBuf,
+}
+
+impl Drop for Plane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Plane {
+    fn start(c: &Cluster) -> Plane {
+        let dir = c.base.join("daemon");
+        let quadlet = dir.join("quadlet");
+        std::fs::create_dir_all(&quadlet).expect("quadlet");
+        std::fs::write(
+            dir.join("manifest.yaml"),
+            "version: 1\nprojects:\n  web:\n    production: {port: 4301}\n",
+        )
+        .expect("manifest");
+        let port = util::dead_port();
+        let dead = util::dead_port();
+        let config = dir.join("daemon.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{state}\"\n[previews]\ncaddy_admin = \"http://127.0.0.1:{dead}\"\n\
+                 quadlet_dir = \"{q}\"\nmanifest = \"{m}\"\nruntime = \"podman\"\n[api]\nbackup_config = \"{b}\"\n",
+                state = dir.join("state").display(),
+                q = quadlet.display(),
+                m = dir.join("manifest.yaml").display(),
+                b = c.config.display(),
+            ),
+        )
+        .expect("daemon.toml");
+        let r = util::run(
+            util::codeb("codeb-daemon")
+                .args(["bootstrap-admin", "--config"])
+                .arg(&config)
+                .env("CODEB_WEBHOOK_SECRET", "s"),
+        );
+        assert_eq!(r.code, 0, "{}", r.all());
+        let admin = r.stdout.trim().to_owned();
+        let log = dir.join("daemon.log");
+        let child = util::codeb("codeb-daemon")
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("CODEB_WEBHOOK_SECRET", "s")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("codeb-daemon serve");
+        let p = Plane {
+            child,
+            port,
+            admin,
+            quadlet,
+            log,
+        };
+        let t0 = Instant::now();
+        while p.curl("GET", "/healthz", None, None).0 != 200 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "daemon not ready: {}",
+                std::fs::read_to_string(&p.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        p
+    }
+
+    fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&str>,
+    ) -> (u16, String) {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "-o", "-", "-w", "\n%{http_code}", "-X", method])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port));
+        if let Some(t) = token {
+            c.arg("-H").arg(format!("Authorization: Bearer {t}"));
+        }
+        if let Some(b) = body {
+            c.args(["-H", "content-type: application/json", "--data-binary", b]);
+        }
+        let r = util::run(&mut c);
+        let (body, code) = r.stdout.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    fn we(&self, token: &str, args: &[&str]) -> Run {
+        let home = self.quadlet.parent().expect("dir").join("home");
+        util::run(
+            util::codeb("we")
+                .env("XDG_CONFIG_HOME", home.join("config"))
+                .env("HOME", &home)
+                .env("CODEB_SERVER", format!("http://127.0.0.1:{}", self.port))
+                .env("CODEB_TOKEN", token)
+                .args(args),
+        )
+    }
+}
+
+#[test]
+fn we_env_restore_and_backups_through_the_control_plane_admin_only_locked_and_audited() {
+    let c = Cluster::start("web");
+    let p = Plane::start(&c);
+    let (s, b) = p.curl(
+        "POST",
+        "/api/v1/team",
+        Some(&p.admin),
+        Some(r#"{"name":"dev","role":"developer","projects":[]}"#),
+    );
+    assert_eq!(s, 201, "{b}");
+    let dev_body = b;
+    let (s, b) = p.curl(
+        "POST",
+        "/api/v1/projects",
+        Some(&p.admin),
+        Some(r#"{"name":"web","type":"node","repository":"acme/web","image":"ghcr.io/acme/web","container_port":3000,"environments":[{"name":"production"}],"owners":["dev"]}"#),
+    );
+    assert_eq!(s, 201, "{b}");
+    let dev = serde_json::from_str::<serde_json::Value>(&dev_body).expect("json")["token"]["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let (date, time) = history(&c, "web_db");
+
+    // A developer, even the project's owner, may not restore (exit 3); the refusal is audited.
+    let r = p.we(
+        &dev,
+        &["env", "restore", "web", "--date", &date, "--time", &time],
+    );
+    assert_eq!(r.code, 3, "{}", r.all());
+    // Bad input is refused before anything runs (exit 2, with the example).
+    let r = p.we(&p.admin, &["env", "restore", "web", "--date", "12/20/2024"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--date 2024-12-20"), "{}", r.all());
+    let r = p.we(&p.admin, &["env", "restore", "web", "--date", "1999-01-01"]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("restorable range"), "{}", r.all());
+
+    // While a deploy holds the project's lock, the restore waits, then refuses naming it.
+    let state = p.quadlet.join(".codeb");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let lock = std::fs::File::create(state.join("web-production.lock")).expect("lock file");
+    std::fs::write(
+        state.join("web-production.holder"),
+        "deploy by ci (pid 4242)",
+    )
+    .expect("holder");
+    lock.lock().expect("hold the deploy lock");
+    let r = p.we(
+        &p.admin,
+        &[
+            "env",
+            "restore",
+            "web",
+            "--date",
+            &date,
+            "--time",
+            &time,
+            "--lock-timeout",
+            "1s",
+        ],
+    );
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("deploy by ci (pid 4242)"), "{}", r.all());
+    lock.unlock().expect("unlock");
+    drop(lock);
+
+    let r = p.we(
+        &p.admin,
+        &["env", "restore", "web", "--date", &date, "--time", &time],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("restore: pg_restore --section=data"),
+        "progress is shown: {}",
+        r.all()
+    );
+    let restored = r
+        .stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("restored into")
+                .map(|v| v.trim().trim_start_matches(':').trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no target in {}", r.all()));
+    assert!(restored.starts_with("web_db_restored_"), "{}", r.all());
+    assert_eq!(c.sql(&restored, "SELECT count(*) FROM items"), "100");
+    assert_eq!(c.sql("web_db", "SELECT count(*) FROM items"), "250");
+
+    // The catalog through the API; a failed dump makes health and /metrics fail.
+    let r = c.backup(&["dump", "--project", "nodb"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    let r = p.we(&dev, &["env", "backups", "--json"]);
+    assert_eq!(r.code, 1, "a kind is failing: {}", r.all());
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(v["configured"], true);
+    let runs = v["runs"].as_array().expect("runs");
+    assert!(
+        runs.iter()
+            .any(|r| r["kind"] == "restore" && r["result"] == "ok" && r["target"] == "web"),
+        "{v}"
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r["kind"] == "full" && r["result"] == "ok" && r["sha256"].is_string()),
+        "{v}"
+    );
+    let dump = v["kinds"]
+        .as_array()
+        .expect("kinds")
+        .iter()
+        .find(|k| k["kind"] == "dump")
+        .expect("dump")
+        .clone();
+    assert_eq!(dump["ok"], false, "{dump}");
+    assert!(
+        dump["problem"].as_str().unwrap_or("").contains("nodb_db"),
+        "{dump}"
+    );
+    let r = p.we(&dev, &["env", "backups", "web"]);
+    assert!(
+        r.stdout.contains("restore") && r.stdout.contains("LAST GOOD"),
+        "{}",
+        r.all()
+    );
+    let r = p.we(&dev, &["health"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains("dump") && r.stdout.contains("FAIL"),
+        "{}",
+        r.all()
+    );
+    let (s, m) = p.curl("GET", "/metrics", None, None);
+    assert_eq!(s, 200);
+    assert!(m.contains("codeb_backup_ok{kind=\"full\"} 1"), "{m}");
+    assert!(m.contains("codeb_backup_ok{kind=\"dump\"} 0"), "{m}");
+    assert!(
+        m.contains("codeb_backup_last_good_age_seconds{kind=\"full\"} "),
+        "{m}"
+    );
+
+    // Audited: the refusal and the run, with the parameters.
+    let r = p.we(&p.admin, &["audit", "--project", "web", "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let audit = r.stdout;
+    assert!(audit.contains("\"restore\""), "{audit}");
+    for result in ["denied", "ok", "failed"] {
+        assert!(
+            audit.contains(&format!("\"result\":\"{result}\"")),
+            "{result}: {audit}"
+        );
+    }
+}

@@ -88,10 +88,14 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// `GET /api/v1/backups`: the backup runs and their health.
+    BackupList,
+    /// `POST /api/v1/projects/{name}/restore`: replaces or adds a database (admins only).
+    Restore,
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 30] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -120,6 +124,8 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::BackupList,
+        Action::Restore,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -153,6 +159,8 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::BackupList => "backup.list",
+            Action::Restore => "restore",
         }
     }
 
@@ -173,6 +181,7 @@ impl Action {
                 | Action::TeamProjects
                 | Action::TokenCreate
                 | Action::TokenRevoke
+                | Action::Restore
         )
     }
 }
@@ -195,7 +204,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 28] = {
+pub const TABLE: [(Action, [Access; 3]); 30] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -226,6 +235,8 @@ pub const TABLE: [(Action, [Access; 3]); 28] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::BackupList, [A, A, A]),
+        (Action::Restore, [A, D, D]),
     ]
 };
 

@@ -645,6 +645,7 @@ pub async fn health(
     Ok(Json(HealthReport {
         checked_ms: checked,
         targets,
+        backups: super::backups::kinds(&api).await,
     }))
 }
 

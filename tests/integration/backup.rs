@@ -897,3 +897,62 @@ fn we_env_restore_and_backups_through_the_control_plane_admin_only_locked_and_au
         );
     }
 }
+
+#[test]
+fn backup_timers_verify_and_run_existing_commands() {
+    let dir = util::tempdir();
+    let src = util::repo().join("templates/systemd");
+    let bin = util::bin("codeb-backup");
+    let mut units = Vec::new();
+    for kind in ["wal-check", "full", "diff", "dump", "files"] {
+        let timer =
+            std::fs::read_to_string(src.join(format!("codeb-backup-{kind}.timer"))).expect("timer");
+        assert!(
+            timer.contains("\nPersistent=true\n"),
+            "{kind}: a missed run must happen at boot"
+        );
+        assert!(
+            timer.contains(&format!("\nUnit=codeb-backup-{kind}.service\n")),
+            "{kind}"
+        );
+        let service = std::fs::read_to_string(src.join(format!("codeb-backup-{kind}.service")))
+            .expect("service");
+        let exec = service
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let args: Vec<&str> = exec.split_whitespace().collect();
+        assert_eq!(args[0], "/usr/local/bin/codeb-backup", "{kind}");
+        // The command the timer runs exists with those arguments.
+        let r = util::run(util::codeb("codeb-backup").args(&args[1..]).arg("--help"));
+        assert_eq!(r.code, 0, "{kind}: {exec}: {}", r.all());
+        std::fs::write(dir.path().join(format!("codeb-backup-{kind}.timer")), timer).expect("copy");
+        std::fs::write(
+            dir.path().join(format!("codeb-backup-{kind}.service")),
+            service.replace("/usr/local/bin/codeb-backup", &bin.display().to_string()),
+        )
+        .expect("copy");
+        units.push(dir.path().join(format!("codeb-backup-{kind}.timer")));
+        units.push(dir.path().join(format!("codeb-backup-{kind}.service")));
+    }
+    let r = util::run(Command::new("systemd-analyze").arg("verify").args(&units));
+    assert_eq!(
+        r.code,
+        0,
+        "systemd-analyze verify (apt-get install systemd): {}",
+        r.all()
+    );
+    assert!(
+        !r.stderr.contains("codeb-backup"),
+        "warnings about our units: {}",
+        r.all()
+    );
+    // A broken calendar is caught by the same check (the check can fail).
+    let bad = dir.path().join("codeb-backup-wal-check.timer");
+    let t = std::fs::read_to_string(&bad)
+        .expect("timer")
+        .replace("OnCalendar=hourly", "OnCalendar=sometimes");
+    std::fs::write(&bad, t).expect("write");
+    let r = util::run(Command::new("systemd-analyze").arg("verify").arg(&bad));
+    assert_ne!(r.code, 0, "{}", r.all());
+}

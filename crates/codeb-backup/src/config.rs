@@ -86,7 +86,7 @@ pub struct StateConfig {
 impl Default for StateConfig {
     fn default() -> Self {
         Self {
-            registry_db: Some("/var/lib/codeb/daemon.sqlite".into()),
+            registry_db: Some("/var/lib/codeb/daemon.sqlite3".into()),
             paths: vec!["/etc/codeb".into()],
         }
     }
@@ -364,6 +364,14 @@ mod tests {
             c.archive_command(),
             "pgbackrest --config=/etc/pgbackrest/pgbackrest.conf --stanza=main archive-push %p"
         );
+    }
+
+    #[test]
+    fn the_shipped_template_parses() {
+        let c = Config::parse(include_str!("../../../templates/systemd/backup.toml"))
+            .expect("templates/systemd/backup.toml");
+        assert_eq!(c.retention_full, 4);
+        assert_eq!(c.pg_settings().len(), 4);
     }
 
     #[test]

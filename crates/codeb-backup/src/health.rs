@@ -27,8 +27,22 @@ pub fn status(cfg: &Config, catalog: &Catalog) -> Result<Vec<KindStatus>, Error>
     for k in Kind::SCHEDULED {
         let max = cfg.max_age(k).map_err(Error::Config)?;
         let max_s = i64::try_from(max.as_secs()).unwrap_or(i64::MAX);
-        let good = catalog.last_good(k, None)?;
-        let last = catalog.last_finished(k)?;
+        let mut good = catalog.last_good(k, None)?;
+        // A full backup is at least as good as a differential (the weekly full replaces
+        // that day's diff).
+        if k == Kind::Diff
+            && let Some(full) = catalog.last_good(Kind::Full, None)?
+            && good.as_ref().is_none_or(|d| d.ended_ms < full.ended_ms)
+        {
+            good = Some(full);
+        }
+        let mut last = catalog.last_finished(k)?;
+        if k == Kind::Diff
+            && let Some(full) = catalog.last_finished(Kind::Full)?
+            && last.as_ref().is_none_or(|d| d.ended_ms < full.ended_ms)
+        {
+            last = Some(full);
+        }
         let age = good
             .as_ref()
             .map(|r| (now - r.ended_ms.unwrap_or(r.started_ms)).max(0) / 1000);
@@ -42,7 +56,7 @@ pub fn status(cfg: &Config, catalog: &Catalog) -> Result<Vec<KindStatus>, Error>
         } else {
             match age {
                 None => Some(format!(
-                    "no good {} backup is recorded yet (its timer runs codeb-backup)",
+                    "no good {} run is recorded yet (its timer, codeb-backup-*.timer, runs codeb-backup)",
                     k.as_str()
                 )),
                 Some(a) if a > max_s => Some(format!(
@@ -98,4 +112,49 @@ pub fn metrics(statuses: &[KindStatus]) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::Outcome;
+
+    const CFG: &str = "pg_data = \"/d\"\nrepo_path = \"/r\"\ndump_dir = \"/x\"\nfiles_dir = \"/f\"\ncatalog = \"/c\"\n";
+
+    #[test]
+    fn a_backup_older_than_its_schedule_allows_fails_and_a_full_counts_for_diff() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("c.sqlite");
+        let cat = Catalog::open(&path).expect("open");
+        let cfg = Config::parse(CFG).expect("cfg");
+        for k in [Kind::Wal, Kind::Full, Kind::Dump, Kind::Files] {
+            let id = cat.start(k, "t").expect("start");
+            cat.finish(id, true, &Outcome::default()).expect("finish");
+        }
+        let st = status(&cfg, &cat).expect("status");
+        assert!(st.iter().all(|k| k.ok), "{st:?}");
+        // The dump is now 27 h old: its 26 h allowance is exceeded.
+        let raw = rusqlite::Connection::open(&path).expect("raw");
+        raw.execute(
+            "UPDATE backup_runs SET ended_ms = ended_ms - 27 * 3600 * 1000 WHERE kind = 'dump'",
+            [],
+        )
+        .expect("backdate");
+        let st = status(&cfg, &cat).expect("status");
+        let dump = st.iter().find(|k| k.kind == "dump").expect("dump");
+        assert!(
+            !dump.ok && dump.problem.as_deref().unwrap_or("").contains("26h"),
+            "{dump:?}"
+        );
+        assert!(dump.age_seconds.unwrap_or(0) >= 27 * 3600);
+        let text = metrics(&st);
+        assert!(
+            text.contains("codeb_backup_ok{kind=\"dump\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("codeb_backup_ok{kind=\"diff\"} 1\n"),
+            "{text}"
+        );
+    }
 }

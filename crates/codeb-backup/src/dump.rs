@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use sha2::{Digest, Sha256};
 
@@ -114,9 +113,7 @@ pub fn dump_to(tools: &Tools, conn: &pg::Conn, db: &str, path: &Path) -> Result<
         .args(conn.args())
         .arg("-d")
         .arg(db)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .spawn_stdout()
         .map_err(|e| Error::Failed(format!("cannot start pg_dump: {e}")))?;
     let mut out = child
         .stdout

@@ -22,7 +22,7 @@ use codeb_backup::{Catalog, Config, Error, Kind, Progress};
 )]
 struct Cli {
     /// The backup config.
-    #[arg(long, global = true, env = "CODEB_BACKUP_CONFIG", default_value = codeb_backup::config::DEFAULT_PATH)]
+    #[arg(long, global = true, env = codeb_core::vars::CODEB_BACKUP_CONFIG, default_value = codeb_backup::config::DEFAULT_PATH)]
     config: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,

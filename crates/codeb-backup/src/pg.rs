@@ -3,7 +3,9 @@
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use codeb_runtime::Cmd;
 
 use crate::Error;
 
@@ -54,56 +56,43 @@ impl Tools {
         }
     }
 
-    /// A command for `program` (a PostgreSQL binary name or a path) as the cluster's user.
-    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+    /// A command for `program` (a PostgreSQL binary name or a path) as the cluster's user,
+    /// with a 12 h limit (a backup or restore of a large cluster takes hours).
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Cmd {
         let program = program.as_ref();
         let exe = if Path::new(program).components().count() == 1 && program != "pgbackrest" {
             self.bin.join(program).into_os_string()
         } else {
             program.to_owned()
         };
-        let mut c = match &self.user {
-            Some(u) => {
-                let mut c = Command::new("runuser");
-                c.arg("-u").arg(u).arg("--").arg(exe);
-                c
-            }
-            None => Command::new(exe),
+        let c = match &self.user {
+            Some(u) => Cmd::new("runuser").args(["-u", u.as_str(), "--"]).arg(exe),
+            None => Cmd::new(exe.to_string_lossy().into_owned()),
         };
-        c.env("PGCONNECT_TIMEOUT", "10").stdin(Stdio::null());
-        c
+        c.env("PGCONNECT_TIMEOUT", "10")
+            .timeout(Duration::from_secs(12 * 3600))
     }
 
     /// `pgbackrest --config=... --stanza=... <args>`.
-    pub fn pgbackrest(&self) -> Command {
-        let mut c = self.command("pgbackrest");
-        c.arg(format!("--config={}", self.pgbackrest_conf.display()))
-            .arg(format!("--stanza={}", self.stanza));
-        c
+    pub fn pgbackrest(&self) -> Cmd {
+        self.command("pgbackrest")
+            .arg(format!("--config={}", self.pgbackrest_conf.display()))
+            .arg(format!("--stanza={}", self.stanza))
     }
 }
 
 /// Runs `cmd`, returning stdout; a failure carries `what` and the tool's stderr.
-pub fn run(what: &str, cmd: &mut Command) -> Result<String, Error> {
-    let out = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| Error::Tool {
+pub fn run(what: &str, cmd: Cmd) -> Result<String, Error> {
+    match cmd.output_blocking() {
+        Ok(o) => Ok(o.stdout),
+        Err(codeb_runtime::RuntimeError::Failed { code, stderr, .. }) => Err(Error::Tool {
             what: what.to_owned(),
-            message: format!("cannot start {:?}: {e}", cmd.get_program()),
-        })?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        let mut msg = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        if msg.is_empty() {
-            msg = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-        }
-        Err(Error::Tool {
+            message: format!("{} (exit {code})", last_lines(&stderr, 6)),
+        }),
+        Err(e) => Err(Error::Tool {
             what: what.to_owned(),
-            message: format!("{} ({})", last_lines(&msg, 6), out.status),
-        })
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -122,8 +111,10 @@ pub struct Conn {
 impl Conn {
     /// `psql` running `sql` in `db`, unaligned tuples only, stopping at the first error.
     pub fn psql(&self, tools: &Tools, db: &str, sql: &str) -> Result<String, Error> {
-        let mut c = tools.command("psql");
-        c.args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\t"])
+        let c = tools
+            .command("psql")
+            .timeout(Duration::from_secs(600))
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-F", "\t"])
             .arg("-h")
             .arg(&self.socket)
             .arg("-p")
@@ -132,7 +123,7 @@ impl Conn {
             .arg(db)
             .arg("-c")
             .arg(sql);
-        run(&format!("psql {db}"), &mut c).map(|s| s.trim_end().to_owned())
+        run(&format!("psql {db}"), c).map(|s| s.trim_end().to_owned())
     }
 
     /// Connection arguments for pg_dump/pg_restore.
@@ -190,7 +181,7 @@ pub fn chown_to(tools: &Tools, path: &Path) -> Result<(), Error> {
     if let Some(u) = &tools.user {
         run(
             &format!("chown {}", path.display()),
-            Command::new("chown").arg(format!("{u}:")).arg(path),
+            Cmd::new("chown").arg(format!("{u}:")).arg(path),
         )?;
     }
     Ok(())

@@ -2,7 +2,6 @@
 //! full/differential backups, the WAL check, and `pgbackrest info`.
 
 use std::path::Path;
-use std::process::Command;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -275,23 +274,21 @@ pub fn restore_into(
     target: Option<&str>,
     delta: bool,
 ) -> Result<(), Error> {
-    let mut c: Command = tools.pgbackrest();
-    c.arg(format!("--pg1-path={}", data.display()))
+    let mut c = tools
+        .pgbackrest()
+        .arg(format!("--pg1-path={}", data.display()))
         .arg("--archive-mode=off")
         .arg("--log-level-console=warn");
     if delta {
-        c.arg("--delta");
+        c = c.arg("--delta");
     }
-    match target {
-        Some(t) => {
-            c.arg("--type=time")
-                .arg(format!("--target={t}"))
-                .arg("--target-action=promote");
-        }
-        None => {
-            c.arg("--type=default");
-        }
-    }
-    c.arg("restore");
-    pg::run("pgbackrest restore", &mut c).map(drop)
+    c = match target {
+        Some(t) => c
+            .arg("--type=time")
+            .arg(format!("--target={t}"))
+            .arg("--target-action=promote"),
+        None => c.arg("--type=default"),
+    };
+    c = c.arg("restore");
+    pg::run("pgbackrest restore", c).map(drop)
 }

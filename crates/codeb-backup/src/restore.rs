@@ -15,7 +15,7 @@
 //! drops the half-made database and never touches the live one.
 
 use std::path::PathBuf;
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, NaiveTime, TimeZone, Utc};
@@ -625,10 +625,9 @@ impl Scratch {
         let log = self.dir.join("postgres.log");
         let logf = std::fs::File::create(&log)?;
         pg::chown_to(tools, &log)?;
-        let mut c = tools.command("postgres");
-        c.arg("-D").arg(&self.data);
+        let mut c = tools.command("postgres").arg("-D").arg(&self.data);
         if conf.exists() {
-            c.arg("-c").arg(format!("config_file={}", conf.display()));
+            c = c.arg("-c").arg(format!("config_file={}", conf.display()));
         }
         for s in [
             format!("port={port}"),
@@ -644,12 +643,10 @@ impl Scratch {
             "fsync=off".into(),
             "synchronous_commit=off".into(),
         ] {
-            c.arg("-c").arg(s);
+            c = c.arg("-c").arg(s);
         }
         let child = c
-            .stdout(Stdio::null())
-            .stderr(logf)
-            .spawn()
+            .spawn_logged(logf)
             .map_err(|e| Error::Failed(format!("cannot start the scratch PostgreSQL: {e}")))?;
         let mut inst = Instance {
             child: Some(child),
@@ -709,9 +706,8 @@ impl Drop for Instance {
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-m", "immediate", "-w", "stop"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+                .timeout(std::time::Duration::from_secs(60))
+                .output_blocking();
             if !matches!(ch.try_wait(), Ok(Some(_))) {
                 let _ = ch.kill();
             }

@@ -28,7 +28,8 @@ fn sh(what: &str, c: &mut Command) -> Result<String, String> {
 
 fn pg(tool: &str) -> Command {
     let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--"]).arg(Path::new(PG).join(tool));
+    c.args(["-u", "postgres", "--"])
+        .arg(Path::new(PG).join(tool));
     c
 }
 
@@ -72,13 +73,24 @@ fn start(mb: u64) -> Result<Bench, String> {
     let base = std::env::temp_dir().join(format!("codeb-bench-backup-{}", std::process::id()));
     std::fs::create_dir_all(&base).map_err(|e| e.to_string())?;
     let (data, sock) = (base.join("pg"), base.join("sock"));
-    for d in [&data, &sock, &base.join("var"), &base.join("n4"), &base.join("hand")] {
+    for d in [
+        &data,
+        &sock,
+        &base.join("var"),
+        &base.join("n4"),
+        &base.join("hand"),
+    ] {
         std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
     }
     sh("chmod", Command::new("chmod").arg("755").arg(&base))?;
     sh("chmod", Command::new("chmod").arg("700").arg(&data))?;
     for d in ["pg", "sock", "var", "n4", "hand"] {
-        sh("chown", Command::new("chown").args(["-R", "postgres:"]).arg(base.join(d)))?;
+        sh(
+            "chown",
+            Command::new("chown")
+                .args(["-R", "postgres:"])
+                .arg(base.join(d)),
+        )?;
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -94,10 +106,21 @@ fn start(mb: u64) -> Result<Bench, String> {
     sh(
         "initdb",
         pg("initdb")
-            .args(["-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8", "--locale=C", "-D"])
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "-D",
+            ])
             .arg(&data),
     )?;
-    let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).map_err(|e| e.to_string())?;
+    let mut conf =
+        std::fs::read_to_string(data.join("postgresql.conf")).map_err(|e| e.to_string())?;
     conf.push_str(&format!(
         "\nport = {port}\nunix_socket_directories = '{}'\nlisten_addresses = ''\nmax_wal_size = 2GB\nshared_buffers = 256MB\n",
         sock.display()
@@ -148,8 +171,13 @@ pub fn run(runs: usize) -> Result<(), String> {
         .unwrap_or(256);
     let runs = runs.clamp(1, 3);
     let b = start(mb)?;
-    let size = b.sql("postgres", "SELECT pg_size_pretty(pg_database_size('bench_db'))")?;
-    println!("\n## Backups: bench_db of {size} (pgbench -i; CODEB_BENCH_BACKUP_MB={mb}), {runs} interleaved runs each\n");
+    let size = b.sql(
+        "postgres",
+        "SELECT pg_size_pretty(pg_database_size('bench_db'))",
+    )?;
+    println!(
+        "\n## Backups: bench_db of {size} (pgbench -i; CODEB_BENCH_BACKUP_MB={mb}), {runs} interleaved runs each\n"
+    );
     println!("| what | median | p90 | ratio |");
     println!("|---|---|---|---|");
 
@@ -167,15 +195,30 @@ pub fn run(runs: usize) -> Result<(), String> {
         )?);
     }
     let (a, p) = (stats(ta), stats(tb));
-    println!("| codeb-backup dump (pg_dump -Fc + SHA-256 + fsync + rename + catalog) | {} | {} | {:.2}x |", ms(a.median), ms(a.p90), a.median.as_secs_f64() / p.median.as_secs_f64());
-    println!("| peer: pg_dump -Fc -f | {} | {} | 1.00x (peer) |", ms(p.median), ms(p.p90));
+    println!(
+        "| codeb-backup dump (pg_dump -Fc + SHA-256 + fsync + rename + catalog) | {} | {} | {:.2}x |",
+        ms(a.median),
+        ms(a.p90),
+        a.median.as_secs_f64() / p.median.as_secs_f64()
+    );
+    println!(
+        "| peer: pg_dump -Fc -f | {} | {} | 1.00x (peer) |",
+        ms(p.median),
+        ms(p.p90)
+    );
 
     // Restore to a time: note it, then write more.
     std::thread::sleep(Duration::from_millis(1100));
-    let at = b.sql("postgres", "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')")?;
+    let at = b.sql(
+        "postgres",
+        "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS')",
+    )?;
     let (date, time) = at.split_once(' ').ok_or("no time")?;
     std::thread::sleep(Duration::from_millis(1100));
-    b.sql("bench_db", "UPDATE pgbench_branches SET bbalance = bbalance + 1")?;
+    b.sql(
+        "bench_db",
+        "UPDATE pgbench_branches SET bbalance = bbalance + 1",
+    )?;
     b.sql("postgres", "SELECT pg_switch_wal()")?;
     let hand = format!(
         r#"set -e
@@ -198,16 +241,29 @@ until [ "$({pg}/psql -X -A -t -h {base}/hand -p {hp} -d postgres -c 'select pg_i
     );
     let (mut ta, mut tb) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        ta.push(time_once(&mut b.codeb(&["restore", "bench", "--date", date, "--time", time])?)?);
+        ta.push(time_once(&mut b.codeb(&[
+            "restore", "bench", "--date", date, "--time", time,
+        ])?)?);
         let dbs = b.sql("postgres", "SELECT string_agg(datname, ' ') FROM pg_database WHERE datname LIKE 'bench_db_restored_%'")?;
         for db in dbs.split_whitespace() {
             b.sql("postgres", &format!("DROP DATABASE {db}"))?;
         }
-        tb.push(time_once(Command::new("runuser").args(["-u", "postgres", "--", "bash", "-c", &hand]))?);
+        tb.push(time_once(
+            Command::new("runuser").args(["-u", "postgres", "--", "bash", "-c", &hand]),
+        )?);
         b.sql("postgres", "DROP DATABASE bench_db_hand")?;
     }
     let (a, p) = (stats(ta), stats(tb));
-    println!("| codeb-backup restore --date --time (check, scratch cluster, sections, verify) | {} | {} | {:.2}x |", ms(a.median), ms(a.p90), a.median.as_secs_f64() / p.median.as_secs_f64());
-    println!("| peer: pgbackrest restore + pg_ctl + pg_dump + createdb + pg_restore by hand | {} | {} | 1.00x (peer) |", ms(p.median), ms(p.p90));
+    println!(
+        "| codeb-backup restore --date --time (check, scratch cluster, sections, verify) | {} | {} | {:.2}x |",
+        ms(a.median),
+        ms(a.p90),
+        a.median.as_secs_f64() / p.median.as_secs_f64()
+    );
+    println!(
+        "| peer: pgbackrest restore + pg_ctl + pg_dump + createdb + pg_restore by hand | {} | {} | 1.00x (peer) |",
+        ms(p.median),
+        ms(p.p90)
+    );
     Ok(())
 }

@@ -92,10 +92,14 @@ pub enum Action {
     BackupList,
     /// `POST /api/v1/projects/{name}/restore`: replaces or adds a database (admins only).
     Restore,
+    /// The values of a project environment's env file (for `we scale k8s`'s Secret).
+    EnvRead,
+    /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
+    ScaleStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 32] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -126,6 +130,8 @@ impl Action {
         Action::AuditList,
         Action::BackupList,
         Action::Restore,
+        Action::EnvRead,
+        Action::ScaleStatus,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -161,6 +167,8 @@ impl Action {
             Action::AuditList => "audit.list",
             Action::BackupList => "backup.list",
             Action::Restore => "restore",
+            Action::EnvRead => "env.read",
+            Action::ScaleStatus => "scale.status",
         }
     }
 
@@ -204,7 +212,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 30] = {
+pub const TABLE: [(Action, [Access; 3]); 32] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -237,6 +245,8 @@ pub const TABLE: [(Action, [Access; 3]); 30] = {
         (Action::AuditList, [A, D, D]),
         (Action::BackupList, [A, A, A]),
         (Action::Restore, [A, D, D]),
+        (Action::EnvRead, [A, O, D]),
+        (Action::ScaleStatus, [A, A, A]),
     ]
 };
 

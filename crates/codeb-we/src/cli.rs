@@ -19,6 +19,9 @@ Examples:
   we audit --project myapp --since 1d --json
   we env backups myapp                       # dumps, backups, WAL checks and their ages
   we env restore myapp --date 2024-12-20 --time 14:30
+  we scale status                            # is phase 2 (Kubernetes) due?
+  we scale k8s render myapp                  # Deployment, Service, HPA, PDB, Ingress as YAML
+  we scale k8s apply myapp --context prod --dry-run=server
 
 Every command takes --json (JSON lines when streaming). Data goes to stdout, messages to
 stderr; NO_COLOR turns colour off. Credentials: $XDG_CONFIG_HOME/codeb/credentials.toml
@@ -76,6 +79,9 @@ pub enum Command {
     /// A project's environment: backups and point-in-time restore
     #[command(subcommand)]
     Env(EnvCommand),
+    /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
+    #[command(subcommand)]
+    Scale(crate::scale::ScaleCommand),
     /// Shell completions: `we completions bash > /etc/bash_completion.d/we`
     Completions {
         #[arg(value_enum)]
@@ -415,6 +421,41 @@ mod tests {
                 "--dry-run",
                 "--yes",
             ],
+            &[
+                "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
+            ],
+            &["scale", "k8s", "render", "myapp", "--include-secrets"],
+            &["scale", "status", "--window", "2s", "--json"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=server",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--kubeconfig",
+                "/k",
+                "--timeout",
+                "5m",
+            ],
         ] {
             parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
@@ -435,6 +476,17 @@ mod tests {
             &["completions", "powershell"],
             &["env", "restore", "myapp"],
             &["frobnicate"],
+            &["scale", "k8s", "apply", "myapp"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=client",
+            ],
+            &["scale", "k8s", "render", "myapp", "-o", "toml"],
         ] {
             let e = parse(bad).expect_err(&format!("{bad:?}"));
             assert!(e.use_stderr(), "{bad:?}");

@@ -9,6 +9,7 @@
 mod util;
 
 mod actions;
+mod backup;
 mod caddy_reload;
 mod daemon_intake;
 mod deploy;

@@ -55,12 +55,15 @@
 //! | DELETE | `/api/v1/tokens/{id}` | token_revoke | admin | – | [`TokenInfo`] |
 //! | GET | `/api/v1/scale/status?window=5s` | scale_status | all | [`ScaleQuery`] | [`ScaleStatus`] (the manual's phase-2 thresholds, measured) |
 //! | GET | `/api/v1/audit?project=P&since=1d&limit=N` | audit_list | admin | [`AuditQuery`] | `Vec<`[`AuditEntry`]`>` |
+//! | GET | `/api/v1/backups?project=P&limit=N` | backup_list | all | [`BackupsQuery`] | [`BackupsReport`] |
+//! | POST | `/api/v1/projects/{name}/restore` | restore | admin | [`RestoreRequest`] | NDJSON [`RestoreEvent`] |
 //!
 //! `GET /healthz` and `POST /webhook/github` stay outside `/api/v1` and take no token.
 //!
 //! An admin, disabling or demoting themselves as the last enabled admin, gets 409: the team
 //! always keeps one admin. The first admin's token comes from `codeb-daemon bootstrap-admin`.
 
+pub mod backup;
 pub mod k8s;
 pub mod perm;
 pub mod scale;
@@ -70,6 +73,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use backup::{
+    BackupKindHealth, BackupRun, BackupsQuery, BackupsReport, RestoreEvent, RestoreRequest,
+};
 pub use k8s::{EnvQuery, EnvValues, KubernetesSpec};
 pub use perm::{Access, Action, Role};
 pub use scale::{ScaleQuery, ScaleStatus};
@@ -97,6 +103,7 @@ pub mod paths {
     pub const TEAM_STATUS: &str = "/api/v1/team/status";
     pub const TOKENS: &str = "/api/v1/tokens";
     pub const AUDIT: &str = "/api/v1/audit";
+    pub const BACKUPS: &str = "/api/v1/backups";
     pub const SCALE_STATUS: &str = "/api/v1/scale/status";
 
     pub fn project(name: &str) -> String {
@@ -110,6 +117,9 @@ pub mod paths {
     }
     pub fn rollback(name: &str) -> String {
         format!("{PROJECTS}/{name}/rollback")
+    }
+    pub fn restore(name: &str) -> String {
+        format!("{PROJECTS}/{name}/restore")
     }
     pub fn logs(name: &str) -> String {
         format!("{PROJECTS}/{name}/logs")
@@ -675,11 +685,14 @@ pub struct HealthQuery {
 pub struct HealthReport {
     pub checked_ms: i64,
     pub targets: Vec<TargetHealth>,
+    /// The age of the last good backup per kind (empty when backups are not configured).
+    #[serde(default)]
+    pub backups: Vec<BackupKindHealth>,
 }
 
 impl HealthReport {
     pub fn all_healthy(&self) -> bool {
-        self.targets.iter().all(|t| t.healthy)
+        self.targets.iter().all(|t| t.healthy) && self.backups.iter().all(|b| b.ok)
     }
 }
 

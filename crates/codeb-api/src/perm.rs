@@ -88,6 +88,10 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// `GET /api/v1/backups`: the backup runs and their health.
+    BackupList,
+    /// `POST /api/v1/projects/{name}/restore`: replaces or adds a database (admins only).
+    Restore,
     /// The values of a project environment's env file (for `we scale k8s`'s Secret).
     EnvRead,
     /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
@@ -95,7 +99,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 32] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -124,6 +128,8 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::BackupList,
+        Action::Restore,
         Action::EnvRead,
         Action::ScaleStatus,
     ];
@@ -159,6 +165,8 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::BackupList => "backup.list",
+            Action::Restore => "restore",
             Action::EnvRead => "env.read",
             Action::ScaleStatus => "scale.status",
         }
@@ -181,6 +189,7 @@ impl Action {
                 | Action::TeamProjects
                 | Action::TokenCreate
                 | Action::TokenRevoke
+                | Action::Restore
         )
     }
 }
@@ -203,7 +212,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 30] = {
+pub const TABLE: [(Action, [Access; 3]); 32] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -234,6 +243,8 @@ pub const TABLE: [(Action, [Access; 3]); 30] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::BackupList, [A, A, A]),
+        (Action::Restore, [A, D, D]),
         (Action::EnvRead, [A, O, D]),
         (Action::ScaleStatus, [A, A, A]),
     ]

@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|we|guest]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|we|guest|backup]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
 //! guest of scripts/vm and runs only when named).
 
@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
+mod backup;
 mod deploy;
 mod guest;
 mod we;
@@ -49,6 +50,13 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"preview"))
         && let Err(e) = deploy::preview(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Starts a PostgreSQL cluster and restores it several times (minutes): only when named.
+    if which.contains(&"backup")
+        && let Err(e) = backup::run(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

@@ -8,6 +8,8 @@
 
 /// Path of the port manifest (overridden by `--manifest`).
 pub const CODEB_MANIFEST: &str = "CODEB_MANIFEST";
+/// `codeb-backup`'s config file (default `/etc/codeb/backup.toml`).
+pub const CODEB_BACKUP_CONFIG: &str = "CODEB_BACKUP_CONFIG";
 /// Quadlet directory of `codeb-quadlet-update` (overridden by `--quadlet-dir`).
 pub const CODEB_QUADLET_DIR: &str = "CODEB_QUADLET_DIR";
 /// Runtime of `codeb-quadlet-update`: auto, systemd or podman (`--runtime`).

@@ -473,6 +473,7 @@ fn wire<A: Applier>(
         webhook_slots: Arc::new(tokio::sync::Semaphore::new(
             config.limits.max_webhooks_in_flight,
         )),
+        backup_config: config.api.backup_config.clone(),
     });
     let worker_cfg = WorkerConfig {
         max_concurrency: config.max_concurrency,

@@ -59,6 +59,8 @@ pub struct Intake {
     pub limits: Limits,
     /// `limits.max_webhooks_in_flight` permits.
     pub webhook_slots: Arc<Semaphore>,
+    /// `[api] backup_config`, for the backup ages in `/metrics`.
+    pub backup_config: Option<std::path::PathBuf>,
 }
 
 impl Intake {
@@ -431,12 +433,21 @@ async fn metrics(State(st): State<Arc<Intake>>) -> Response {
         pool: (st.pool)(),
         in_flight: st.in_flight.load(Ordering::Relaxed),
     };
+    let mut text = st.metrics.render(&snap);
+    let backup_config = st.backup_config.clone();
+    text.push_str(
+        &tokio::task::spawn_blocking(move || {
+            crate::api::backups::metrics_blocking(backup_config.as_deref())
+        })
+        .await
+        .unwrap_or_default(),
+    );
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        st.metrics.render(&snap),
+        text,
     )
         .into_response()
 }

@@ -236,6 +236,12 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
         ),
         Action::TokenRevoke => ("DELETE", "/api/v1/tokens/999999".into(), None),
         Action::AuditList => ("GET", "/api/v1/audit".into(), None),
+        Action::BackupList => ("GET", format!("/api/v1/backups?project={p}"), None),
+        Action::Restore => (
+            "POST",
+            format!("/api/v1/projects/{p}/restore"),
+            Some(json!({"date": "2024-12-20", "dry_run": true})),
+        ),
         Action::ScaleStatus => ("GET", "/api/v1/scale/status?window=1s".into(), None),
         Action::EnvRead => (
             "GET",
@@ -260,6 +266,8 @@ fn allowed_status(action: Action) -> &'static [u16] {
         // No release to roll back to; no container to read logs from.
         Action::Rollback => &[422],
         Action::Logs => &[404],
+        // This plane has no `[api] backup_config`.
+        Action::Restore => &[422],
         _ => &[200],
     }
 }

@@ -24,5 +24,6 @@ pub use error::DeployError;
 pub use restore::{HostRoute, RestoreReport, restore_routes};
 pub use state::{
     Active, Front, History, KEEP as KEEP_RELEASES, Release, ReleaseOutcome, Settings, Slot,
+    TargetLock,
 };
 pub use template::{KeyValue, UnitContext, render_unit};

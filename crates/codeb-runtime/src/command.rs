@@ -12,13 +12,13 @@ use std::time::Duration;
 /// A command to run once; build it, then [`Cmd::output`].
 #[derive(Debug, Clone)]
 pub struct Cmd {
-    program: String,
-    args: Vec<OsString>,
-    cwd: Option<PathBuf>,
-    clear_env: bool,
-    env: Vec<(OsString, OsString)>,
-    secrets: Vec<String>,
-    timeout: Duration,
+    pub(crate) program: String,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) cwd: Option<PathBuf>,
+    pub(crate) clear_env: bool,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    pub(crate) secrets: Vec<String>,
+    pub(crate) timeout: Duration,
 }
 
 const REDACTED: &str = "***";
@@ -82,7 +82,7 @@ impl Cmd {
         self
     }
 
-    fn redact(&self, text: &str) -> String {
+    pub(crate) fn redact(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for s in &self.secrets {
             out = out.replace(s.as_str(), REDACTED);

@@ -5,6 +5,7 @@
 mod containers;
 
 pub use containers::{Container, LogStream, Logs};
+mod blocking;
 mod command;
 pub use command::Cmd;
 

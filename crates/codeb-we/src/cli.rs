@@ -17,6 +17,8 @@ Examples:
   we logs myapp -f                           # follow the container's output
   we health --verbose
   we audit --project myapp --since 1d --json
+  we env backups myapp                       # dumps, backups, WAL checks and their ages
+  we env restore myapp --date 2024-12-20 --time 14:30
   we scale status                            # is phase 2 (Kubernetes) due?
   we scale k8s render myapp                  # Deployment, Service, HPA, PDB, Ingress as YAML
   we scale k8s apply myapp --context prod --dry-run=server
@@ -74,6 +76,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log (admins)
     Audit(AuditArgs),
+    /// A project's environment: backups and point-in-time restore
+    #[command(subcommand)]
+    Env(EnvCommand),
     /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
     #[command(subcommand)]
     Scale(crate::scale::ScaleCommand),
@@ -279,6 +284,61 @@ pub struct AuditArgs {
     pub limit: Option<usize>,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum EnvCommand {
+    /// Every backup run: kind, time, size, checksum, result; and each kind's age
+    Backups {
+        /// Only this project's dumps and restores
+        project: Option<String>,
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+    },
+    /// Restore a project's database to a point in time (admins). Times are UTC.
+    #[command(after_help = "\
+Restores the cluster to a scratch instance at that time (pgBackRest), dumps the project's
+database from it and restores it into a new database <project>_db_restored_<stamp>; with
+--into <project>_db --yes it replaces the live one (its connections are closed first and
+the old database is kept as <project>_db_old_<stamp>). Holds the project's deploy lock.
+
+Examples:
+  we env restore shop --date 2024-12-20                 # the latest point of that day
+  we env restore shop --date 2024-12-20 --time 14:30 --dry-run
+  we env restore shop --date 2024-12-20 --time 14:30 --into shop_db --yes")]
+    Restore(RestoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    pub project: String,
+    /// The day (YYYY-MM-DD, UTC); alone: the latest point of that day that exists
+    #[arg(long, value_name = "YYYY-MM-DD")]
+    pub date: String,
+    /// The time of day (HH:MM, UTC)
+    #[arg(long, value_name = "HH:MM")]
+    pub time: Option<String>,
+    /// The database to restore into; the project's own (<project>_db) with --yes replaces it
+    #[arg(long, value_name = "DB")]
+    pub into: Option<String>,
+    /// Print the plan (target, range, databases); change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Confirm replacing the live database
+    #[arg(long)]
+    pub yes: bool,
+    /// Restore from the daily dump (checksum verified) instead of the WAL archive
+    #[arg(long, value_enum, default_value_t = RestoreFrom::Pitr)]
+    pub from: RestoreFrom,
+    /// How long to wait for a running deploy of the project (humantime; default 30s)
+    #[arg(long, value_name = "DURATION")]
+    pub lock_timeout: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestoreFrom {
+    Pitr,
+    Dump,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,6 +405,22 @@ mod tests {
             ],
             &["audit", "--project", "p", "--since", "1d", "--json"],
             &["completions", "zsh"],
+            &["env", "backups"],
+            &["env", "backups", "myapp", "--json"],
+            &["env", "restore", "myapp", "--date", "2024-12-20"],
+            &[
+                "env",
+                "restore",
+                "myapp",
+                "--date",
+                "2024-12-20",
+                "--time",
+                "14:30",
+                "--into",
+                "myapp_db",
+                "--dry-run",
+                "--yes",
+            ],
             &[
                 "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
             ],
@@ -398,6 +474,7 @@ mod tests {
             &["team", "role", "x", "admin"],
             &["team", "role", "3", "root"],
             &["completions", "powershell"],
+            &["env", "restore", "myapp"],
             &["frobnicate"],
             &["scale", "k8s", "apply", "myapp"],
             &[

@@ -164,6 +164,18 @@ impl Api {
         Ok(Answer { status, body })
     }
 
+    /// POSTs `body` and reads the NDJSON answer (no whole-request limit: the server sends a
+    /// line at least every 20 s).
+    pub async fn post_stream<B: Serialize>(&self, path: &str, body: &B) -> Result<Lines, WeError> {
+        let req = self.request(Method::POST, path).json(body);
+        let resp = self.send(req).await?;
+        Ok(Lines {
+            resp,
+            buf: Vec::new(),
+            done: false,
+        })
+    }
+
     /// Opens an NDJSON stream.
     pub async fn stream(&self, path: &str, query: &[(&str, String)]) -> Result<Lines, WeError> {
         let req = self.request(Method::GET, path).query(query);

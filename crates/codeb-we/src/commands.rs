@@ -40,6 +40,7 @@ pub async fn dispatch(cmd: Command, env: &Env, out: &Out) -> Result<Exit, WeErro
         Command::Health(a) => health(a, &connect(env)?, out).await,
         Command::Logs(a) => logs(a, &connect(env)?, out).await,
         Command::Audit(a) => audit(a, &connect(env)?, out).await,
+        Command::Env(c) => crate::backup::env(c, &connect(env)?, out).await,
         Command::Scale(s) => crate::scale::scale(s, &connect(env)?, out).await,
     }
 }
@@ -70,7 +71,7 @@ fn now_ms() -> i64 {
 }
 
 /// `2026-12-01T21:37:07Z`.
-fn when(ms: i64) -> String {
+pub(crate) fn when(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -1187,6 +1188,13 @@ async fn health(a: cli::HealthArgs, api: &Api, out: &Out) -> Result<Exit, WeErro
                     out.info(&format!("{} {}: {f}", t.project, t.environment));
                 }
             }
+        }
+        if !r.backups.is_empty() {
+            out.line("")?;
+            out.table(
+                &crate::backup::KIND_HEADERS,
+                &crate::backup::kind_rows(&r.backups),
+            )?;
         }
     }
     Ok(if r.all_healthy() {

@@ -12,6 +12,7 @@
 //! - [`output`]: tables or `--json` on stdout, messages and the spinner on stderr.
 //! - [`exit`]: the exit codes (0 ok, 1 wrong, 2 usage, 3 forbidden, 4 not logged in).
 
+pub mod backup;
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -16,6 +16,7 @@
 //! 503 `overloaded` beyond it), so a flood at the API never takes the webhook intake's
 //! capacity; streams (job events, logs) have a second limit and do not count against it.
 
+pub mod backups;
 pub mod db;
 pub mod env;
 pub mod guard;
@@ -78,6 +79,9 @@ pub struct ApiConfig {
     pub token_ttl: Duration,
     /// Address the Caddy fronts listen on (`127.0.0.1`).
     pub listen_host: String,
+    /// `codeb-backup`'s config (`/etc/codeb/backup.toml`): enables `we env backups`,
+    /// `we env restore`, and the backup ages in `we health` and `/metrics`.
+    pub backup_config: Option<PathBuf>,
 }
 
 impl Default for ApiConfig {
@@ -95,6 +99,7 @@ impl Default for ApiConfig {
             health_cmd: None,
             token_ttl: Duration::from_secs(90 * 86400),
             listen_host: "127.0.0.1".into(),
+            backup_config: None,
         }
     }
 }
@@ -564,6 +569,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/projects/{name}/deploy", post(jobs::deploy))
         .route("/api/v1/projects/{name}/rollback", post(jobs::rollback))
         .route("/api/v1/projects/{name}/logs", get(logs::logs))
+        .route("/api/v1/projects/{name}/restore", post(backups::restore))
+        .route("/api/v1/backups", get(backups::list))
         .route("/api/v1/projects/{name}/env", get(env::env_values))
         .route(
             "/api/v1/projects/{name}/{*rest}",

@@ -648,6 +648,7 @@ pub async fn health(
     Ok(Json(HealthReport {
         checked_ms: checked,
         targets,
+        backups: super::backups::kinds(&api).await,
     }))
 }
 

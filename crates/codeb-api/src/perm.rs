@@ -88,10 +88,14 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// `we workflow init`: register and provision a project (database, Redis, ports, env files).
+    ProjectInit,
+    /// `we project remove`: undo init (final dump, then drop database, role, ACL user, ports).
+    ProjectRemove,
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 30] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -120,6 +124,8 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::ProjectInit,
+        Action::ProjectRemove,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -153,6 +159,8 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::ProjectInit => "project.init",
+            Action::ProjectRemove => "project.remove",
         }
     }
 
@@ -173,6 +181,8 @@ impl Action {
                 | Action::TeamProjects
                 | Action::TokenCreate
                 | Action::TokenRevoke
+                | Action::ProjectInit
+                | Action::ProjectRemove
         )
     }
 }
@@ -195,7 +205,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 28] = {
+pub const TABLE: [(Action, [Access; 3]); 30] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -226,6 +236,8 @@ pub const TABLE: [(Action, [Access; 3]); 28] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::ProjectInit, [A, D, D]),
+        (Action::ProjectRemove, [A, D, D]),
     ]
 };
 
@@ -279,6 +291,18 @@ mod tests {
         assert!(allowed(Role::Developer, Action::Deploy, true));
         assert!(!allowed(Role::Developer, Action::Deploy, false));
         assert!(!allowed(Role::Developer, Action::ProjectCreate, true));
+    }
+
+    #[test]
+    fn provisioning_and_removal_are_for_admins_only() {
+        for a in [Action::ProjectInit, Action::ProjectRemove] {
+            assert!(a.is_write(), "{a}");
+            assert_eq!(access(Role::Admin, a), Access::Allow, "{a}");
+            assert_eq!(access(Role::Developer, a), Access::Deny, "{a}");
+            assert_eq!(access(Role::Viewer, a), Access::Deny, "{a}");
+            // Owning the project does not make a developer an admin.
+            assert!(!allowed(Role::Developer, a, true), "{a}");
+        }
     }
 
     #[test]

@@ -236,6 +236,16 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
         ),
         Action::TokenRevoke => ("DELETE", "/api/v1/tokens/999999".into(), None),
         Action::AuditList => ("GET", "/api/v1/audit".into(), None),
+        Action::ProjectInit => (
+            "POST",
+            format!("/api/v1/projects/{p}/init"),
+            Some(json!({"type": "static", "dry_run": true})),
+        ),
+        Action::ProjectRemove => (
+            "POST",
+            format!("/api/v1/projects/gone-{who}/remove"),
+            Some(json!({"yes": true})),
+        ),
     }
 }
 
@@ -254,6 +264,9 @@ fn allowed_status(action: Action) -> &'static [u16] {
         // No release to roll back to; no container to read logs from.
         Action::Rollback => &[422],
         Action::Logs => &[404],
+        // This plane has no [api.provision]: init is refused after authorization.
+        Action::ProjectInit => &[422],
+        Action::ProjectRemove => &[404],
         _ => &[200],
     }
 }

@@ -19,6 +19,7 @@
 pub mod db;
 pub mod jobs;
 pub mod logs;
+pub mod provision;
 pub mod registry;
 pub mod team;
 
@@ -75,6 +76,8 @@ pub struct ApiConfig {
     pub token_ttl: Duration,
     /// Address the Caddy fronts listen on (`127.0.0.1`).
     pub listen_host: String,
+    /// `[api.provision]`: the storage server for `we workflow init` (none: init is refused).
+    pub provision: Option<provision::ProvisionConfig>,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +95,7 @@ impl Default for ApiConfig {
             health_cmd: None,
             token_ttl: Duration::from_secs(90 * 86400),
             listen_host: "127.0.0.1".into(),
+            provision: None,
         }
     }
 }
@@ -561,6 +565,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/projects/{name}/deploy", post(jobs::deploy))
         .route("/api/v1/projects/{name}/rollback", post(jobs::rollback))
         .route("/api/v1/projects/{name}/logs", get(logs::logs))
+        .route("/api/v1/projects/{name}/init", post(provision::init))
+        .route("/api/v1/projects/{name}/remove", post(provision::remove))
         .route(
             "/api/v1/projects/{name}/{*rest}",
             get(unknown_under_project).post(unknown_under_project),

@@ -120,7 +120,8 @@ fn check_spec(spec: &ProjectSpec) -> Result<(), ApiError> {
             "type must be a workflow-gen project type such as `node` or `static` ([a-z0-9-], at most 32)",
         ));
     }
-    let repo_ok = spec.repository.split_once('/').is_some_and(|(o, n)| {
+    // Empty: not known yet (`we workflow init` outside a git repository).
+    let repo_ok = spec.repository.is_empty() || spec.repository.split_once('/').is_some_and(|(o, n)| {
         let part = |s: &str| {
             !s.is_empty()
                 && s.len() <= 100
@@ -1089,6 +1090,8 @@ pub async fn ssot_validate(
         })
         .await
         .map_err(ApiError::internal)?;
+    let mut problems = problems;
+    problems.extend(super::provision::problems(&api).await?);
     if fix {
         let n = problems.iter().filter(|p| p.fixed).count();
         api.audit(

@@ -19,6 +19,8 @@ mod infra;
 mod install;
 mod port_validate;
 mod previews;
+mod provision;
+mod stores;
 mod tidy;
 mod we_cli;
 mod workflow_gen;

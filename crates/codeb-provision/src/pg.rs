@@ -185,7 +185,7 @@ impl Pg {
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
         let create = self
             .format(
-                "CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS PASSWORD %L",
+                "CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L",
                 &[role],
                 &[&verifier],
             )

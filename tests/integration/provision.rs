@@ -163,8 +163,7 @@ fn healthz(listen: &str) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -248,21 +247,28 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     let redis = RedisServer::start();
     let plane = Plane::start(Some(&pg), Some(&redis));
     let a = project_dir(Some("git@github.com:acme/alpha.git"));
-    std::fs::write(
-        a.path().join(".env"),
-        "# my own\nAPP_NAME=alpha\nPORT=1\n",
-    )
-    .expect(".env");
+    std::fs::write(a.path().join(".env"), "# my own\nAPP_NAME=alpha\nPORT=1\n").expect(".env");
     let dir_a = a.path().to_str().expect("utf8");
 
     // --dry-run: the plan, nothing changed anywhere.
     let r = plane.we(&[
-        "workflow", "init", "alpha", "--type", "nextjs", "--database", "--redis", "--dry-run",
-        "--dir", dir_a,
+        "workflow",
+        "init",
+        "alpha",
+        "--type",
+        "nextjs",
+        "--database",
+        "--redis",
+        "--dry-run",
+        "--dir",
+        dir_a,
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("create"), "{}", r.all());
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha_user'"), "0");
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha_user'"),
+        "0"
+    );
     assert!(!plane.manifest().contains("alpha"));
     assert!(!a.path().join(".github").exists());
     assert_eq!(
@@ -271,7 +277,15 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     );
 
     let r = plane.we(&[
-        "workflow", "init", "alpha", "--type", "nextjs", "--database", "--redis", "--dir", dir_a,
+        "workflow",
+        "init",
+        "alpha",
+        "--type",
+        "nextjs",
+        "--database",
+        "--redis",
+        "--dir",
+        dir_a,
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("git push"), "the next step: {}", r.all());
@@ -328,7 +342,10 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     assert_eq!(st["REDIS_PREFIX"], "alpha:staging:");
     // Ports in the manifest.
     let m = plane.manifest();
-    assert!(m.contains("alpha:") && m.contains("production") && m.contains("staging"), "{m}");
+    assert!(
+        m.contains("alpha:") && m.contains("production") && m.contains("staging"),
+        "{m}"
+    );
 
     // The role: LOGIN only, marked; PUBLIC may not connect.
     assert_eq!(
@@ -346,13 +363,22 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     let r = PgCluster::psql(&st["DATABASE_URL"], "SELECT current_database()");
     assert_eq!(r.stdout.trim(), "alpha_staging_db", "{}", r.all());
     // Not a superuser, cannot make databases or roles.
-    for sql in ["CREATE DATABASE x", "CREATE ROLE x", "ALTER ROLE alpha_user SUPERUSER"] {
+    for sql in [
+        "CREATE DATABASE x",
+        "CREATE ROLE x",
+        "ALTER ROLE alpha_user SUPERUSER",
+    ] {
         let r = PgCluster::psql(&db_url(&env), sql);
         assert_ne!(r.code, 0, "{sql}: {}", r.all());
     }
     // Redis: its prefix only.
     let ru = env["REDIS_URL"].clone();
-    assert_eq!(RedisServer::cli(&ru, &["SET", "alpha:k", "1"]).stdout.trim(), "OK");
+    assert_eq!(
+        RedisServer::cli(&ru, &["SET", "alpha:k", "1"])
+            .stdout
+            .trim(),
+        "OK"
+    );
 
     // A second project, static, outside any git repository: provisions, warns.
     let b = project_dir(None);
@@ -374,11 +400,22 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     assert_ne!(env_b["REDIS_URL"], ru);
     redis.admin(&["-n", "1", "SET", "beta:secret", "b"]);
     // Isolation: A's URL cannot connect to B's database, nor read B's keys.
-    let r = PgCluster::psql(&url_for_db(&db_url(&env), "beta_db?schema=public"), "SELECT 1");
+    let r = PgCluster::psql(
+        &url_for_db(&db_url(&env), "beta_db?schema=public"),
+        "SELECT 1",
+    );
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("permission denied"), "{}", r.all());
-    let beta_db = env_b["REDIS_URL"].rsplit('/').next().expect("db").to_owned();
-    assert_ne!(beta_db, ru.rsplit('/').next().expect("db"), "each project its own DB index");
+    let beta_db = env_b["REDIS_URL"]
+        .rsplit('/')
+        .next()
+        .expect("db")
+        .to_owned();
+    assert_ne!(
+        beta_db,
+        ru.rsplit('/').next().expect("db"),
+        "each project its own DB index"
+    );
     let ru_in_beta_db = url_for_db(&ru, &beta_db);
     for cmd in [
         &["GET", "beta:secret"][..],
@@ -388,10 +425,16 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
         &["ACL", "LIST"],
     ] {
         let r = RedisServer::cli(&ru_in_beta_db, cmd);
-        assert!(r.stdout.contains("NOPERM"), "alpha may not {cmd:?}: {}", r.all());
+        assert!(
+            r.stdout.contains("NOPERM"),
+            "alpha may not {cmd:?}: {}",
+            r.all()
+        );
     }
     assert_eq!(
-        RedisServer::cli(&env_b["REDIS_URL"], &["GET", "beta:secret"]).stdout.trim(),
+        RedisServer::cli(&env_b["REDIS_URL"], &["GET", "beta:secret"])
+            .stdout
+            .trim(),
         "b"
     );
 
@@ -400,7 +443,15 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     let bak_before = std::fs::read(&bak).expect("bak");
     let prod_before = std::fs::read(&prod).expect("prod");
     let r = plane.we(&[
-        "workflow", "init", "alpha", "--type", "nextjs", "--database", "--redis", "--dir", dir_a,
+        "workflow",
+        "init",
+        "alpha",
+        "--type",
+        "nextjs",
+        "--database",
+        "--redis",
+        "--dir",
+        dir_a,
         "--json",
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -419,7 +470,15 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
 
     // --rotate-secrets: the old password stops working, the new .env works.
     let r = plane.we(&[
-        "workflow", "init", "alpha", "--type", "nextjs", "--database", "--redis", "--dir", dir_a,
+        "workflow",
+        "init",
+        "alpha",
+        "--type",
+        "nextjs",
+        "--database",
+        "--redis",
+        "--dir",
+        dir_a,
         "--rotate-secrets",
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -429,9 +488,22 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     let r = PgCluster::psql(&db_url(&env), "SELECT 1");
     assert_ne!(r.code, 0, "the old password still works: {}", r.all());
     assert_eq!(PgCluster::psql(&db_url(&env2), "SELECT 1").code, 0);
-    assert!(RedisServer::cli(&ru, &["GET", "alpha:k"]).all().contains("WRONGPASS"));
-    assert_eq!(RedisServer::cli(&env2["REDIS_URL"], &["GET", "alpha:k"]).stdout.trim(), "1");
-    assert_ne!(std::fs::read(&prod).expect("prod"), prod_before, "the server's env file too");
+    assert!(
+        RedisServer::cli(&ru, &["GET", "alpha:k"])
+            .all()
+            .contains("WRONGPASS")
+    );
+    assert_eq!(
+        RedisServer::cli(&env2["REDIS_URL"], &["GET", "alpha:k"])
+            .stdout
+            .trim(),
+        "1"
+    );
+    assert_ne!(
+        std::fs::read(&prod).expect("prod"),
+        prod_before,
+        "the server's env file too"
+    );
     let mut all_secrets = secrets.clone();
     all_secrets.extend(secrets_of(&env2));
 
@@ -447,7 +519,10 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     let r = plane.we(&["project", "remove", "alpha"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("--yes"), "{}", r.all());
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_database WHERE datname = 'alpha_db'"), "1");
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_database WHERE datname = 'alpha_db'"),
+        "1"
+    );
     let r = plane.we(&["project", "remove", "alpha", "--yes"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let dumps: Vec<_> = std::fs::read_dir(plane.dir.path().join("backups"))
@@ -456,18 +531,30 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
         .collect();
     let dump = dumps
         .iter()
-        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("alpha_db-")))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("alpha_db-"))
+        })
         .expect("a final dump of alpha_db");
     assert_eq!(mode(dump), 0o600);
     let listed = run(std::process::Command::new("/usr/bin/pg_restore")
         .arg("--list")
         .arg(dump));
-    assert!(listed.stdout.contains("TABLE public t"), "the dump has the table: {}", listed.all());
+    assert!(
+        listed.stdout.contains("TABLE public t"),
+        "the dump has the table: {}",
+        listed.all()
+    );
     assert_eq!(
-        pg.admin("SELECT count(*) FROM pg_database WHERE datname IN ('alpha_db', 'alpha_staging_db')"),
+        pg.admin(
+            "SELECT count(*) FROM pg_database WHERE datname IN ('alpha_db', 'alpha_staging_db')"
+        ),
         "0"
     );
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha_user'"), "0");
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha_user'"),
+        "0"
+    );
     assert!(redis.admin(&["ACL", "USERS"]).lines().all(|u| u != "alpha"));
     assert!(plane.ports_of("alpha").is_empty(), "{}", plane.manifest());
     assert_eq!(plane.ports_of("beta").len(), 2);
@@ -490,10 +577,19 @@ fn assert_nothing_of(plane: &Plane, pg: &PgCluster, redis: &RedisServer, project
         redis.admin(&["ACL", "USERS"]).lines().all(|u| u != project) || project == "eps",
         "{project}"
     );
-    assert!(!plane.manifest().contains(&format!("{project}:")), "{}", plane.manifest());
+    assert!(
+        !plane.manifest().contains(&format!("{project}:")),
+        "{}",
+        plane.manifest()
+    );
     let r = plane.we(&["ssot", "projects", "--json"]);
     assert!(!r.stdout.contains(&format!("\"{project}\"")), "{}", r.all());
-    assert!(!plane.env_dir().join(format!("{project}-production.env")).exists());
+    assert!(
+        !plane
+            .env_dir()
+            .join(format!("{project}-production.env"))
+            .exists()
+    );
 }
 
 #[test]
@@ -523,7 +619,11 @@ fn we_workflow_init_refuses_bad_input_by_name_and_changes_nothing() {
     // A type the generator does not know.
     let r = init(&["x", "--type", "cobol", "--database"]);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("cobol") && r.stderr.contains("nextjs"), "{}", r.all());
+    assert!(
+        r.stderr.contains("cobol") && r.stderr.contains("nextjs"),
+        "{}",
+        r.all()
+    );
     assert!(!d.path().join(".env").exists());
 
     // A role, a database or an ACL user of that name that is not codeb's.
@@ -573,7 +673,11 @@ fn we_workflow_init_refuses_bad_input_by_name_and_changes_nothing() {
     }
     let r = init(&["r16", "--type", "node", "--redis"]);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("--redis-prefix") && r.stderr.contains("16"), "{}", r.all());
+    assert!(
+        r.stderr.contains("--redis-prefix") && r.stderr.contains("16"),
+        "{}",
+        r.all()
+    );
     assert_nothing_of(&plane, &pg, &redis, "r16");
     let r = init(&["r16", "--type", "node", "--redis-prefix"]);
     assert_eq!(r.code, 0, "{}", r.all());
@@ -598,14 +702,26 @@ fn we_workflow_init_refuses_bad_input_by_name_and_changes_nothing() {
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
     let dev_token = v["token"]["token"].as_str().expect("token").to_owned();
     for args in [
-        &["workflow", "init", "zeta", "--type", "node", "--database", "--dir", dir][..],
+        &[
+            "workflow",
+            "init",
+            "zeta",
+            "--type",
+            "node",
+            "--database",
+            "--dir",
+            dir,
+        ][..],
         &["project", "remove", "r0", "--yes"],
     ] {
         let r = run(plane.we_cmd().env(vars::CODEB_TOKEN, &dev_token).args(args));
         assert_eq!(r.code, 3, "{args:?}: {}", r.all());
     }
     assert_nothing_of(&plane, &pg, &redis, "zeta");
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'zeta_user'"), "0");
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'zeta_user'"),
+        "0"
+    );
 }
 
 #[test]
@@ -628,7 +744,10 @@ fn a_redis_without_acl_support_is_refused_before_anything_changes() {
     ]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("no ACL support"), "{}", r.all());
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'noacl_user'"), "0");
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'noacl_user'"),
+        "0"
+    );
     assert!(!plane.manifest().contains("noacl"));
     assert!(!d.path().join(".env").exists());
 }
@@ -661,7 +780,15 @@ fn a_daemon_killed_between_provisioning_steps_is_completed_by_a_rerun() {
     }
     let mut init = plane.we_cmd();
     init.args([
-        "workflow", "init", "kappa", "--type", "node", "--database", "--redis", "--dir", &dir,
+        "workflow",
+        "init",
+        "kappa",
+        "--type",
+        "node",
+        "--database",
+        "--redis",
+        "--dir",
+        &dir,
     ])
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
@@ -676,12 +803,31 @@ fn a_daemon_killed_between_provisioning_steps_is_completed_by_a_rerun() {
     assert_ne!(out.status.code(), Some(0), "the client saw the daemon die");
     drop(stdin);
     let _ = holder.wait();
-    // Half made: the role exists (marked), no database yet.
+    // The killed daemon's CREATE DATABASE still runs to its end in its backend once the
+    // lock is free (PostgreSQL notices the dead client only when it answers): wait for it.
+    let start = Instant::now();
+    while pg.admin("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'codeb-daemon'")
+        != "0"
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the killed daemon's session lingers"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Half made: the role (marked) and the first database without its marker (the comment
+    // comes in the next statement, which never ran); no staging database, no ACL user.
     assert_eq!(
-        pg.admin("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'kappa_user'"),
+        pg.admin(
+            "SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'kappa_user'"
+        ),
         "codeb:kappa"
     );
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_database WHERE datname LIKE 'kappa%'"), "0");
+    assert_eq!(
+        pg.admin("SELECT datname, pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') IS NULL FROM pg_database WHERE datname LIKE 'kappa%'"),
+        "kappa_db|kappa_user|t"
+    );
+    assert!(redis.admin(&["ACL", "USERS"]).lines().all(|u| u != "kappa"));
     assert!(!d.path().join(".env").exists());
 
     plane.serve();
@@ -689,23 +835,53 @@ fn a_daemon_killed_between_provisioning_steps_is_completed_by_a_rerun() {
     let r = plane.we(&["ssot", "validate"]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
-        r.stdout.contains("kappa") && r.stdout.contains("kappa_user"),
+        r.stdout.contains("kappa")
+            && r.stdout.contains("kappa_user")
+            && r.stdout.contains("database kappa_db"),
         "{}",
         r.all()
     );
     // The same init again completes it.
     let r = plane.we(&[
-        "workflow", "init", "kappa", "--type", "node", "--database", "--redis", "--dir", &dir,
+        "workflow",
+        "init",
+        "kappa",
+        "--type",
+        "node",
+        "--database",
+        "--redis",
+        "--dir",
+        &dir,
     ]);
     assert_eq!(r.code, 0, "{}", r.all());
     let env = env_of(&d.path().join(".env"));
     assert_eq!(PgCluster::psql(&db_url(&env), "SELECT 1").code, 0);
-    assert_eq!(RedisServer::cli(&env["REDIS_URL"], &["SET", "kappa:a", "1"]).stdout.trim(), "OK");
+    assert_eq!(
+        RedisServer::cli(&env["REDIS_URL"], &["SET", "kappa:a", "1"])
+            .stdout
+            .trim(),
+        "OK"
+    );
     assert_eq!(plane.we(&["ssot", "validate"]).code, 0);
-    let r = plane.we(&["workflow", "init", "kappa", "--type", "node", "--database", "--redis", "--dir", &dir, "--json"]);
+    let r = plane.we(&[
+        "workflow",
+        "init",
+        "kappa",
+        "--type",
+        "node",
+        "--database",
+        "--redis",
+        "--dir",
+        &dir,
+        "--json",
+    ]);
     let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
     assert!(
-        v["steps"].as_array().expect("steps").iter().all(|s| s["state"] == "exists"),
+        v["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .all(|s| s["state"] == "exists"),
         "{v}"
     );
 
@@ -714,9 +890,27 @@ fn a_daemon_killed_between_provisioning_steps_is_completed_by_a_rerun() {
     drop(redis);
     let d2 = project_dir(None);
     let dir2 = d2.path().to_str().expect("utf8");
-    let r = plane.we(&["workflow", "init", "lam", "--type", "node", "--database", "--redis", "--dir", dir2]);
+    let r = plane.we(&[
+        "workflow",
+        "init",
+        "lam",
+        "--type",
+        "node",
+        "--database",
+        "--redis",
+        "--dir",
+        dir2,
+    ]);
     assert_ne!(r.code, 0, "{}", r.all());
-    assert!(r.stderr.contains(&format!("127.0.0.1:{port}")), "{}", r.all());
-    assert_eq!(pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'lam_user'"), "0", "refused before any change");
+    assert!(
+        r.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        r.all()
+    );
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'lam_user'"),
+        "0",
+        "refused before any change"
+    );
     let _ = dead_port();
 }

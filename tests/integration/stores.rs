@@ -82,9 +82,16 @@ impl PgCluster {
     /// `?schema=public` (in the manual's DATABASE_URL) is not a libpq parameter: dropped.
     pub fn psql(url: &str, sql: &str) -> Run {
         let url = url.split_once("?schema=").map_or(url, |(u, _)| u);
-        run(Command::new("psql")
-            .env("PGCONNECT_TIMEOUT", "10")
-            .args(["-X", "-v", "ON_ERROR_STOP=1", "-At", "-d", url, "-c", sql]))
+        run(Command::new("psql").env("PGCONNECT_TIMEOUT", "10").args([
+            "-X",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-d",
+            url,
+            "-c",
+            sql,
+        ]))
     }
 
     /// `sql` as the superuser; asserted.

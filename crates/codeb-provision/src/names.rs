@@ -82,9 +82,10 @@ impl Names {
 pub fn is_plain_ident(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= PG_MAX_IDENT
-        && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
-        && s
-            .bytes()
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 

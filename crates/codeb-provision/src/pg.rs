@@ -14,7 +14,9 @@ use crate::names::is_plain_ident;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("PostgreSQL admin URL: {0} (the [api.provision] postgres_admin_url_file holds e.g. postgresql://postgres:PASSWORD@127.0.0.1:5432/postgres)")]
+    #[error(
+        "PostgreSQL admin URL: {0} (the [api.provision] postgres_admin_url_file holds e.g. postgresql://postgres:PASSWORD@127.0.0.1:5432/postgres)"
+    )]
     Url(String),
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
     Connect { target: String, message: String },
@@ -174,14 +176,24 @@ impl Pg {
         Ok(row.get(0))
     }
 
-    async fn exec(&self, template: &str, idents: &[&str], literals: &[&str]) -> Result<(), PgError> {
+    async fn exec(
+        &self,
+        template: &str,
+        idents: &[&str],
+        literals: &[&str],
+    ) -> Result<(), PgError> {
         let stmt = self.format(template, idents, literals).await?;
         self.client.batch_execute(&stmt).await.map_err(sql)
     }
 
     /// Creates `role` (LOGIN, nothing else) with `password` and the marker comment, in one
     /// transaction: a role is never left without its marker.
-    pub async fn create_role(&self, role: &str, password: &Secret, marker: &str) -> Result<(), PgError> {
+    pub async fn create_role(
+        &self,
+        role: &str,
+        password: &Secret,
+        marker: &str,
+    ) -> Result<(), PgError> {
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
         let create = self
             .format(
@@ -190,7 +202,9 @@ impl Pg {
                 &[&verifier],
             )
             .await?;
-        let comment = self.format("COMMENT ON ROLE %I IS %L", &[role], &[marker]).await?;
+        let comment = self
+            .format("COMMENT ON ROLE %I IS %L", &[role], &[marker])
+            .await?;
         // One simple-protocol message with two statements runs as one implicit transaction.
         self.client
             .batch_execute(&format!("{create}; {comment}"))
@@ -214,11 +228,13 @@ impl Pg {
     /// marker comes in a second statement: a database owned by codeb's role without the
     /// marker is recognised as an interrupted creation and completed by [`Self::mark_database`].
     pub async fn create_database(&self, db: &str, owner: &str) -> Result<(), PgError> {
-        self.exec("CREATE DATABASE %I OWNER %I", &[db, owner], &[]).await
+        self.exec("CREATE DATABASE %I OWNER %I", &[db, owner], &[])
+            .await
     }
 
     pub async fn mark_database(&self, db: &str, marker: &str) -> Result<(), PgError> {
-        self.exec("COMMENT ON DATABASE %I IS %L", &[db], &[marker]).await
+        self.exec("COMMENT ON DATABASE %I IS %L", &[db], &[marker])
+            .await
     }
 
     /// Only `role` (and superusers) may connect to `db`.
@@ -229,13 +245,18 @@ impl Pg {
             &[],
         )
         .await?;
-        self.exec("GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I", &[db, role], &[])
-            .await
+        self.exec(
+            "GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I",
+            &[db, role],
+            &[],
+        )
+        .await
     }
 
     /// Drops `db` (disconnecting its sessions) if it exists.
     pub async fn drop_database(&self, db: &str) -> Result<(), PgError> {
-        self.exec("DROP DATABASE IF EXISTS %I WITH (FORCE)", &[db], &[]).await
+        self.exec("DROP DATABASE IF EXISTS %I WITH (FORCE)", &[db], &[])
+            .await
     }
 
     pub async fn drop_role(&self, role: &str) -> Result<(), PgError> {
@@ -244,7 +265,12 @@ impl Pg {
 
     /// Creates `db` from `template` (its schema and data), owned by `owner`. The template
     /// must have no other sessions.
-    pub async fn create_database_from(&self, db: &str, template: &str, owner: &str) -> Result<(), PgError> {
+    pub async fn create_database_from(
+        &self,
+        db: &str,
+        template: &str,
+        owner: &str,
+    ) -> Result<(), PgError> {
         self.exec(
             "CREATE DATABASE %I TEMPLATE %I OWNER %I",
             &[db, template, owner],

@@ -11,7 +11,9 @@ use redis::{RedisError, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisProvisionError {
-    #[error("Redis admin URL: {0} (the [api.provision] redis_admin_url_file holds e.g. redis://default:PASSWORD@127.0.0.1:6379)")]
+    #[error(
+        "Redis admin URL: {0} (the [api.provision] redis_admin_url_file holds e.g. redis://default:PASSWORD@127.0.0.1:6379)"
+    )]
     Url(String),
     #[error("cannot connect to Redis at {target}: {message}")]
     Connect { target: String, message: String },
@@ -122,7 +124,9 @@ impl Redis {
             Value::Array(items) => items
                 .chunks(2)
                 .filter_map(|c| match c {
-                    [k, v] => redis::from_redis_value::<String>(k).ok().map(|k| (k, v.clone())),
+                    [k, v] => redis::from_redis_value::<String>(k)
+                        .ok()
+                        .map(|k| (k, v.clone())),
                     _ => None,
                 })
                 .collect(),
@@ -187,7 +191,11 @@ impl Redis {
     }
 
     /// Deletes every key under `prefix` in database `db` (SCAN, not KEYS).
-    pub async fn delete_prefix(&mut self, db: u8, prefix: &str) -> Result<u64, RedisProvisionError> {
+    pub async fn delete_prefix(
+        &mut self,
+        db: u8,
+        prefix: &str,
+    ) -> Result<u64, RedisProvisionError> {
         let () = redis::cmd("SELECT")
             .arg(db)
             .query_async(&mut self.conn)

@@ -422,7 +422,14 @@ mod tests {
                 "--redis",
                 "--dry-run",
             ],
-            &["workflow", "init", "a", "--type", "static", "--redis-prefix"],
+            &[
+                "workflow",
+                "init",
+                "a",
+                "--type",
+                "static",
+                "--redis-prefix",
+            ],
             &["project", "remove", "a", "--yes"],
         ] {
             parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));

@@ -209,7 +209,11 @@ fn write_workflow(
         OnDisk::UpToDate => "exists",
         OnDisk::Missing | OnDisk::Stale => {
             write_private(&path, &text, 0o644)?;
-            if existing.is_some() { "updated" } else { "created" }
+            if existing.is_some() {
+                "updated"
+            } else {
+                "created"
+            }
         }
         d @ (OnDisk::HandEdited | OnDisk::NotGenerated) => {
             warnings.push(format!(
@@ -392,7 +396,13 @@ pub async fn remove(
     let rows: Vec<Vec<Cell>> = r
         .steps
         .iter()
-        .map(|s| vec![s.step.clone().into(), s.target.clone().into(), s.state.clone().into()])
+        .map(|s| {
+            vec![
+                s.step.clone().into(),
+                s.target.clone().into(),
+                s.state.clone().into(),
+            ]
+        })
         .collect();
     out.table(&["step", "target", "state"], &rows)?;
     for d in &r.dumps {
@@ -421,7 +431,8 @@ mod tests {
 
     #[test]
     fn merge_keeps_user_keys_and_updates_codeb_keys_in_place() {
-        let old = "# mine\nAPP_NAME=shop\nexport PORT=1\nDATABASE_URL=old\nDATABASE_URL=dup\nEXTRA=1\n";
+        let old =
+            "# mine\nAPP_NAME=shop\nexport PORT=1\nDATABASE_URL=old\nDATABASE_URL=dup\nEXTRA=1\n";
         let v = vec![
             ("PORT".to_owned(), "3000".to_owned()),
             ("DATABASE_URL".to_owned(), "postgresql://x".to_owned()),
@@ -433,6 +444,9 @@ mod tests {
             "# mine\nAPP_NAME=shop\nexport PORT=3000\nDATABASE_URL=postgresql://x\nEXTRA=1\nREDIS_URL=redis://y\n"
         );
         assert_eq!(merge_env(&m, &v), m, "merging again changes nothing");
-        assert_eq!(merge_env("", &v), "PORT=3000\nDATABASE_URL=postgresql://x\nREDIS_URL=redis://y\n");
+        assert_eq!(
+            merge_env("", &v),
+            "PORT=3000\nDATABASE_URL=postgresql://x\nREDIS_URL=redis://y\n"
+        );
     }
 }

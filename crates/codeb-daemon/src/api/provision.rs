@@ -147,23 +147,38 @@ fn schema(c: &Connection) -> Result<(), DbError> {
 
 fn row(c: &Connection, project: &str) -> Result<Option<Row>, DbError> {
     schema(c)?;
-    let r: Option<(String, String, String, Option<i64>, Option<String>, Option<String>)> = c
+    let r = c
         .query_row(
             "SELECT project, state, plan, redis_db, pg_secret, redis_secret FROM api_provision WHERE project = ?1",
             [project],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| {
+                let plan: String = r.get(2)?;
+                let db: Option<i64> = r.get(3)?;
+                Ok((
+                    Row {
+                        project: r.get(0)?,
+                        state: r.get(1)?,
+                        plan: Plan {
+                            kind: String::new(),
+                            database: false,
+                            redis: false,
+                            redis_prefix: false,
+                        },
+                        redis_db: db.and_then(|d| u8::try_from(d).ok()),
+                        pg_secret: r.get(4)?,
+                        redis_secret: r.get(5)?,
+                    },
+                    plan,
+                ))
+            },
         )
         .optional()?;
     match r {
         None => Ok(None),
-        Some((project, state, plan, db, pg, rs)) => Ok(Some(Row {
-            project,
-            state,
-            plan: serde_json::from_str(&plan)?,
-            redis_db: db.and_then(|d| u8::try_from(d).ok()),
-            pg_secret: pg,
-            redis_secret: rs,
-        })),
+        Some((mut row, plan)) => {
+            row.plan = serde_json::from_str(&plan)?;
+            Ok(Some(row))
+        }
     }
 }
 
@@ -279,7 +294,8 @@ fn write_private(path: &FsPath, text: &str) -> Result<(), String> {
 /// The one place a secret is read from a file codeb's config names: mode must keep others out.
 fn read_secret_file(what: &str, path: &FsPath) -> Result<Secret, ApiError> {
     use std::os::unix::fs::PermissionsExt;
-    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::UNPROCESSABLE, m);
+    let unprocessable =
+        |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::UNPROCESSABLE, m);
     let meta = std::fs::metadata(path)
         .map_err(|e| unprocessable(format!("[api.provision] {what} {}: {e}", path.display())))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -315,7 +331,11 @@ fn split_target(t: &str, default_port: u16) -> (String, u16) {
     }
 }
 
-fn endpoints(cfg: &ProvisionConfig, pg_url: Option<&Secret>, redis_url: Option<&Secret>) -> Endpoints {
+fn endpoints(
+    cfg: &ProvisionConfig,
+    pg_url: Option<&Secret>,
+    redis_url: Option<&Secret>,
+) -> Endpoints {
     Endpoints {
         pg: pg_url.map(|u| {
             let (h, p) = split_target(&codeb_provision::pg::url_target(u.expose()), 5432);
@@ -474,7 +494,16 @@ pub async fn init(
             Ok(_) => "ok: nothing to change".to_owned(),
             Err(e) => format!("failed: {}", e.message),
         };
-        audit(&api, &caller, Action::ProjectInit, &target, &name, &params, &result).await;
+        audit(
+            &api,
+            &caller,
+            Action::ProjectInit,
+            &target,
+            &name,
+            &params,
+            &result,
+        )
+        .await;
     }
     r.map(Json)
 }
@@ -499,9 +528,8 @@ async fn init_inner(
 ) -> Result<InitReport, ApiError> {
     let cfg = config(api)?.clone();
     let name = project.as_str().to_owned();
-    let names = Names::new(project).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, codes::INVALID_NAME, e.to_string())
-    })?;
+    let names = Names::new(project)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, codes::INVALID_NAME, e.to_string()))?;
     // The type must be one the workflow generator knows.
     let set = codeb_workflow_gen::TemplateSet::embedded().map_err(ApiError::internal)?;
     if set.type_spec(&req.kind).is_none() {
@@ -520,7 +548,10 @@ async fn init_inner(
     if container_port == 0 {
         return Err(ApiError::bad("container_port must be 1-65535"));
     }
-    let health_path = req.health_path.clone().unwrap_or_else(|| default_health.to_owned());
+    let health_path = req
+        .health_path
+        .clone()
+        .unwrap_or_else(|| default_health.to_owned());
     let plan = Plan {
         kind: req.kind.clone(),
         database: req.database,
@@ -541,7 +572,9 @@ async fn init_inner(
         Some(read_secret_file(
             "redis_admin_url_file",
             cfg.redis_admin_url_file.as_deref().ok_or_else(|| {
-                unprocessable("--redis needs [api.provision] redis_admin_url_file in the daemon's config")
+                unprocessable(
+                    "--redis needs [api.provision] redis_admin_url_file in the daemon's config",
+                )
             })?,
         )?)
     } else {
@@ -550,7 +583,13 @@ async fn init_inner(
     let n = name.clone();
     let existing = api
         .db
-        .run(move |c| Ok((row(c, &n)?, held_dbs(c)?, db::project(c, &n)?.map(|r| r.spec))))
+        .run(move |c| {
+            Ok((
+                row(c, &n)?,
+                held_dbs(c)?,
+                db::project(c, &n)?.map(|r| r.spec),
+            ))
+        })
         .await
         .map_err(ApiError::internal)?;
     let (prow, held, registered) = existing;
@@ -567,7 +606,11 @@ async fn init_inner(
             kind: plan.kind,
             database: plan.database || r.plan.database,
             redis: plan.redis || r.plan.redis,
-            redis_prefix: if r.plan.redis { r.plan.redis_prefix } else { plan.redis_prefix },
+            redis_prefix: if r.plan.redis {
+                r.plan.redis_prefix
+            } else {
+                plan.redis_prefix
+            },
         },
         None => plan,
     };
@@ -583,11 +626,18 @@ async fn init_inner(
     let marker = marker(&name);
     // Inspect: refuse what is not codeb's before anything changes.
     let pg = match &pg_url {
-        Some(u) => Some(Pg::connect(u).await.map_err(|e| unprocessable(e.to_string()))?),
+        Some(u) => Some(
+            Pg::connect(u)
+                .await
+                .map_err(|e| unprocessable(e.to_string()))?,
+        ),
         None => None,
     };
     if let Some(pg) = &pg {
-        let role = pg.role(&names.role).await.map_err(|e| unprocessable(e.to_string()))?;
+        let role = pg
+            .role(&names.role)
+            .await
+            .map_err(|e| unprocessable(e.to_string()))?;
         if let Some(r) = &role
             && r.comment.as_deref() != Some(marker.as_str())
         {
@@ -598,10 +648,16 @@ async fn init_inner(
         }
         found.role = role;
         for dbn in [&names.db, &names.staging_db] {
-            let d = pg.database(dbn).await.map_err(|e| unprocessable(e.to_string()))?;
+            let d = pg
+                .database(dbn)
+                .await
+                .map_err(|e| unprocessable(e.to_string()))?;
             if let Some(f) = &d {
                 let ours = f.comment.as_deref() == Some(marker.as_str())
-                    || (f.comment.is_none() && f.owner == names.role && found.role.is_some() && claimed);
+                    || (f.comment.is_none()
+                        && f.owner == names.role
+                        && found.role.is_some()
+                        && claimed);
                 if !ours {
                     return Err(ApiError::conflict(format!(
                         "PostgreSQL database `{dbn}` exists and is not codeb's (owner `{}`, no comment `{marker}`); nothing was changed: drop or rename that database, or choose another project name",
@@ -613,12 +669,21 @@ async fn init_inner(
         }
     }
     let mut redis = match &redis_url {
-        Some(u) => Some(Redis::connect(u).await.map_err(|e| unprocessable(e.to_string()))?),
+        Some(u) => Some(
+            Redis::connect(u)
+                .await
+                .map_err(|e| unprocessable(e.to_string()))?,
+        ),
         None => None,
     };
     if let Some(r) = redis.as_mut() {
-        r.check_acl().await.map_err(|e| unprocessable(e.to_string()))?;
-        let u = r.user(&names.redis_user).await.map_err(|e| unprocessable(e.to_string()))?;
+        r.check_acl()
+            .await
+            .map_err(|e| unprocessable(e.to_string()))?;
+        let u = r
+            .user(&names.redis_user)
+            .await
+            .map_err(|e| unprocessable(e.to_string()))?;
         let ours_recorded = prow.as_ref().is_some_and(|p| p.plan.redis);
         if u.is_some() && !ours_recorded {
             return Err(ApiError::conflict(format!(
@@ -685,35 +750,72 @@ async fn init_inner(
                 branch: None,
             })
             .collect(),
-        owners: registered.as_ref().map(|s| s.owners.clone()).unwrap_or_default(),
+        owners: registered
+            .as_ref()
+            .map(|s| s.owners.clone())
+            .unwrap_or_default(),
     };
 
     if req.dry_run {
         let mut steps = Vec::new();
         let st = |exists: bool| if exists { "exists" } else { "create" };
-        steps.push(step("registry", format!("project:{name}"), st(registered.as_ref() == Some(&spec))));
+        steps.push(step(
+            "registry",
+            format!("project:{name}"),
+            st(registered.as_ref() == Some(&spec)),
+        ));
         for e in &envs {
             steps.push(step(
                 &format!("port:{e}"),
-                ports.get(e.as_str()).map_or_else(|| "next free".to_owned(), u16::to_string),
+                ports
+                    .get(e.as_str())
+                    .map_or_else(|| "next free".to_owned(), u16::to_string),
                 st(ports.contains_key(e.as_str())),
             ));
         }
-        steps.push(step("secrets", secrets_path(&cfg, &name).display().to_string(), if req.rotate_secrets { "update" } else { st(old_secrets.is_some()) }));
+        steps.push(step(
+            "secrets",
+            secrets_path(&cfg, &name).display().to_string(),
+            if req.rotate_secrets {
+                "update"
+            } else {
+                st(old_secrets.is_some())
+            },
+        ));
         if plan.database {
-            steps.push(step("postgres:role", &names.role, st(found.role.is_some() && !req.rotate_secrets)));
+            steps.push(step(
+                "postgres:role",
+                &names.role,
+                st(found.role.is_some() && !req.rotate_secrets),
+            ));
             for d in [&names.db, &names.staging_db] {
-                steps.push(step("postgres:database", d, st(found.dbs.get(d).is_some_and(Option::is_some))));
+                steps.push(step(
+                    "postgres:database",
+                    d,
+                    st(found.dbs.get(d).is_some_and(Option::is_some)),
+                ));
             }
         }
         if plan.redis {
-            steps.push(step("redis:user", &names.redis_user, st(found.redis_user.is_some() && !req.rotate_secrets)));
+            steps.push(step(
+                "redis:user",
+                &names.redis_user,
+                st(found.redis_user.is_some() && !req.rotate_secrets),
+            ));
             if let Some(d) = redis_db {
-                steps.push(step("redis:index", d.to_string(), st(prow.as_ref().and_then(|r| r.redis_db).is_some())));
+                steps.push(step(
+                    "redis:index",
+                    d.to_string(),
+                    st(prow.as_ref().and_then(|r| r.redis_db).is_some()),
+                ));
             }
         }
         for e in &envs {
-            steps.push(step(&format!("env-file:{e}"), env_file_path(&cfg, &name, e.as_str()).display().to_string(), st(old_secrets.is_some() && !req.rotate_secrets)));
+            steps.push(step(
+                &format!("env-file:{e}"),
+                env_file_path(&cfg, &name, e.as_str()).display().to_string(),
+                st(old_secrets.is_some() && !req.rotate_secrets),
+            ));
         }
         return Ok(InitReport {
             project: name,
@@ -772,13 +874,18 @@ async fn init_inner(
     // 1. Secrets (written before any role or user gets them).
     let secrets = match (&old_secrets, req.rotate_secrets) {
         (Some(s), false) => {
-            steps.push(step("secrets", secrets_path(&cfg, &name).display().to_string(), "exists"));
+            steps.push(step(
+                "secrets",
+                secrets_path(&cfg, &name).display().to_string(),
+                "exists",
+            ));
             s.clone()
         }
         (old, _) => {
             let s = Secrets::generate();
             let text = serde_json::to_string(&s).map_err(ApiError::internal)?;
-            write_private(&secrets_path(&cfg, &name), &text).map_err(|e| failed_step("writing the secrets", e))?;
+            write_private(&secrets_path(&cfg, &name), &text)
+                .map_err(|e| failed_step("writing the secrets", e))?;
             steps.push(step(
                 "secrets",
                 secrets_path(&cfg, &name).display().to_string(),
@@ -855,7 +962,9 @@ async fn init_inner(
                 }
                 Some(_) => "exists",
             };
-            let needs_mark = f.as_ref().is_none_or(|f| f.comment.as_deref() != Some(marker.as_str()));
+            let needs_mark = f
+                .as_ref()
+                .is_none_or(|f| f.comment.as_deref() != Some(marker.as_str()));
             if needs_mark {
                 pg.mark_database(d, &marker)
                     .await
@@ -867,7 +976,11 @@ async fn init_inner(
                     .await
                     .map_err(|e| failed_step(&format!("revoking CONNECT on {d} from PUBLIC"), e))?;
             }
-            let state = if state == "exists" && (needs_mark || needs_revoke) { "updated" } else { state };
+            let state = if state == "exists" && (needs_mark || needs_revoke) {
+                "updated"
+            } else {
+                state
+            };
             steps.push(step("postgres:database", d.as_str(), state));
         }
     }
@@ -888,7 +1001,11 @@ async fn init_inner(
             steps.push(step(
                 "redis:user",
                 &names.redis_user,
-                if found.redis_user.is_some() { "updated" } else { "created" },
+                if found.redis_user.is_some() {
+                    "updated"
+                } else {
+                    "created"
+                },
             ));
         } else {
             steps.push(step("redis:user", &names.redis_user, "exists"));
@@ -900,7 +1017,11 @@ async fn init_inner(
             .map_err(ApiError::internal)?;
         if let Some(d) = redis_db {
             let had = prow.as_ref().and_then(|p| p.redis_db).is_some();
-            steps.push(step("redis:index", d.to_string(), if had { "exists" } else { "created" }));
+            steps.push(step(
+                "redis:index",
+                d.to_string(),
+                if had { "exists" } else { "created" },
+            ));
         }
     }
 
@@ -908,16 +1029,34 @@ async fn init_inner(
     let ep = endpoints(&cfg, pg_url.as_ref(), redis_url.as_ref());
     let mut local = BTreeMap::new();
     for e in &envs {
-        let values = env_values(&cfg, &names, *e, &plan, container_port, redis_db, &ep, &secrets);
+        let values = env_values(
+            &cfg,
+            &names,
+            *e,
+            &plan,
+            container_port,
+            redis_db,
+            &ep,
+            &secrets,
+        );
         let path = env_file_path(&cfg, &name, e.as_str());
         let text = env_text(&values);
         let same = std::fs::read_to_string(&path).is_ok_and(|t| t == text);
         if !same {
             let existed = path.exists();
-            write_private(&path, &text).map_err(|m| failed_step(&format!("writing the {e} env file"), m))?;
-            steps.push(step(&format!("env-file:{e}"), path.display().to_string(), if existed { "updated" } else { "created" }));
+            write_private(&path, &text)
+                .map_err(|m| failed_step(&format!("writing the {e} env file"), m))?;
+            steps.push(step(
+                &format!("env-file:{e}"),
+                path.display().to_string(),
+                if existed { "updated" } else { "created" },
+            ));
         } else {
-            steps.push(step(&format!("env-file:{e}"), path.display().to_string(), "exists"));
+            steps.push(step(
+                &format!("env-file:{e}"),
+                path.display().to_string(),
+                "exists",
+            ));
         }
         if *e == Environment::Production {
             local = values.into_iter().collect();
@@ -945,7 +1084,20 @@ async fn init_inner(
         })
         .await
         .map_err(ApiError::internal)?;
-    steps.insert(0, step("registry", format!("project:{name}"), if same { "exists" } else if registered.is_some() { "updated" } else { "created" }));
+    steps.insert(
+        0,
+        step(
+            "registry",
+            format!("project:{name}"),
+            if same {
+                "exists"
+            } else if registered.is_some() {
+                "updated"
+            } else {
+                "created"
+            },
+        ),
+    );
     // Never let a secret reach a warning.
     for w in &mut warnings {
         for v in secrets.values() {
@@ -983,7 +1135,9 @@ pub async fn problems(api: &Api) -> Result<Vec<ValidateProblem>, ApiError> {
     let all = api.db.run(|c| rows(c)).await.map_err(ApiError::internal)?;
     let mut out = Vec::new();
     for r in all.into_iter().filter(|r| r.state != "done") {
-        let Ok(p) = ProjectName::new(&r.project) else { continue };
+        let Ok(p) = ProjectName::new(&r.project) else {
+            continue;
+        };
         let Ok(names) = Names::new(&p) else { continue };
         let mut pieces = Vec::new();
         if let Some(cfg) = api.cfg.provision.as_ref() {
@@ -1020,7 +1174,11 @@ pub async fn problems(api: &Api) -> Result<Vec<ValidateProblem>, ApiError> {
                 }
             }
         }
-        let what = if r.state == "removing" { "removal" } else { "init" };
+        let what = if r.state == "removing" {
+            "removal"
+        } else {
+            "init"
+        };
         out.push(ValidateProblem {
             project: r.project.clone(),
             field: "provisioning".into(),
@@ -1051,7 +1209,9 @@ pub async fn remove(
     body: Bytes,
 ) -> Result<Json<RemoveReport>, ApiError> {
     let project = project_name(&name)?;
-    let caller = api.authorize(&h, Action::ProjectRemove, Some(&name)).await?;
+    let caller = api
+        .authorize(&h, Action::ProjectRemove, Some(&name))
+        .await?;
     let req: RemoveRequest = if body.is_empty() {
         RemoveRequest { yes: false }
     } else {
@@ -1065,7 +1225,16 @@ pub async fn remove(
             Ok(_) => "ok".to_owned(),
             Err(e) => format!("failed: {}", e.message),
         };
-        audit(&api, &caller, Action::ProjectRemove, &target, &name, &params, &result).await;
+        audit(
+            &api,
+            &caller,
+            Action::ProjectRemove,
+            &target,
+            &name,
+            &params,
+            &result,
+        )
+        .await;
     }
     r.map(Json)
 }
@@ -1114,17 +1283,27 @@ async fn remove_inner(
     if plan.as_ref().is_some_and(|p| p.database) {
         let url = read_secret_file(
             "postgres_admin_url_file",
-            cfg.postgres_admin_url_file
-                .as_deref()
-                .ok_or_else(|| unprocessable("[api.provision] postgres_admin_url_file is not set"))?,
+            cfg.postgres_admin_url_file.as_deref().ok_or_else(|| {
+                unprocessable("[api.provision] postgres_admin_url_file is not set")
+            })?,
         )?;
-        let pg = Pg::connect(&url).await.map_err(|e| unprocessable(e.to_string()))?;
+        let pg = Pg::connect(&url)
+            .await
+            .map_err(|e| unprocessable(e.to_string()))?;
         // Final dumps first; nothing is dropped unless every dump succeeded.
         let mut ours = Vec::new();
         for d in [&names.db, &names.staging_db] {
-            if let Some(f) = pg.database(d).await.map_err(|e| unprocessable(e.to_string()))? {
+            if let Some(f) = pg
+                .database(d)
+                .await
+                .map_err(|e| unprocessable(e.to_string()))?
+            {
                 if f.comment.as_deref() != Some(marker.as_str()) && f.owner != names.role {
-                    steps.push(step("postgres:database", d.as_str(), "not codeb's: left alone"));
+                    steps.push(step(
+                        "postgres:database",
+                        d.as_str(),
+                        "not codeb's: left alone",
+                    ));
                     continue;
                 }
                 let file = dump(&cfg, &url, d).await?;
@@ -1134,13 +1313,20 @@ async fn remove_inner(
             }
         }
         for d in ours {
-            pg.drop_database(&d).await.map_err(|e| failed_step(&format!("dropping {d}"), e))?;
+            pg.drop_database(&d)
+                .await
+                .map_err(|e| failed_step(&format!("dropping {d}"), e))?;
             steps.push(step("postgres:database", d, "dropped"));
         }
-        if let Some(r) = pg.role(&names.role).await.map_err(|e| unprocessable(e.to_string()))?
+        if let Some(r) = pg
+            .role(&names.role)
+            .await
+            .map_err(|e| unprocessable(e.to_string()))?
             && r.comment.as_deref() == Some(marker.as_str())
         {
-            pg.drop_role(&names.role).await.map_err(|e| failed_step("dropping the role", e))?;
+            pg.drop_role(&names.role)
+                .await
+                .map_err(|e| failed_step("dropping the role", e))?;
             steps.push(step("postgres:role", &names.role, "dropped"));
         }
     }
@@ -1151,14 +1337,22 @@ async fn remove_inner(
                 .as_deref()
                 .ok_or_else(|| unprocessable("[api.provision] redis_admin_url_file is not set"))?,
         )?;
-        let mut r = Redis::connect(&url).await.map_err(|e| unprocessable(e.to_string()))?;
+        let mut r = Redis::connect(&url)
+            .await
+            .map_err(|e| unprocessable(e.to_string()))?;
         let db = prow.as_ref().and_then(|p| p.redis_db).unwrap_or(0);
         let n = r
             .delete_prefix(db, &names.redis_prefix)
             .await
             .map_err(|e| failed_step("deleting the project's Redis keys", e))?;
-        steps.push(step("redis:keys", format!("{} in DB {db}", names.redis_prefix), &format!("deleted {n}")));
-        r.delete_user(&names.redis_user).await.map_err(|e| failed_step("deleting the Redis ACL user", e))?;
+        steps.push(step(
+            "redis:keys",
+            format!("{} in DB {db}", names.redis_prefix),
+            &format!("deleted {n}"),
+        ));
+        r.delete_user(&names.redis_user)
+            .await
+            .map_err(|e| failed_step("deleting the Redis ACL user", e))?;
         steps.push(step("redis:user", &names.redis_user, "deleted"));
     }
     for e in [Environment::Production, Environment::Staging] {
@@ -1173,7 +1367,11 @@ async fn remove_inner(
         }
         let f = env_file_path(&cfg, &name, e.as_str());
         if std::fs::remove_file(&f).is_ok() {
-            steps.push(step(&format!("env-file:{e}"), f.display().to_string(), "removed"));
+            steps.push(step(
+                &format!("env-file:{e}"),
+                f.display().to_string(),
+                "removed",
+            ));
         }
     }
     let _ = std::fs::remove_file(secrets_path(&cfg, &name));

@@ -121,17 +121,18 @@ fn check_spec(spec: &ProjectSpec) -> Result<(), ApiError> {
         ));
     }
     // Empty: not known yet (`we workflow init` outside a git repository).
-    let repo_ok = spec.repository.is_empty() || spec.repository.split_once('/').is_some_and(|(o, n)| {
-        let part = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s != "."
-                && s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
-        part(o) && part(n)
-    });
+    let repo_ok = spec.repository.is_empty()
+        || spec.repository.split_once('/').is_some_and(|(o, n)| {
+            let part = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 100
+                    && s != "."
+                    && s != ".."
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            part(o) && part(n)
+        });
     if !repo_ok {
         return Err(ApiError::bad(format!(
             "repository {:?} is not a GitHub `owner/name`",

@@ -151,29 +151,43 @@ impl Pg {
         }))
     }
 
-    /// `template` with `%I` for each of `idents` and `%L` for each of `literals` (in that
-    /// order), quoted by the server's `format()`.
+    /// Each `(template, idents, literals)` formatted by the server's `format()` (`%I` for
+    /// each of `idents`, then `%L` for each of `literals`), all in one round trip.
+    async fn format_many(
+        &self,
+        stmts: &[(&str, &[&str], &[&str])],
+    ) -> Result<Vec<String>, PgError> {
+        let mut args: Vec<&str> = Vec::new();
+        let mut cols = Vec::new();
+        for (template, idents, literals) in stmts {
+            let first = args.len() + 1;
+            args.push(template);
+            for i in *idents {
+                args.push(ident(i)?);
+            }
+            args.extend_from_slice(literals);
+            let rest: String = (first + 1..=args.len())
+                .map(|i| format!(", ${i}::text"))
+                .collect();
+            cols.push(format!("format(${first}::text{rest})"));
+        }
+        let q = format!("SELECT {}", cols.join(", "));
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = args
+            .iter()
+            .map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let row = self.client.query_one(&q, &params).await.map_err(sql)?;
+        Ok((0..stmts.len()).map(|i| row.get(i)).collect())
+    }
+
     async fn format(
         &self,
         template: &str,
         idents: &[&str],
         literals: &[&str],
     ) -> Result<String, PgError> {
-        let mut args: Vec<&str> = Vec::new();
-        for i in idents {
-            args.push(ident(i)?);
-        }
-        args.extend_from_slice(literals);
-        let rest: String = (2..=args.len() + 1)
-            .map(|i| format!(", ${i}::text"))
-            .collect();
-        let q = format!("SELECT format($1::text{rest})");
-        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&template];
-        for a in &args {
-            params.push(a);
-        }
-        let row = self.client.query_one(&q, &params).await.map_err(sql)?;
-        Ok(row.get(0))
+        let mut v = self.format_many(&[(template, idents, literals)]).await?;
+        Ok(v.remove(0))
     }
 
     async fn exec(
@@ -186,6 +200,55 @@ impl Pg {
         self.client.batch_execute(&stmt).await.map_err(sql)
     }
 
+    /// Creates `db` owned by `owner` when `create`, then (in one implicit transaction) puts
+    /// the marker on it when `mark` and lets only `owner` connect when `restrict`. CREATE
+    /// DATABASE cannot run in a transaction, so a crash between the two leaves a database
+    /// owned by codeb's role without the marker: the caller recognises that as an
+    /// interrupted creation and completes it.
+    pub async fn ensure_database(
+        &self,
+        db: &str,
+        owner: &str,
+        marker: &str,
+        create: bool,
+        mark: bool,
+        restrict: bool,
+    ) -> Result<(), PgError> {
+        let mut t: Vec<(&str, &[&str], &[&str])> = Vec::new();
+        let dbo = [db, owner];
+        let dbs = [db];
+        let m = [marker];
+        if create {
+            t.push(("CREATE DATABASE %I OWNER %I", &dbo, &[]));
+        }
+        if mark || create {
+            t.push(("COMMENT ON DATABASE %I IS %L", &dbs, &m));
+        }
+        if restrict || create {
+            t.push((
+                "REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC",
+                &dbs,
+                &[],
+            ));
+            t.push(("GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I", &dbo, &[]));
+        }
+        if t.is_empty() {
+            return Ok(());
+        }
+        let mut stmts = self.format_many(&t).await?;
+        if create {
+            let c = stmts.remove(0);
+            self.client.batch_execute(&c).await.map_err(sql)?;
+        }
+        if !stmts.is_empty() {
+            self.client
+                .batch_execute(&stmts.join("; "))
+                .await
+                .map_err(sql)?;
+        }
+        Ok(())
+    }
+
     /// Creates `role` (LOGIN, nothing else) with `password` and the marker comment, in one
     /// transaction: a role is never left without its marker.
     pub async fn create_role(
@@ -195,16 +258,20 @@ impl Pg {
         marker: &str,
     ) -> Result<(), PgError> {
         let verifier = postgres_protocol::password::scram_sha_256(password.expose().as_bytes());
-        let create = self
-            .format(
-                "CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L",
-                &[role],
-                &[&verifier],
-            )
+        let r = [role];
+        let v = [verifier.as_str()];
+        let m = [marker];
+        let stmts = self
+            .format_many(&[
+                (
+                    "CREATE ROLE %I LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD %L",
+                    &r,
+                    &v,
+                ),
+                ("COMMENT ON ROLE %I IS %L", &r, &m),
+            ])
             .await?;
-        let comment = self
-            .format("COMMENT ON ROLE %I IS %L", &[role], &[marker])
-            .await?;
+        let (create, comment) = (&stmts[0], &stmts[1]);
         // One simple-protocol message with two statements runs as one implicit transaction.
         self.client
             .batch_execute(&format!("{create}; {comment}"))

@@ -895,17 +895,23 @@ async fn init_inner(
         }
     };
 
-    // 2. Ports (the manifest's allocator, under its lock).
+    // 2. Ports (the manifest's allocator, under its lock), skipping ports in use.
+    let host = if envs.iter().all(|e| ports.contains_key(e.as_str())) {
+        None
+    } else {
+        tokio::task::spawn_blocking(|| codeb_host::HostPorts::read().ok())
+            .await
+            .map_err(ApiError::internal)?
+            .map(Arc::new)
+    };
     for e in &envs {
         let t = super::registry::target(project, *e);
         let store = api.loc.manifest.clone();
-        let (doc, got) = tokio::task::spawn_blocking(move || {
-            let host = codeb_host::HostPorts::read().ok();
-            store.allocate(&t, host.as_ref())
-        })
-        .await
-        .map_err(ApiError::internal)?
-        .map_err(|e2| failed_step(&format!("allocating the {e} port"), e2))?;
+        let host = host.clone();
+        let (doc, got) = tokio::task::spawn_blocking(move || store.allocate(&t, host.as_deref()))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e2| failed_step(&format!("allocating the {e} port"), e2))?;
         let port = got.or_else(|| {
             doc.manifest
                 .assignment(&super::registry::target(project, *e))
@@ -921,7 +927,10 @@ async fn init_inner(
         ));
     }
 
-    // 3. PostgreSQL.
+    // 3. PostgreSQL. The SHA-256 of what was set is recorded with the final commit: a crash
+    // before it makes the next run set the same password again, which is harmless.
+    let mut pg_hash = None;
+    let mut redis_hash = None;
     if let Some(pg) = &pg {
         let pw = Secret::new(secrets.pg_password.clone());
         let want = sha256_hex(&secrets.pg_password);
@@ -945,41 +954,23 @@ async fn init_inner(
                 }
             }
         }
-        let n = name.clone();
-        let w = want.clone();
-        api.db
-            .run(move |c| set_secret_hash(c, &n, "pg", &w))
-            .await
-            .map_err(ApiError::internal)?;
+        pg_hash = Some(want.clone());
         for d in [&names.db, &names.staging_db] {
             let f = found.dbs.get(d).cloned().flatten();
-            let state = match &f {
-                None => {
-                    pg.create_database(d, &names.role)
-                        .await
-                        .map_err(|e| failed_step(&format!("creating the database {d}"), e))?;
-                    "created"
-                }
-                Some(_) => "exists",
-            };
-            let needs_mark = f
+            let create = f.is_none();
+            let mark = f
                 .as_ref()
-                .is_none_or(|f| f.comment.as_deref() != Some(marker.as_str()));
-            if needs_mark {
-                pg.mark_database(d, &marker)
-                    .await
-                    .map_err(|e| failed_step(&format!("marking the database {d}"), e))?;
-            }
-            let needs_revoke = f.as_ref().is_none_or(|f| f.public_connect);
-            if needs_revoke {
-                pg.restrict_connect(d, &names.role)
-                    .await
-                    .map_err(|e| failed_step(&format!("revoking CONNECT on {d} from PUBLIC"), e))?;
-            }
-            let state = if state == "exists" && (needs_mark || needs_revoke) {
+                .is_some_and(|f| f.comment.as_deref() != Some(marker.as_str()));
+            let restrict = f.as_ref().is_some_and(|f| f.public_connect);
+            pg.ensure_database(d, &names.role, &marker, create, mark, restrict)
+                .await
+                .map_err(|e| failed_step(&format!("creating the database {d}"), e))?;
+            let state = if create {
+                "created"
+            } else if mark || restrict {
                 "updated"
             } else {
-                state
+                "exists"
             };
             steps.push(step("postgres:database", d.as_str(), state));
         }
@@ -1010,11 +1001,7 @@ async fn init_inner(
         } else {
             steps.push(step("redis:user", &names.redis_user, "exists"));
         }
-        let n = name.clone();
-        api.db
-            .run(move |c| set_secret_hash(c, &n, "redis", &want))
-            .await
-            .map_err(ApiError::internal)?;
+        redis_hash = Some(want);
         if let Some(d) = redis_db {
             let had = prow.as_ref().and_then(|p| p.redis_db).is_some();
             steps.push(step(
@@ -1077,6 +1064,12 @@ async fn init_inner(
                     .filter_map(|o| db::user_by_name(&tx, o).ok().flatten().map(|u| u.id))
                     .collect();
                 db::put_project(&tx, &s, &owners, now_ms())?;
+            }
+            if let Some(h) = &pg_hash {
+                set_secret_hash(&tx, &n, "pg", h)?;
+            }
+            if let Some(h) = &redis_hash {
+                set_secret_hash(&tx, &n, "redis", h)?;
             }
             set_state(&tx, &n, "done")?;
             tx.commit()?;

@@ -93,9 +93,15 @@ impl Plane {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env(vars::CODEB_WEBHOOK_SECRET, "hook")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("daemon.log"))
+                    .expect("daemon log"),
+            )
             .spawn()
             .expect("spawn codeb-daemon");
         self.child = Some(child);
@@ -514,6 +520,9 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("project.init"), "{}", r.all());
     assert_no_secret("the audit log", &r.all(), &all_secrets);
+    let log = std::fs::read_to_string(plane.dir.path().join("daemon.log")).expect("daemon log");
+    assert!(!log.is_empty(), "the daemon logs at debug level");
+    assert_no_secret("the daemon's log", &log, &all_secrets);
 
     // Remove: refused without --yes; with it, a final dump first, then everything is gone.
     let r = plane.we(&["project", "remove", "alpha"]);

@@ -843,9 +843,7 @@ async fn init_inner(
                  VALUES (?1, 'provisioning', ?2, ?3, ?4, ?4)
                  ON CONFLICT (project) DO UPDATE SET plan = excluded.plan,
                     redis_db = excluded.redis_db, updated_ms = excluded.updated_ms,
-                    state = CASE WHEN api_provision.plan = excluded.plan
-                                  AND api_provision.redis_db IS excluded.redis_db
-                                 THEN api_provision.state ELSE 'provisioning' END",
+                    state = 'provisioning'",
                 params![n, plan_json, redis_db.map(i64::from), now],
             );
             match r {

@@ -23,4 +23,5 @@ mod provision;
 mod stores;
 mod tidy;
 mod we_cli;
+mod we_scale;
 mod workflow_gen;

@@ -92,10 +92,14 @@ pub enum Action {
     ProjectInit,
     /// `we project remove`: undo init (final dump, then drop database, role, ACL user, ports).
     ProjectRemove,
+    /// The values of a project environment's env file (for `we scale k8s`'s Secret).
+    EnvRead,
+    /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
+    ScaleStatus,
 }
 
 impl Action {
-    pub const ALL: [Action; 30] = [
+    pub const ALL: [Action; 32] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -126,6 +130,8 @@ impl Action {
         Action::AuditList,
         Action::ProjectInit,
         Action::ProjectRemove,
+        Action::EnvRead,
+        Action::ScaleStatus,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -161,6 +167,8 @@ impl Action {
             Action::AuditList => "audit.list",
             Action::ProjectInit => "project.init",
             Action::ProjectRemove => "project.remove",
+            Action::EnvRead => "env.read",
+            Action::ScaleStatus => "scale.status",
         }
     }
 
@@ -205,7 +213,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 30] = {
+pub const TABLE: [(Action, [Access; 3]); 32] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -238,6 +246,8 @@ pub const TABLE: [(Action, [Access; 3]); 30] = {
         (Action::AuditList, [A, D, D]),
         (Action::ProjectInit, [A, D, D]),
         (Action::ProjectRemove, [A, D, D]),
+        (Action::EnvRead, [A, O, D]),
+        (Action::ScaleStatus, [A, A, A]),
     ]
 };
 

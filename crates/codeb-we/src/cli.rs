@@ -17,6 +17,9 @@ Examples:
   we logs myapp -f                           # follow the container's output
   we health --verbose
   we audit --project myapp --since 1d --json
+  we scale status                            # is phase 2 (Kubernetes) due?
+  we scale k8s render myapp                  # Deployment, Service, HPA, PDB, Ingress as YAML
+  we scale k8s apply myapp --context prod --dry-run=server
 
 Every command takes --json (JSON lines when streaming). Data goes to stdout, messages to
 stderr; NO_COLOR turns colour off. Credentials: $XDG_CONFIG_HOME/codeb/credentials.toml
@@ -77,6 +80,9 @@ pub enum Command {
     /// Projects as a whole: `we project remove` (admins)
     #[command(subcommand)]
     Project(ProjectCommand),
+    /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
+    #[command(subcommand)]
+    Scale(crate::scale::ScaleCommand),
     /// Shell completions: `we completions bash > /etc/bash_completion.d/we`
     Completions {
         #[arg(value_enum)]
@@ -431,6 +437,41 @@ mod tests {
                 "--redis-prefix",
             ],
             &["project", "remove", "a", "--yes"],
+            &[
+                "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
+            ],
+            &["scale", "k8s", "render", "myapp", "--include-secrets"],
+            &["scale", "status", "--window", "2s", "--json"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=server",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--kubeconfig",
+                "/k",
+                "--timeout",
+                "5m",
+            ],
         ] {
             parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
@@ -452,6 +493,17 @@ mod tests {
             &["frobnicate"],
             &["workflow", "init", "a"],
             &["workflow", "init", "--type", "node"],
+            &["scale", "k8s", "apply", "myapp"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=client",
+            ],
+            &["scale", "k8s", "render", "myapp", "-o", "toml"],
         ] {
             let e = parse(bad).expect_err(&format!("{bad:?}"));
             assert!(e.use_stderr(), "{bad:?}");

@@ -46,6 +46,7 @@ pub async fn dispatch(cmd: Command, env: &Env, out: &Out) -> Result<Exit, WeErro
         Command::Project(cli::ProjectCommand::Remove { project, yes }) => {
             crate::init::remove(&project, yes, connect(env), out).await
         }
+        Command::Scale(s) => crate::scale::scale(s, &connect(env)?, out).await,
     }
 }
 

@@ -17,10 +17,12 @@
 //! capacity; streams (job events, logs) have a second limit and do not count against it.
 
 pub mod db;
+pub mod env;
 pub mod jobs;
 pub mod logs;
 pub mod provision;
 pub mod registry;
+pub mod scale;
 pub mod team;
 
 use std::path::PathBuf;
@@ -567,6 +569,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/projects/{name}/logs", get(logs::logs))
         .route("/api/v1/projects/{name}/init", post(provision::init))
         .route("/api/v1/projects/{name}/remove", post(provision::remove))
+        .route("/api/v1/projects/{name}/env", get(env::env_values))
         .route(
             "/api/v1/projects/{name}/{*rest}",
             get(unknown_under_project).post(unknown_under_project),
@@ -577,6 +580,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/health", get(registry::health))
         .route("/api/v1/up", get(registry::up))
         .route("/api/v1/ports", get(registry::ports))
+        .route("/api/v1/scale/status", get(scale::status))
         .route("/api/v1/ssot/status", get(registry::ssot_status))
         .route("/api/v1/ssot/projects", get(registry::ssot_projects))
         .route("/api/v1/ssot/sync", post(registry::ssot_sync))

@@ -754,6 +754,7 @@ async fn init_inner(
             .as_ref()
             .map(|s| s.owners.clone())
             .unwrap_or_default(),
+        kubernetes: registered.as_ref().and_then(|s| s.kubernetes.clone()),
     };
 
     if req.dry_run {

@@ -20,6 +20,8 @@ mod infra;
 mod install;
 mod port_validate;
 mod previews;
+mod provision;
+mod stores;
 mod sudo;
 mod tidy;
 mod we_cli;

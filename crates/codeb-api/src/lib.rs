@@ -57,6 +57,8 @@
 //! | GET | `/api/v1/audit?project=P&since=1d&limit=N` | audit_list | admin | [`AuditQuery`] | `Vec<`[`AuditEntry`]`>` |
 //! | GET | `/api/v1/backups?project=P&limit=N` | backup_list | all | [`BackupsQuery`] | [`BackupsReport`] |
 //! | POST | `/api/v1/projects/{name}/restore` | restore | admin | [`RestoreRequest`] | NDJSON [`RestoreEvent`] |
+//! | POST | `/api/v1/projects/{name}/init` | project_init | admin | [`InitRequest`] | [`InitReport`] (the env values, secrets included, only here) |
+//! | POST | `/api/v1/projects/{name}/remove` | project_remove | admin | [`RemoveRequest`] (`yes` required) | [`RemoveReport`] |
 //!
 //! `GET /healthz` and `POST /webhook/github` stay outside `/api/v1` and take no token.
 //!
@@ -144,6 +146,12 @@ pub mod paths {
     }
     pub fn token(id: i64) -> String {
         format!("{TOKENS}/{id}")
+    }
+    pub fn init(name: &str) -> String {
+        format!("{PROJECTS}/{name}/init")
+    }
+    pub fn remove(name: &str) -> String {
+        format!("{PROJECTS}/{name}/remove")
     }
 }
 
@@ -908,4 +916,89 @@ mod tests {
         assert_eq!(j["type"], "node");
         assert_eq!(j["ports"]["production"], 4001);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Provisioning (`we workflow init`, `we project remove`)
+
+/// `POST /api/v1/projects/{name}/init`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitRequest {
+    /// The workflow-gen project type (`nextjs`, `node`, `rust`, `static`, `dockerfile`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// GitHub `owner/name` from `git remote`; `None` when the directory is not a repository.
+    #[serde(default)]
+    pub repository: Option<String>,
+    /// A PostgreSQL role and databases.
+    #[serde(default)]
+    pub database: bool,
+    /// A Redis ACL user (and a DB index unless `redis_prefix`).
+    #[serde(default)]
+    pub redis: bool,
+    /// Share DB 0 under the key prefix instead of holding a DB index of its own.
+    #[serde(default)]
+    pub redis_prefix: bool,
+    /// The port the app listens on in its container [default: by type].
+    #[serde(default)]
+    pub container_port: Option<u16>,
+    #[serde(default)]
+    pub health_path: Option<String>,
+    /// Print the plan; change nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Generate new passwords and keys, set them on the role and ACL user and in the env files.
+    #[serde(default)]
+    pub rotate_secrets: bool,
+}
+
+/// One step of provisioning and what happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitStep {
+    /// `registry`, `port:production`, `postgres:role`, `postgres:database <name>`,
+    /// `redis:user`, `redis:index`, `env-file:production`, ...
+    pub step: String,
+    /// The object (a name, a path, a port).
+    pub target: String,
+    /// `exists` (nothing to do), `create`/`update` (dry run), `created`, `updated`.
+    pub state: String,
+}
+
+/// What init did (or, with `dry_run`, would do).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitReport {
+    pub project: String,
+    pub dry_run: bool,
+    pub steps: Vec<InitStep>,
+    /// Manifest ports by environment.
+    pub ports: BTreeMap<String, u16>,
+    pub redis_db: Option<u8>,
+    pub redis_prefix: Option<String>,
+    /// The `.env` keys codeb manages, with their values (secrets included): the one answer
+    /// that carries them, for `we` to write into the project's `.env`. Empty on a dry run.
+    pub env: BTreeMap<String, String>,
+    pub warnings: Vec<String>,
+}
+
+impl InitReport {
+    /// Whether this run changed anything.
+    pub fn changed(&self) -> bool {
+        self.steps.iter().any(|s| s.state != "exists")
+    }
+}
+
+/// `POST /api/v1/projects/{name}/remove`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveRequest {
+    /// Required: removal drops the databases (after the final dump).
+    #[serde(default)]
+    pub yes: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveReport {
+    pub project: String,
+    pub steps: Vec<InitStep>,
+    /// The final dumps written before anything was dropped.
+    pub dumps: Vec<String>,
 }

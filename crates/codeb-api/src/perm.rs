@@ -92,6 +92,10 @@ pub enum Action {
     BackupList,
     /// `POST /api/v1/projects/{name}/restore`: replaces or adds a database (admins only).
     Restore,
+    /// `we workflow init`: register and provision a project (database, Redis, ports, env files).
+    ProjectInit,
+    /// `we project remove`: undo init (final dump, then drop database, role, ACL user, ports).
+    ProjectRemove,
     /// The values of a project environment's env file (for `we scale k8s`'s Secret).
     EnvRead,
     /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
@@ -99,7 +103,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 32] = [
+    pub const ALL: [Action; 34] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -130,6 +134,8 @@ impl Action {
         Action::AuditList,
         Action::BackupList,
         Action::Restore,
+        Action::ProjectInit,
+        Action::ProjectRemove,
         Action::EnvRead,
         Action::ScaleStatus,
     ];
@@ -167,6 +173,8 @@ impl Action {
             Action::AuditList => "audit.list",
             Action::BackupList => "backup.list",
             Action::Restore => "restore",
+            Action::ProjectInit => "project.init",
+            Action::ProjectRemove => "project.remove",
             Action::EnvRead => "env.read",
             Action::ScaleStatus => "scale.status",
         }
@@ -190,6 +198,8 @@ impl Action {
                 | Action::TokenCreate
                 | Action::TokenRevoke
                 | Action::Restore
+                | Action::ProjectInit
+                | Action::ProjectRemove
         )
     }
 }
@@ -212,7 +222,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 32] = {
+pub const TABLE: [(Action, [Access; 3]); 34] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -245,6 +255,8 @@ pub const TABLE: [(Action, [Access; 3]); 32] = {
         (Action::AuditList, [A, D, D]),
         (Action::BackupList, [A, A, A]),
         (Action::Restore, [A, D, D]),
+        (Action::ProjectInit, [A, D, D]),
+        (Action::ProjectRemove, [A, D, D]),
         (Action::EnvRead, [A, O, D]),
         (Action::ScaleStatus, [A, A, A]),
     ]
@@ -300,6 +312,18 @@ mod tests {
         assert!(allowed(Role::Developer, Action::Deploy, true));
         assert!(!allowed(Role::Developer, Action::Deploy, false));
         assert!(!allowed(Role::Developer, Action::ProjectCreate, true));
+    }
+
+    #[test]
+    fn provisioning_and_removal_are_for_admins_only() {
+        for a in [Action::ProjectInit, Action::ProjectRemove] {
+            assert!(a.is_write(), "{a}");
+            assert_eq!(access(Role::Admin, a), Access::Allow, "{a}");
+            assert_eq!(access(Role::Developer, a), Access::Deny, "{a}");
+            assert_eq!(access(Role::Viewer, a), Access::Deny, "{a}");
+            // Owning the project does not make a developer an admin.
+            assert!(!allowed(Role::Developer, a, true), "{a}");
+        }
     }
 
     #[test]

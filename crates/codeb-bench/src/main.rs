@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|we|guest|backup]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|init|we|guest|backup]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
 //! guest of scripts/vm and runs only when named).
 
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 mod backup;
 mod deploy;
 mod guest;
+mod provision;
 mod we;
 mod webhook;
 mod workflows;
@@ -76,6 +77,12 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"webhook"))
         && let Err(e) = webhook::webhook(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    if (all || which.contains(&"init"))
+        && let Err(e) = provision::run(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

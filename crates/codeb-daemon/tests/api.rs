@@ -242,6 +242,16 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
             format!("/api/v1/projects/{p}/restore"),
             Some(json!({"date": "2024-12-20", "dry_run": true})),
         ),
+        Action::ProjectInit => (
+            "POST",
+            format!("/api/v1/projects/{p}/init"),
+            Some(json!({"type": "static", "dry_run": true})),
+        ),
+        Action::ProjectRemove => (
+            "POST",
+            format!("/api/v1/projects/gone-{who}/remove"),
+            Some(json!({"yes": true})),
+        ),
         Action::ScaleStatus => ("GET", "/api/v1/scale/status?window=1s".into(), None),
         Action::EnvRead => (
             "GET",
@@ -268,6 +278,9 @@ fn allowed_status(action: Action) -> &'static [u16] {
         Action::Logs => &[404],
         // This plane has no `[api] backup_config`.
         Action::Restore => &[422],
+        // This plane has no [api.provision]: init is refused after authorization.
+        Action::ProjectInit => &[422],
+        Action::ProjectRemove => &[404],
         _ => &[200],
     }
 }

@@ -79,6 +79,12 @@ pub enum Command {
     /// A project's environment: backups and point-in-time restore
     #[command(subcommand)]
     Env(EnvCommand),
+    /// A project's workflow and provisioning: `we workflow init` (admins)
+    #[command(subcommand)]
+    Workflow(WorkflowCommand),
+    /// Projects as a whole: `we project remove` (admins)
+    #[command(subcommand)]
+    Project(ProjectCommand),
     /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
     #[command(subcommand)]
     Scale(crate::scale::ScaleCommand),
@@ -339,6 +345,73 @@ pub enum RestoreFrom {
     Dump,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Set up a new project in one command: register it, create its PostgreSQL role and
+    /// databases and its Redis ACL user, allocate its ports, write the server's env files, then
+    /// here `.github/workflows/<project>-deploy.yml` and `.env` (0600). Running it again
+    /// changes nothing; after an interruption it completes the project.
+    #[command(after_help = INIT_HELP)]
+    Init(InitArgs),
+}
+
+pub const INIT_HELP: &str = "\
+Examples:
+  we workflow init my-new-app --type nextjs --database --redis   # then: git push
+  we workflow init my-new-app --type nextjs --database --redis --dry-run
+  we workflow init my-new-app --type nextjs --database --redis --rotate-secrets
+
+The database is my_new_app_db (staging: my_new_app_staging_db), owned by the role
+my_new_app_user (LOGIN only; CONNECT revoked from PUBLIC); the Redis ACL user my-new-app may
+touch only keys under `my-new-app:` and no admin or dangerous command. `.env` gets NODE_ENV,
+PORT, DATABASE_URL, REDIS_URL, REDIS_PREFIX and the CENTRIFUGO_* keys; keys of your own are
+kept and the previous file is saved as .env.bak (0600).";
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The project (a DNS label: a-z, 0-9, -)
+    pub project: String,
+    /// The project type, as codeb-workflow-gen knows it (nextjs, node, rust, static, dockerfile)
+    #[arg(long = "type", value_name = "TYPE")]
+    pub kind: String,
+    /// A PostgreSQL role and databases (production and staging)
+    #[arg(long)]
+    pub database: bool,
+    /// A Redis ACL user and a DB index of its own
+    #[arg(long)]
+    pub redis: bool,
+    /// Share DB 0 under the key prefix `<project>:` instead of a DB index (implies --redis)
+    #[arg(long)]
+    pub redis_prefix: bool,
+    /// The port the app listens on in its container [default: 3000 for nextjs/node, else 8080]
+    #[arg(long, value_name = "PORT")]
+    pub container_port: Option<u16>,
+    /// The path the health check probes [default: /api/health for nextjs/node, else /health]
+    #[arg(long, value_name = "PATH")]
+    pub health_path: Option<String>,
+    /// Print the plan; change nothing (neither on the server nor here)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Generate new passwords and keys and put them on the role, the ACL user and the env files
+    #[arg(long)]
+    pub rotate_secrets: bool,
+    /// The project's directory [default: the current directory]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Undo `we workflow init`: a final dump of the databases to the backup directory, then
+    /// drop them, the role and the Redis ACL user, free the ports and the Redis DB index
+    Remove {
+        project: String,
+        /// Really remove (required)
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -422,6 +495,25 @@ mod tests {
                 "--yes",
             ],
             &[
+                "workflow",
+                "init",
+                "my-new-app",
+                "--type",
+                "nextjs",
+                "--database",
+                "--redis",
+                "--dry-run",
+            ],
+            &[
+                "workflow",
+                "init",
+                "a",
+                "--type",
+                "static",
+                "--redis-prefix",
+            ],
+            &["project", "remove", "a", "--yes"],
+            &[
                 "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
             ],
             &["scale", "k8s", "render", "myapp", "--include-secrets"],
@@ -476,6 +568,8 @@ mod tests {
             &["completions", "powershell"],
             &["env", "restore", "myapp"],
             &["frobnicate"],
+            &["workflow", "init", "a"],
+            &["workflow", "init", "--type", "node"],
             &["scale", "k8s", "apply", "myapp"],
             &[
                 "scale",

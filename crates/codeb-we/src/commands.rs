@@ -41,6 +41,12 @@ pub async fn dispatch(cmd: Command, env: &Env, out: &Out) -> Result<Exit, WeErro
         Command::Logs(a) => logs(a, &connect(env)?, out).await,
         Command::Audit(a) => audit(a, &connect(env)?, out).await,
         Command::Env(c) => crate::backup::env(c, &connect(env)?, out).await,
+        Command::Workflow(cli::WorkflowCommand::Init(a)) => {
+            crate::init::init(a, connect(env), out).await
+        }
+        Command::Project(cli::ProjectCommand::Remove { project, yes }) => {
+            crate::init::remove(&project, yes, connect(env), out).await
+        }
         Command::Scale(s) => crate::scale::scale(s, &connect(env)?, out).await,
     }
 }

@@ -19,6 +19,7 @@ pub mod commands;
 pub mod config;
 pub mod exit;
 pub mod follow;
+pub mod init;
 pub mod output;
 pub mod scale;
 pub mod scan;

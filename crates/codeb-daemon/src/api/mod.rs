@@ -22,6 +22,7 @@ pub mod env;
 pub mod guard;
 pub mod jobs;
 pub mod logs;
+pub mod provision;
 pub mod registry;
 pub mod scale;
 pub mod team;
@@ -82,6 +83,8 @@ pub struct ApiConfig {
     /// `codeb-backup`'s config (`/etc/codeb/backup.toml`): enables `we env backups`,
     /// `we env restore`, and the backup ages in `we health` and `/metrics`.
     pub backup_config: Option<PathBuf>,
+    /// `[api.provision]`: the storage server for `we workflow init` (none: init is refused).
+    pub provision: Option<provision::ProvisionConfig>,
 }
 
 impl Default for ApiConfig {
@@ -100,6 +103,7 @@ impl Default for ApiConfig {
             token_ttl: Duration::from_secs(90 * 86400),
             listen_host: "127.0.0.1".into(),
             backup_config: None,
+            provision: None,
         }
     }
 }
@@ -571,6 +575,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/projects/{name}/logs", get(logs::logs))
         .route("/api/v1/projects/{name}/restore", post(backups::restore))
         .route("/api/v1/backups", get(backups::list))
+        .route("/api/v1/projects/{name}/init", post(provision::init))
+        .route("/api/v1/projects/{name}/remove", post(provision::remove))
         .route("/api/v1/projects/{name}/env", get(env::env_values))
         .route(
             "/api/v1/projects/{name}/{*rest}",

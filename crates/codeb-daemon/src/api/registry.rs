@@ -120,17 +120,19 @@ fn check_spec(spec: &ProjectSpec) -> Result<(), ApiError> {
             "type must be a workflow-gen project type such as `node` or `static` ([a-z0-9-], at most 32)",
         ));
     }
-    let repo_ok = spec.repository.split_once('/').is_some_and(|(o, n)| {
-        let part = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 100
-                && s != "."
-                && s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        };
-        part(o) && part(n)
-    });
+    // Empty: not known yet (`we workflow init` outside a git repository).
+    let repo_ok = spec.repository.is_empty()
+        || spec.repository.split_once('/').is_some_and(|(o, n)| {
+            let part = |s: &str| {
+                !s.is_empty()
+                    && s.len() <= 100
+                    && s != "."
+                    && s != ".."
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            };
+            part(o) && part(n)
+        });
     if !repo_ok {
         return Err(ApiError::bad(format!(
             "repository {:?} is not a GitHub `owner/name`",
@@ -1093,6 +1095,8 @@ pub async fn ssot_validate(
         })
         .await
         .map_err(ApiError::internal)?;
+    let mut problems = problems;
+    problems.extend(super::provision::problems(&api).await?);
     if fix {
         let n = problems.iter().filter(|p| p.fixed).count();
         api.audit(

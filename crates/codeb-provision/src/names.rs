@@ -1,0 +1,123 @@
+//! The names of a project's data: `<p>_user`, `<p>_db`, `<p>_staging_db` (the project name
+//! with `-` turned into `_`), the Redis ACL user `<project>` and key prefix `<project>:`, a
+//! preview's `<p>_pr_<N>` and `<project>:pr-<N>:`.
+
+use codeb_core::ProjectName;
+
+/// PostgreSQL's identifier limit (NAMEDATALEN - 1).
+pub const PG_MAX_IDENT: usize = 63;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error(
+        "project `{project}` is too long for its database names: `{ident}` has {len} characters and PostgreSQL allows {PG_MAX_IDENT}; use a project name of at most {max} characters"
+    )]
+    TooLong {
+        project: String,
+        ident: String,
+        len: usize,
+        max: usize,
+    },
+}
+
+/// Every name derived from one project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    pub project: ProjectName,
+    pub role: String,
+    pub db: String,
+    pub staging_db: String,
+    pub redis_user: String,
+    pub redis_prefix: String,
+}
+
+fn ident_base(p: &ProjectName) -> String {
+    p.as_str().replace('-', "_")
+}
+
+impl Names {
+    pub fn new(project: &ProjectName) -> Result<Self, NameError> {
+        let b = ident_base(project);
+        let n = Self {
+            project: project.clone(),
+            role: format!("{b}_user"),
+            db: format!("{b}_db"),
+            staging_db: format!("{b}_staging_db"),
+            redis_user: project.as_str().to_owned(),
+            redis_prefix: format!("{}:", project.as_str()),
+        };
+        let longest = &n.staging_db;
+        if longest.len() > PG_MAX_IDENT {
+            return Err(NameError::TooLong {
+                project: project.as_str().to_owned(),
+                ident: longest.clone(),
+                len: longest.len(),
+                max: PG_MAX_IDENT - "_staging_db".len(),
+            });
+        }
+        Ok(n)
+    }
+
+    /// The key prefix staging uses inside the project's prefix.
+    pub fn staging_prefix(&self) -> String {
+        format!("{}staging:", self.redis_prefix)
+    }
+
+    /// A preview's database (`<p>_pr_<N>`); `None` when it would exceed PostgreSQL's limit.
+    pub fn preview_db(&self, pr: u64) -> Option<String> {
+        let s = format!("{}_pr_{pr}", ident_base(&self.project));
+        (s.len() <= PG_MAX_IDENT).then_some(s)
+    }
+
+    /// A preview's Redis ACL user and key prefix.
+    pub fn preview_redis(&self, pr: u64) -> (String, String) {
+        (
+            format!("{}-pr-{pr}", self.project.as_str()),
+            format!("{}pr-{pr}:", self.redis_prefix),
+        )
+    }
+}
+
+/// Whether `s` is an identifier codeb makes: `[a-z_][a-z0-9_]*`, at most 63 bytes.
+pub fn is_plain_ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= PG_MAX_IDENT
+        && s.bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_manual() {
+        let n = Names::new(&ProjectName::new("my-new-app").expect("name")).expect("names");
+        assert_eq!(n.role, "my_new_app_user");
+        assert_eq!(n.db, "my_new_app_db");
+        assert_eq!(n.staging_db, "my_new_app_staging_db");
+        assert_eq!(n.redis_prefix, "my-new-app:");
+        assert_eq!(n.preview_db(7).as_deref(), Some("my_new_app_pr_7"));
+        assert_eq!(
+            n.preview_redis(7),
+            ("my-new-app-pr-7".into(), "my-new-app:pr-7:".into())
+        );
+        for i in [&n.role, &n.db, &n.staging_db] {
+            assert!(is_plain_ident(i), "{i}");
+        }
+    }
+
+    #[test]
+    fn a_name_too_long_for_postgresql_is_refused_naming_the_limit() {
+        let long = "a".repeat(53);
+        let e = Names::new(&ProjectName::new(&long).expect("label")).expect_err("too long");
+        let m = e.to_string();
+        assert!(m.contains("at most 52"), "{m}");
+        assert!(Names::new(&ProjectName::new(&"a".repeat(52)).expect("label")).is_ok());
+        assert!(!is_plain_ident("x\"; DROP"));
+        assert!(!is_plain_ident("1x"));
+    }
+}

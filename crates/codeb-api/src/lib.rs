@@ -53,12 +53,18 @@
 //! | POST | `/api/v1/tokens` | token_create | admin | [`NewToken`] | 201 [`TokenCreated`] (shown once) |
 //! | DELETE | `/api/v1/tokens/{id}` | token_revoke | admin | – | [`TokenInfo`] |
 //! | GET | `/api/v1/audit?project=P&since=1d&limit=N` | audit_list | admin | [`AuditQuery`] | `Vec<`[`AuditEntry`]`>` |
+//! | POST | `/api/v1/domains` | domain_setup | admin | [`domain::DomainSetup`] | [`domain::DomainSetupResult`] (502 `upstream` when PowerDNS or Caddy fail) |
+//! | GET | `/api/v1/domains` | domain_list | all | – | `Vec<`[`domain::DomainStatus`]`>` |
+//! | DELETE | `/api/v1/domains/{domain}?project=P` | domain_remove | admin | [`domain::DomainRemoveQuery`] | [`domain::DomainRemoved`] |
+//! | GET | `/api/v1/domains/zones` | domain_zones | all | – | `Vec<`[`domain::Zone`]`>` |
+//! | GET | `/api/v1/tls/ask?domain=D` | – (no token: Caddy's on-demand TLS `ask`) | – | – | 200 when D is in the domain registry, else 404 |
 //!
 //! `GET /healthz` and `POST /webhook/github` stay outside `/api/v1` and take no token.
 //!
 //! An admin, disabling or demoting themselves as the last enabled admin, gets 409: the team
 //! always keeps one admin. The first admin's token comes from `codeb-daemon bootstrap-admin`.
 
+pub mod domain;
 pub mod perm;
 pub mod token;
 
@@ -91,6 +97,9 @@ pub mod paths {
     pub const TEAM_STATUS: &str = "/api/v1/team/status";
     pub const TOKENS: &str = "/api/v1/tokens";
     pub const AUDIT: &str = "/api/v1/audit";
+    pub const DOMAINS: &str = "/api/v1/domains";
+    pub const DOMAIN_ZONES: &str = "/api/v1/domains/zones";
+    pub const TLS_ASK: &str = "/api/v1/tls/ask";
 
     pub fn project(name: &str) -> String {
         format!("{PROJECTS}/{name}")
@@ -180,6 +189,9 @@ pub mod codes {
     pub const LOCK_TIMEOUT: &str = "lock_timeout";
     /// 422: the deploy would not work (no image for the branch, no manifest port, ...).
     pub const UNPROCESSABLE: &str = "unprocessable";
+    /// 502: a service the request needs (PowerDNS, Caddy) failed or is unreachable; the
+    /// message names it, what was left behind and the fix.
+    pub const UPSTREAM: &str = "upstream";
     /// 500.
     pub const INTERNAL: &str = "internal";
 }

@@ -88,10 +88,18 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// `we domain setup`: DNS records and a Caddy HTTPS route for a project.
+    DomainSetup,
+    /// `we domain remove`.
+    DomainRemove,
+    /// `we domain list`: domains with DNS, route and certificate state.
+    DomainList,
+    /// `we domain zones`: the zones codeb manages.
+    DomainZones,
 }
 
 impl Action {
-    pub const ALL: [Action; 28] = [
+    pub const ALL: [Action; 32] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -120,6 +128,10 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::DomainSetup,
+        Action::DomainRemove,
+        Action::DomainList,
+        Action::DomainZones,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -153,6 +165,10 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::DomainSetup => "domain.setup",
+            Action::DomainRemove => "domain.remove",
+            Action::DomainList => "domain.list",
+            Action::DomainZones => "domain.zones",
         }
     }
 
@@ -173,6 +189,8 @@ impl Action {
                 | Action::TeamProjects
                 | Action::TokenCreate
                 | Action::TokenRevoke
+                | Action::DomainSetup
+                | Action::DomainRemove
         )
     }
 }
@@ -195,7 +213,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 28] = {
+pub const TABLE: [(Action, [Access; 3]); 32] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -226,6 +244,10 @@ pub const TABLE: [(Action, [Access; 3]); 28] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::DomainSetup, [A, D, D]),
+        (Action::DomainRemove, [A, D, D]),
+        (Action::DomainList, [A, A, A]),
+        (Action::DomainZones, [A, A, A]),
     ]
 };
 
@@ -279,6 +301,20 @@ mod tests {
         assert!(allowed(Role::Developer, Action::Deploy, true));
         assert!(!allowed(Role::Developer, Action::Deploy, false));
         assert!(!allowed(Role::Developer, Action::ProjectCreate, true));
+    }
+
+    #[test]
+    fn only_admins_change_domains_and_everyone_reads_them() {
+        for a in [Action::DomainSetup, Action::DomainRemove] {
+            assert!(a.is_write(), "{a}");
+            assert_eq!(TABLE.iter().find(|(x, _)| *x == a).map(|r| r.1), Some([Access::Allow, Access::Deny, Access::Deny]), "{a}");
+        }
+        for a in [Action::DomainList, Action::DomainZones] {
+            assert!(!a.is_write(), "{a}");
+            for r in Role::ALL {
+                assert_eq!(access(r, a), Access::Allow, "{a} {r}");
+            }
+        }
     }
 
     #[test]

@@ -236,6 +236,14 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
         ),
         Action::TokenRevoke => ("DELETE", "/api/v1/tokens/999999".into(), None),
         Action::AuditList => ("GET", "/api/v1/audit".into(), None),
+        Action::DomainSetup => (
+            "POST",
+            "/api/v1/domains".into(),
+            Some(json!({"project": p, "domain": format!("{who}.example.com")})),
+        ),
+        Action::DomainRemove => ("DELETE", format!("/api/v1/domains/{who}.example.com"), None),
+        Action::DomainList => ("GET", "/api/v1/domains".into(), None),
+        Action::DomainZones => ("GET", "/api/v1/domains/zones".into(), None),
     }
 }
 
@@ -254,6 +262,8 @@ fn allowed_status(action: Action) -> &'static [u16] {
         // No release to roll back to; no container to read logs from.
         Action::Rollback => &[422],
         Action::Logs => &[404],
+        // This plane has no [domains] configured: the write is refused after authorization.
+        Action::DomainSetup | Action::DomainRemove => &[422],
         _ => &[200],
     }
 }

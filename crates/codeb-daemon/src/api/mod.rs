@@ -17,6 +17,7 @@
 //! capacity; streams (job events, logs) have a second limit and do not count against it.
 
 pub mod db;
+pub mod domain;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
@@ -75,6 +76,9 @@ pub struct ApiConfig {
     pub token_ttl: Duration,
     /// Address the Caddy fronts listen on (`127.0.0.1`).
     pub listen_host: String,
+    /// `[domains]` of the daemon's config, resolved (`we domain`; none when absent).
+    #[serde(skip)]
+    pub domains: Option<domain::DomainSettings>,
 }
 
 impl Default for ApiConfig {
@@ -92,6 +96,7 @@ impl Default for ApiConfig {
             health_cmd: None,
             token_ttl: Duration::from_secs(90 * 86400),
             listen_host: "127.0.0.1".into(),
+            domains: None,
         }
     }
 }
@@ -147,6 +152,10 @@ pub struct Api {
     pub wake: Arc<Notify>,
     /// Bumped whenever a job event is stored; streams wait on it.
     pub events: watch::Sender<u64>,
+    /// `we domain` (PowerDNS and the settings), when `[domains]` is configured.
+    pub domains: Option<Arc<domain::Domains>>,
+    /// The zone part of `[previews] domain_pattern` (after the last placeholder).
+    pub preview_domain_suffix: Option<String>,
 }
 
 impl Api {
@@ -158,6 +167,19 @@ impl Api {
         previews: &codeb_previews::PreviewConfig,
     ) -> Result<(Arc<Api>, db::Recovered), DbError> {
         let (db, recovered) = Db::open(db_path)?;
+        db.blocking(|c| domain::migrate(c))?;
+        let domains = cfg
+            .domains
+            .clone()
+            .map(domain::Domains::new)
+            .transpose()
+            .map_err(DbError::Task)?
+            .map(Arc::new);
+        let preview_domain_suffix = previews
+            .domain_pattern
+            .rsplit_once('}')
+            .map(|(_, rest)| rest.trim_start_matches('.').to_owned())
+            .filter(|s| !s.is_empty());
         let runtime = match previews.runtime.as_str() {
             "systemd" => RuntimeChoice::Systemd,
             "podman" => RuntimeChoice::Podman,
@@ -181,6 +203,8 @@ impl Api {
                 loc,
                 wake: Arc::new(Notify::new()),
                 events,
+                domains,
+                preview_domain_suffix,
             }),
             recovered,
         ))
@@ -575,6 +599,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/ssot/projects", get(registry::ssot_projects))
         .route("/api/v1/ssot/sync", post(registry::ssot_sync))
         .route("/api/v1/ssot/validate", post(registry::ssot_validate))
+        .route("/api/v1/domains", get(domain::list).post(domain::setup))
+        .route("/api/v1/domains/zones", get(domain::zones))
+        .route("/api/v1/domains/{domain}", delete(domain::remove))
+        .route("/api/v1/tls/ask", get(domain::ask))
         .fallback(unknown)
         .layer(middleware::from_fn_with_state(api.clone(), limit))
         .layer(DefaultBodyLimit::max(1 << 20))
@@ -622,5 +650,6 @@ async fn unknown(uri: axum::http::Uri) -> ApiError {
 
 /// The tasks the control plane runs in the background (the job runner).
 pub fn spawn(api: Arc<Api>, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(domain::restore_loop(api.clone(), shutdown.clone()));
     tokio::spawn(jobs::run_queue(api, shutdown))
 }

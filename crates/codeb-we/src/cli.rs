@@ -17,6 +17,7 @@ Examples:
   we logs myapp -f                           # follow the container's output
   we health --verbose
   we audit --project myapp --since 1d --json
+  we domain setup myapp --domain myapp.codeb.kr --ssl   # DNS + Caddy HTTPS
 
 Every command takes --json (JSON lines when streaming). Data goes to stdout, messages to
 stderr; NO_COLOR turns colour off. Credentials: $XDG_CONFIG_HOME/codeb/credentials.toml
@@ -71,6 +72,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log (admins)
     Audit(AuditArgs),
+    /// Domains: DNS in PowerDNS and HTTPS in Caddy for a project, by one command
+    #[command(subcommand, after_help = crate::domain::AFTER_HELP)]
+    Domain(crate::domain::DomainCommand),
     /// Shell completions: `we completions bash > /etc/bash_completion.d/we`
     Completions {
         #[arg(value_enum)]

@@ -671,7 +671,7 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
     let r = plane.we(&home, &["domain", "setup", "app", "--domain", "alias.codeb.test"]);
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("PowerDNS") && r.stderr.contains("422"), "{}", r.all());
-    assert!(r.stderr.contains("no Caddy route was added"), "{}", r.all());
+    assert!(r.stderr.contains("No Caddy route was added") && r.stderr.contains("pdnsutil list-zone"), "{}", r.all());
     nothing_left(&caddy, &plane, &pdns, "alias.codeb.test", "PowerDNS 422");
 
     // PowerDNS answers 401: a daemon holding the wrong key.

@@ -33,7 +33,9 @@ pub enum PdnsError {
         "zone {zone} does not exist in PowerDNS at {url}; create it (pdnsutil create-zone {zone}) or remove it from the daemon's [domains] zones"
     )]
     NoZone { url: String, zone: String },
-    #[error("PowerDNS at {url} rejected {what} ({status}): {message}")]
+    #[error(
+        "PowerDNS at {url} rejected {what} ({status}): {message} (see what the zone holds: pdnsutil list-zone; remove a conflicting record such as a CNAME, or pick another name)"
+    )]
     Rejected {
         url: String,
         what: String,

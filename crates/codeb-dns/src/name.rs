@@ -7,8 +7,8 @@
 //! - underscores are refused (they are not valid in host names; `_acme-challenge` and the
 //!   like are not served by codeb);
 //! - an internationalised name (any non-ASCII character) is converted to its punycode
-//!   A-label form (`bücher.codeb.kr` is `xn--bcher-kva.codeb.kr`) with UTS #46 strict rules
-//!   (the `idna` crate); records, routes and certificates use the A-label; an ASCII label
+//!   A-label form (`bücher.codeb.kr` is `xn--bcher-kva.codeb.kr`) with UTS #46 mapping
+//!   (the `idna` crate), then held to the rules below; records, routes and certificates use the A-label; an ASCII label
 //!   starting with `xn--` must decode;
 //! - each label is 1-63 bytes (after punycode) of `[a-z0-9-]`, neither starting nor ending
 //!   with `-`; the whole name is at most 253 bytes and has at least two labels.
@@ -86,7 +86,9 @@ impl DomainName {
         let ascii = if trimmed.is_ascii() {
             trimmed.to_ascii_lowercase()
         } else {
-            idna::domain_to_ascii_strict(trimmed).map_err(|e| NameError::Idn {
+            // UTS #46 mapping and punycode; the length, character and dash rules are
+            // checked below on the A-labels, so their messages name the label.
+            idna::domain_to_ascii(trimmed).map_err(|e| NameError::Idn {
                 input: shown.clone(),
                 why: e.to_string(),
             })?
@@ -241,7 +243,14 @@ mod tests {
         assert!(matches!(err("."), NameError::Empty));
         assert!(matches!(err("xn--zz.codeb.kr"), NameError::Idn { .. }));
         // An IDN label whose punycode is longer than 63 bytes.
-        assert!(DomainName::parse(&format!("{}.codeb.kr", "ü".repeat(40))).is_err());
+        // 60 ASCII letters and one ü: 61 characters, but `xn--` + 60 + `-` + the delta.
+        let idn = format!("{}ü.codeb.kr", "a".repeat(60));
+        assert!(
+            matches!(DomainName::parse(&idn), Err(NameError::LabelTooLong { .. })),
+            "{:?}",
+            DomainName::parse(&idn)
+        );
+        assert!(matches!(err("a\u{2028}b.codeb.kr"), NameError::Idn { .. } | NameError::Char { .. }));
         let long = format!("{}.codeb.kr", ["abcdefghij"; 25].join("."));
         assert!(matches!(err(&long), NameError::TooLong { .. }));
     }

@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|we|guest]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|we|domain|guest]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
 //! guest of scripts/vm and runs only when named).
 
@@ -15,6 +15,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 mod deploy;
+mod domain;
 mod guest;
 mod we;
 mod webhook;
@@ -68,6 +69,13 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"webhook"))
         && let Err(e) = webhook::webhook(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Only when named: PowerDNS, Caddy and the control plane.
+    if which.contains(&"domain")
+        && let Err(e) = domain::run(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

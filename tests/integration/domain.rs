@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::infra::{Caddy, CaddyBuild, Podman, ScratchDir, free_port, http_request, sample_local_images};
+use crate::infra::{
+    Caddy, CaddyBuild, Podman, ScratchDir, free_port, http_request, sample_local_images,
+};
 use crate::util::{Run, codeb, dead_port, listen_in, run, scrubbed};
 use crate::we_cli::we;
 
@@ -60,14 +62,23 @@ impl Pdns {
         let child = scrubbed("/usr/sbin/pdns_server")
             .arg(format!("--config-dir={}", self.dir.display()))
             .arg(format!("--socket-dir={}", self.dir.display()))
-            .args(["--guardian=no", "--daemon=no", "--disable-syslog", "--launch=gsqlite3"])
+            .args([
+                "--guardian=no",
+                "--daemon=no",
+                "--disable-syslog",
+                "--launch=gsqlite3",
+            ])
             .arg(format!(
                 "--gsqlite3-database={}",
                 self.dir.join("pdns.sqlite3").display()
             ))
             .arg("--local-address=127.0.0.1")
             .arg(format!("--local-port={}", self.dns_port))
-            .args(["--api=yes", "--webserver=yes", "--webserver-address=127.0.0.1"])
+            .args([
+                "--api=yes",
+                "--webserver=yes",
+                "--webserver-address=127.0.0.1",
+            ])
             .arg(format!("--api-key={}", self.key))
             .arg(format!("--webserver-port={}", self.web_port))
             .arg("--webserver-allow-from=127.0.0.1")
@@ -99,12 +110,20 @@ impl Pdns {
         format!("http://127.0.0.1:{}", self.web_port)
     }
 
-    pub fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, String), String> {
+    pub fn api(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, String), String> {
         let body = body.map(Value::to_string).unwrap_or_default();
         http_request(
             method,
             &format!("{}{path}", self.url()),
-            &[("x-api-key", &self.key), ("content-type", "application/json")],
+            &[
+                ("x-api-key", &self.key),
+                ("content-type", "application/json"),
+            ],
             body.as_bytes(),
             Duration::from_secs(5),
         )
@@ -125,7 +144,11 @@ impl Pdns {
     /// The enabled contents of `name`'s `kind` rrset, through the API.
     pub fn rrset(&self, zone: &str, name: &str, kind: &str) -> Vec<String> {
         let (s, b) = self
-            .api("GET", &format!("/api/v1/servers/localhost/zones/{zone}."), None)
+            .api(
+                "GET",
+                &format!("/api/v1/servers/localhost/zones/{zone}."),
+                None,
+            )
             .expect("read zone");
         assert_eq!(s, 200, "{b}");
         let v: Value = serde_json::from_str(&b).expect("zone json");
@@ -195,7 +218,12 @@ pub fn tls_caddy(build: CaddyBuild, https_port: u16) -> Caddy {
 
 /// `curl --cacert <Caddy's local root> --resolve host:port:127.0.0.1 https://host:port/`
 /// until it answers 200 (certificate issuance is asynchronous) or `timeout`.
-pub fn https_get(caddy: &Caddy, host: &str, port: u16, timeout: Duration) -> Result<String, String> {
+pub fn https_get(
+    caddy: &Caddy,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<String, String> {
     let root = caddy.data_dir().join("pki/authorities/local/root.crt");
     let deadline = Instant::now() + timeout;
     let mut last;
@@ -302,9 +330,11 @@ https_listen = "127.0.0.1:{https_port}"
             let (s, b) = p.call(
                 "POST",
                 "/api/v1/projects",
-                Some(&json!({"name": name, "type": "static", "repository": format!("acme/{name}"),
+                Some(
+                    &json!({"name": name, "type": "static", "repository": format!("acme/{name}"),
                              "image": format!("127.0.0.1:1/acme/{name}"), "container_port": 3000,
-                             "environments": [{"name": "production"}]})),
+                             "environments": [{"name": "production"}]}),
+                ),
             );
             assert_eq!(s, 201, "create project {name}: {b}");
         }
@@ -313,7 +343,8 @@ https_listen = "127.0.0.1:{https_port}"
 
     fn spawn(&mut self) {
         self.n += 1;
-        let log = std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.n))).expect("log");
+        let log =
+            std::fs::File::create(self.dir.join(format!("daemon-{}.log", self.n))).expect("log");
         let child = codeb("codeb-daemon")
             .args(["serve", "--config"])
             .arg(&self.config)
@@ -332,7 +363,13 @@ https_listen = "127.0.0.1:{https_port}"
             {
                 panic!("codeb-daemon exited with {status}:\n{}", self.log());
             }
-            if let Ok((200, _)) = http_request("GET", &self.url("/healthz"), &[], b"", Duration::from_secs(2)) {
+            if let Ok((200, _)) = http_request(
+                "GET",
+                &self.url("/healthz"),
+                &[],
+                b"",
+                Duration::from_secs(2),
+            ) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(30));
@@ -350,7 +387,10 @@ https_listen = "127.0.0.1:{https_port}"
 
     pub fn log(&self) -> String {
         (1..=self.n)
-            .map(|i| std::fs::read_to_string(self.dir.join(format!("daemon-{i}.log"))).unwrap_or_default())
+            .map(|i| {
+                std::fs::read_to_string(self.dir.join(format!("daemon-{i}.log")))
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
@@ -364,7 +404,10 @@ https_listen = "127.0.0.1:{https_port}"
         http_request(
             method,
             &self.url(path),
-            &[("authorization", &auth), ("content-type", "application/json")],
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
             body.as_bytes(),
             Duration::from_secs(30),
         )
@@ -422,9 +465,18 @@ fn json_of(r: &Run) -> Value {
 fn nothing_left(caddy: &Caddy, plane: &Plane, pdns: &Pdns, name: &str, why: &str) {
     let id = format!("codeb-domain-{name}");
     let config = caddy.config().unwrap_or_default();
-    assert!(!config.contains(&id), "{why}: a Caddy route for {name} was left: {config}");
-    assert!(!plane.route_record(&id).exists(), "{why}: a route record for {name} was left");
-    assert!(pdns.rrset(ZONE, name, "A").is_empty(), "{why}: an A record for {name} was left");
+    assert!(
+        !config.contains(&id),
+        "{why}: a Caddy route for {name} was left: {config}"
+    );
+    assert!(
+        !plane.route_record(&id).exists(),
+        "{why}: a route record for {name} was left"
+    );
+    assert!(
+        pdns.rrset(ZONE, name, "A").is_empty(),
+        "{why}: an A record for {name} was left"
+    );
     assert_eq!(plane.ask(Some(name)), 404, "{why}: {name} is approved");
 }
 
@@ -465,19 +517,44 @@ fn domain_setup_serves_https_and_survives_caddy_restarts() {
         let mut outputs = Vec::new();
 
         let host = "app.codeb.test";
-        let r = plane.we(&home, &["domain", "setup", "app", "--domain", "App.Codeb.Test.", "--ssl"]);
+        let r = plane.we(
+            &home,
+            &[
+                "domain",
+                "setup",
+                "app",
+                "--domain",
+                "App.Codeb.Test.",
+                "--ssl",
+            ],
+        );
         assert_eq!(r.code, 0, "{build:?} setup: {}\n{}", r.all(), plane.log());
         assert!(r.stdout.contains(&format!("https://{host}")), "{}", r.all());
-        assert!(r.stderr.contains("dns: A app.codeb.test -> 127.0.0.1"), "{}", r.all());
+        assert!(
+            r.stderr.contains("dns: A app.codeb.test -> 127.0.0.1"),
+            "{}",
+            r.all()
+        );
         outputs.push(r.all());
-        assert_eq!(dig(pdns.dns_port, host, "A"), vec!["127.0.0.1"], "{build:?}");
-        let body = https_get(&caddy, host, https, Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{build:?}: no HTTPS answer for {host}: {e}\n{}", caddy.log()));
+        assert_eq!(
+            dig(pdns.dns_port, host, "A"),
+            vec!["127.0.0.1"],
+            "{build:?}"
+        );
+        let body = https_get(&caddy, host, https, Duration::from_secs(30)).unwrap_or_else(|e| {
+            panic!(
+                "{build:?}: no HTTPS answer for {host}: {e}\n{}",
+                caddy.log()
+            )
+        });
         assert_eq!(body, "hello from v1", "{build:?}");
         assert!(plane.route_record("codeb-domain-app.codeb.test").exists());
 
         // Re-running is a no-op.
-        let r = plane.we(&home, &["--json", "domain", "setup", "app", "--domain", host]);
+        let r = plane.we(
+            &home,
+            &["--json", "domain", "setup", "app", "--domain", host],
+        );
         assert_eq!(r.code, 0, "{}", r.all());
         assert_eq!(json_of(&r)["changed"], false, "{}", r.all());
 
@@ -497,9 +574,16 @@ fn domain_setup_serves_https_and_survives_caddy_restarts() {
                 .as_millis(),
         )
         .expect("ms");
-        assert!(d["cert_expires_ms"].as_i64().is_some_and(|e| e > now_ms), "{list}");
+        assert!(
+            d["cert_expires_ms"].as_i64().is_some_and(|e| e > now_ms),
+            "{list}"
+        );
         let r = plane.we(&home, &["domain", "list"]);
-        assert!(r.stdout.contains(host) && r.stdout.contains("present"), "{}", r.all());
+        assert!(
+            r.stdout.contains(host) && r.stdout.contains("present"),
+            "{}",
+            r.all()
+        );
 
         // The on-demand TLS ask: registry domains only.
         assert_eq!(plane.ask(Some(host)), 200);
@@ -518,7 +602,11 @@ fn domain_setup_serves_https_and_survives_caddy_restarts() {
             .arg(plane.dir.join("quadlet"))
             .args(["--caddy-admin", &caddy.admin_url()]));
         assert_eq!(r.code, 0, "{}", r.all());
-        assert!(r.all().contains("restored codeb-domain-app.codeb.test"), "{}", r.all());
+        assert!(
+            r.all().contains("restored codeb-domain-app.codeb.test"),
+            "{}",
+            r.all()
+        );
         assert_eq!(
             https_get(&caddy, host, https, Duration::from_secs(30)).as_deref(),
             Ok("hello from v1"),
@@ -537,12 +625,24 @@ fn domain_setup_serves_https_and_survives_caddy_restarts() {
         assert!(plane.route_record("codeb-domain-app.codeb.test").exists());
 
         // An IDN is set up under its punycode (A-label) name.
-        let r = plane.we(&home, &["domain", "setup", "app", "--domain", "Bücher.codeb.test"]);
+        let r = plane.we(
+            &home,
+            &["domain", "setup", "app", "--domain", "Bücher.codeb.test"],
+        );
         assert_eq!(r.code, 0, "{}", r.all());
         assert!(r.all().contains("xn--bcher-kva.codeb.test"), "{}", r.all());
-        assert_eq!(dig(pdns.dns_port, "xn--bcher-kva.codeb.test", "A"), vec!["127.0.0.1"]);
         assert_eq!(
-            https_get(&caddy, "xn--bcher-kva.codeb.test", https, Duration::from_secs(30)).as_deref(),
+            dig(pdns.dns_port, "xn--bcher-kva.codeb.test", "A"),
+            vec!["127.0.0.1"]
+        );
+        assert_eq!(
+            https_get(
+                &caddy,
+                "xn--bcher-kva.codeb.test",
+                https,
+                Duration::from_secs(30)
+            )
+            .as_deref(),
             Ok("hello from v1")
         );
 
@@ -552,7 +652,12 @@ fn domain_setup_serves_https_and_survives_caddy_restarts() {
             assert_eq!(r.code, 0, "{}", r.all());
             outputs.push(r.all());
             assert!(dig(pdns.dns_port, d, "A").is_empty(), "{d} still answers");
-            assert!(!caddy.config().expect("config").contains(&format!("codeb-domain-{d}")));
+            assert!(
+                !caddy
+                    .config()
+                    .expect("config")
+                    .contains(&format!("codeb-domain-{d}"))
+            );
             assert!(!plane.route_record(&format!("codeb-domain-{d}")).exists());
             assert_eq!(plane.ask(Some(d)), 404);
         }
@@ -566,7 +671,10 @@ fn domain_setup_serves_https_and_survives_caddy_restarts() {
         for text in outputs.iter().chain([&audit, &plane.log()]) {
             assert!(!text.contains(&key), "the PowerDNS key leaked: {text}");
         }
-        assert!(audit.contains("domain.setup") && audit.contains("domain.remove"), "{audit}");
+        assert!(
+            audit.contains("domain.setup") && audit.contains("domain.remove"),
+            "{audit}"
+        );
         drop(plane);
         drop(caddy);
     }
@@ -607,51 +715,111 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
         assert!(r.stderr.contains(needle), "{name}: {}", r.all());
     }
     // And by the server itself (400 invalid_name), for a client that does not check.
-    for name in ["*.codeb.test", "my_app.codeb.test", long.as_str(), "app-.codeb.test"] {
-        let (s, b) = plane.call("POST", "/api/v1/domains", Some(&json!({"project": "app", "domain": name})));
+    for name in [
+        "*.codeb.test",
+        "my_app.codeb.test",
+        long.as_str(),
+        "app-.codeb.test",
+    ] {
+        let (s, b) = plane.call(
+            "POST",
+            "/api/v1/domains",
+            Some(&json!({"project": "app", "domain": name})),
+        );
         assert_eq!(s, 400, "{name}: {b}");
         assert!(b.contains("invalid_name"), "{b}");
     }
     // Outside every managed zone.
-    let r = plane.we(&home, &["domain", "setup", "app", "--domain", "app.example.com"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "app.example.com"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("outside every zone codeb manages") && r.stderr.contains(ZONE), "{}", r.all());
-    nothing_left(&caddy, &plane, &pdns, "app.example.com", "outside the zones");
+    assert!(
+        r.stderr.contains("outside every zone codeb manages") && r.stderr.contains(ZONE),
+        "{}",
+        r.all()
+    );
+    nothing_left(
+        &caddy,
+        &plane,
+        &pdns,
+        "app.example.com",
+        "outside the zones",
+    );
     // An unknown project.
-    let r = plane.we(&home, &["domain", "setup", "ghost", "--domain", "ghost.codeb.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "ghost", "--domain", "ghost.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("not in the registry"), "{}", r.all());
 
     // A developer may not set up domains (exit 3), but may list them.
-    let (s, b) = plane.call("POST", "/api/v1/team", Some(&json!({"name": "dev", "role": "developer", "projects": ["app"]})));
+    let (s, b) = plane.call(
+        "POST",
+        "/api/v1/team",
+        Some(&json!({"name": "dev", "role": "developer", "projects": ["app"]})),
+    );
     assert_eq!(s, 201, "{b}");
     let dev: Value = serde_json::from_str(&b).expect("user");
     let dev_token = dev["token"]["token"].as_str().expect("token").to_owned();
-    let r = plane.we_as(&home, &dev_token, &["domain", "setup", "app", "--domain", "dev.codeb.test"]);
+    let r = plane.we_as(
+        &home,
+        &dev_token,
+        &["domain", "setup", "app", "--domain", "dev.codeb.test"],
+    );
     assert_eq!(r.code, 3, "{}", r.all());
     nothing_left(&caddy, &plane, &pdns, "dev.codeb.test", "refused");
     let r = plane.we_as(&home, &dev_token, &["domain", "list"]);
     assert_eq!(r.code, 0, "{}", r.all());
 
     // A domain owned by another project.
-    let r = plane.we(&home, &["domain", "setup", "app", "--domain", "mine.codeb.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "mine.codeb.test"],
+    );
     assert_eq!(r.code, 0, "{}", r.all());
-    let r = plane.we(&home, &["domain", "setup", "other", "--domain", "mine.codeb.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "other", "--domain", "mine.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("belongs to project `app`"), "{}", r.all());
-    let r = plane.we(&home, &["domain", "remove", "mine.codeb.test", "--project", "other"]);
+    let r = plane.we(
+        &home,
+        &["domain", "remove", "mine.codeb.test", "--project", "other"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("belongs to project `app`"), "{}", r.all());
     assert_eq!(pdns.rrset(ZONE, "mine.codeb.test", "A"), vec!["127.0.0.1"]);
     assert_eq!(plane.ask(Some("mine.codeb.test")), 200);
 
     // A managed zone that PowerDNS does not hold.
-    let r = plane.we(&home, &["domain", "setup", "app", "--domain", "x.absent.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "x.absent.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("does not exist in PowerDNS") && r.stderr.contains("pdnsutil create-zone"), "{}", r.all());
-    assert!(!caddy.config().unwrap_or_default().contains("codeb-domain-x.absent.test"));
+    assert!(
+        r.stderr.contains("does not exist in PowerDNS")
+            && r.stderr.contains("pdnsutil create-zone"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        !caddy
+            .config()
+            .unwrap_or_default()
+            .contains("codeb-domain-x.absent.test")
+    );
     let r = plane.we(&home, &["--json", "domain", "zones"]);
-    assert_eq!(r.code, 1, "a zone missing in PowerDNS is wrong: {}", r.all());
+    assert_eq!(
+        r.code,
+        1,
+        "a zone missing in PowerDNS is wrong: {}",
+        r.all()
+    );
     let zones = json_of(&r);
     assert_eq!(zones[0]["name"], ZONE);
     assert_eq!(zones[0]["in_pdns"], true, "{zones}");
@@ -668,10 +836,21 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
         )
         .expect("cname");
     assert_eq!(s, 204, "{b}");
-    let r = plane.we(&home, &["domain", "setup", "app", "--domain", "alias.codeb.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "alias.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("PowerDNS") && r.stderr.contains("422"), "{}", r.all());
-    assert!(r.stderr.contains("No Caddy route was added") && r.stderr.contains("pdnsutil list-zone"), "{}", r.all());
+    assert!(
+        r.stderr.contains("PowerDNS") && r.stderr.contains("422"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stderr.contains("No Caddy route was added") && r.stderr.contains("pdnsutil list-zone"),
+        "{}",
+        r.all()
+    );
     nothing_left(&caddy, &plane, &pdns, "alias.codeb.test", "PowerDNS 422");
 
     // PowerDNS answers 401: a daemon holding the wrong key.
@@ -683,22 +862,47 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
         https,
         &[("app", production_port())],
     );
-    let r = wrong.we(&home, &["domain", "setup", "app", "--domain", "k.codeb.test"]);
+    let r = wrong.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "k.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("refused the API key (401)") && r.stderr.contains("pdns_key_file"), "{}", r.all());
+    assert!(
+        r.stderr.contains("refused the API key (401)") && r.stderr.contains("pdns_key_file"),
+        "{}",
+        r.all()
+    );
     assert!(!r.all().contains("not-the-key"), "{}", r.all());
-    assert!(!caddy.config().unwrap_or_default().contains("codeb-domain-k.codeb.test"));
+    assert!(
+        !caddy
+            .config()
+            .unwrap_or_default()
+            .contains("codeb-domain-k.codeb.test")
+    );
     assert!(!wrong.route_record("codeb-domain-k.codeb.test").exists());
     drop(wrong);
 
     // PowerDNS down.
     pdns.stop();
-    let r = plane.we(&home, &["domain", "setup", "app", "--domain", "down.codeb.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "down.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("not reachable") && r.stderr.contains("start PowerDNS"), "{}", r.all());
+    assert!(
+        r.stderr.contains("not reachable") && r.stderr.contains("start PowerDNS"),
+        "{}",
+        r.all()
+    );
     let r = plane.we(&home, &["--json", "domain", "list"]);
     assert_eq!(r.code, 1, "DNS cannot be asked: {}", r.all());
-    assert!(json_of(&r)[0]["dns"].as_str().is_some_and(|s| s.starts_with("error:")), "{}", r.all());
+    assert!(
+        json_of(&r)[0]["dns"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("error:")),
+        "{}",
+        r.all()
+    );
     pdns.restart();
     nothing_left(&caddy, &plane, &pdns, "down.codeb.test", "PowerDNS down");
 
@@ -715,14 +919,34 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
         taken_port,
         &[("app", production_port())],
     );
-    let r = busy.we(&home, &["domain", "setup", "app", "--domain", "busy.codeb.test"]);
+    let r = busy.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "busy.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("The DNS change was rolled back"), "{}", r.all());
-    assert!(r.stderr.contains("we domain setup app --domain busy.codeb.test"), "{}", r.all());
-    assert!(pdns.rrset(ZONE, "busy.codeb.test", "A").is_empty(), "the A record was not rolled back");
+    assert!(
+        r.stderr.contains("The DNS change was rolled back"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        r.stderr
+            .contains("we domain setup app --domain busy.codeb.test"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        pdns.rrset(ZONE, "busy.codeb.test", "A").is_empty(),
+        "the A record was not rolled back"
+    );
     assert!(dig(pdns.dns_port, "busy.codeb.test", "A").is_empty());
     assert!(!busy.route_record("codeb-domain-busy.codeb.test").exists());
-    assert!(!caddy2.config().unwrap_or_default().contains("codeb-domain-busy.codeb.test"));
+    assert!(
+        !caddy2
+            .config()
+            .unwrap_or_default()
+            .contains("codeb-domain-busy.codeb.test")
+    );
     assert_eq!(busy.ask(Some("busy.codeb.test")), 404);
     drop(busy);
     drop(caddy2);
@@ -730,9 +954,16 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
 
     // Caddy down: refused before anything changes.
     caddy.kill();
-    let r = plane.we(&home, &["domain", "setup", "app", "--domain", "nocaddy.codeb.test"]);
+    let r = plane.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "nocaddy.codeb.test"],
+    );
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("Caddy") && r.stderr.contains("Nothing was changed"), "{}", r.all());
+    assert!(
+        r.stderr.contains("Caddy") && r.stderr.contains("Nothing was changed"),
+        "{}",
+        r.all()
+    );
     assert!(pdns.rrset(ZONE, "nocaddy.codeb.test", "A").is_empty());
     caddy.kill_and_restart();
     nothing_left(&caddy, &plane, &pdns, "nocaddy.codeb.test", "Caddy down");
@@ -740,7 +971,12 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
     // Every write, refused or failed, is in the audit log; the key is in none of it.
     let (s, audit) = plane.call("GET", "/api/v1/audit?limit=500", None);
     assert_eq!(s, 200, "{audit}");
-    for needle in ["\"denied\"", "failed: ", "domain:alias.codeb.test", "domain:down.codeb.test"] {
+    for needle in [
+        "\"denied\"",
+        "failed: ",
+        "domain:alias.codeb.test",
+        "domain:down.codeb.test",
+    ] {
         assert!(audit.contains(needle), "audit lacks {needle}: {audit}");
     }
     assert!(!audit.contains(&key) && !plane.log().contains(&key));

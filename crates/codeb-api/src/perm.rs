@@ -307,7 +307,11 @@ mod tests {
     fn only_admins_change_domains_and_everyone_reads_them() {
         for a in [Action::DomainSetup, Action::DomainRemove] {
             assert!(a.is_write(), "{a}");
-            assert_eq!(TABLE.iter().find(|(x, _)| *x == a).map(|r| r.1), Some([Access::Allow, Access::Deny, Access::Deny]), "{a}");
+            assert_eq!(
+                TABLE.iter().find(|(x, _)| *x == a).map(|r| r.1),
+                Some([Access::Allow, Access::Deny, Access::Deny]),
+                "{a}"
+            );
         }
         for a in [Action::DomainList, Action::DomainZones] {
             assert!(!a.is_write(), "{a}");

@@ -89,20 +89,31 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
     let schema = "/usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql";
     let db = dir.join("pdns.sqlite3");
     rusqlite::Connection::open(&db)
-        .and_then(|c| {
-            c.execute_batch(&std::fs::read_to_string(schema).unwrap_or_default())
-        })
-        .map_err(|e| format!("the PowerDNS schema ({schema}; scripts/setup installs pdns-backend-sqlite3): {e}"))?;
+        .and_then(|c| c.execute_batch(&std::fs::read_to_string(schema).unwrap_or_default()))
+        .map_err(|e| {
+            format!(
+                "the PowerDNS schema ({schema}; scripts/setup installs pdns-backend-sqlite3): {e}"
+            )
+        })?;
     let (dns_port, web_port) = (free_port()?, free_port()?);
     let _pdns = spawn(
         Command::new("/usr/sbin/pdns_server")
             .arg(format!("--config-dir={}", dir.display()))
             .arg(format!("--socket-dir={}", dir.display()))
-            .args(["--guardian=no", "--daemon=no", "--disable-syslog", "--launch=gsqlite3"])
+            .args([
+                "--guardian=no",
+                "--daemon=no",
+                "--disable-syslog",
+                "--launch=gsqlite3",
+            ])
             .arg(format!("--gsqlite3-database={}", db.display()))
             .arg("--local-address=127.0.0.1")
             .arg(format!("--local-port={dns_port}"))
-            .args(["--api=yes", "--webserver=yes", "--webserver-address=127.0.0.1"])
+            .args([
+                "--api=yes",
+                "--webserver=yes",
+                "--webserver-address=127.0.0.1",
+            ])
             .arg(format!("--api-key={key}"))
             .arg(format!("--webserver-port={web_port}"))
             .arg("--webserver-allow-from=127.0.0.1"),
@@ -173,9 +184,8 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
             let Ok(mut s) = s else { continue };
             let mut buf = [0u8; 4096];
             let _ = s.read(&mut buf);
-            let _ = s.write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-            );
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
         }
     });
 
@@ -268,7 +278,9 @@ https_listen = "127.0.0.1:{https}"
                 return Ok(());
             }
             if Instant::now() > deadline {
-                return Err(format!("https://{host}:{https}/ did not answer within 30 s"));
+                return Err(format!(
+                    "https://{host}:{https}/ did not answer within 30 s"
+                ));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -325,7 +337,11 @@ https_listen = "127.0.0.1:{https}"
         "\n## `we domain setup` to the first HTTPS 200 vs the same by hand ({curl_version} against PowerDNS's and Caddy's APIs; {runs} interleaved runs, a new name each)\n"
     );
     println!("| what | median | p90 | ratio |\n|---|---|---|---|");
-    crate::row("by hand: curl PATCH rrset + POST route, then HTTPS", &h, None);
+    crate::row(
+        "by hand: curl PATCH rrset + POST route, then HTTPS",
+        &h,
+        None,
+    );
     crate::row("`we domain setup`, then HTTPS", &w, Some(&h));
     let ratio = w.median.as_secs_f64() / h.median.as_secs_f64();
     println!(

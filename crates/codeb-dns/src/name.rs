@@ -221,7 +221,10 @@ mod tests {
             "myapp.codeb.kr."
         );
         let label63 = "a".repeat(63);
-        assert_eq!(ok(&format!("{label63}.codeb.kr")), format!("{label63}.codeb.kr"));
+        assert_eq!(
+            ok(&format!("{label63}.codeb.kr")),
+            format!("{label63}.codeb.kr")
+        );
     }
 
     #[test]
@@ -229,7 +232,10 @@ mod tests {
         let err = |s: &str| DomainName::parse(s).expect_err(s);
         assert!(matches!(err("*.codeb.kr"), NameError::Wildcard { .. }));
         assert!(err("*.codeb.kr").to_string().contains("app.codeb.kr"));
-        assert!(matches!(err("my_app.codeb.kr"), NameError::Underscore { .. }));
+        assert!(matches!(
+            err("my_app.codeb.kr"),
+            NameError::Underscore { .. }
+        ));
         assert!(matches!(
             err(&format!("{}.codeb.kr", "a".repeat(64))),
             NameError::LabelTooLong { len: 64, .. }
@@ -250,7 +256,10 @@ mod tests {
             "{:?}",
             DomainName::parse(&idn)
         );
-        assert!(matches!(err("a\u{2028}b.codeb.kr"), NameError::Idn { .. } | NameError::Char { .. }));
+        assert!(matches!(
+            err("a\u{2028}b.codeb.kr"),
+            NameError::Idn { .. } | NameError::Char { .. }
+        ));
         let long = format!("{}.codeb.kr", ["abcdefghij"; 25].join("."));
         assert!(matches!(err(&long), NameError::TooLong { .. }));
     }

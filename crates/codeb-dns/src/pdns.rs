@@ -155,8 +155,7 @@ impl Pdns {
             });
         }
         if let Some(z) = zone
-            && (status == 404
-                || (status == 422 && message.contains("Could not find domain")))
+            && (status == 404 || (status == 422 && message.contains("Could not find domain")))
         {
             return Err(PdnsError::NoZone {
                 url: self.base.clone(),
@@ -174,7 +173,9 @@ impl Pdns {
     /// The zones the server holds.
     pub async fn zones(&self) -> Result<Vec<ZoneSummary>, PdnsError> {
         let url = format!("{}/api/v1/servers/{}/zones", self.base, self.server_id);
-        let (_, text) = self.send(self.client.get(url), "listing zones", None).await?;
+        let (_, text) = self
+            .send(self.client.get(url), "listing zones", None)
+            .await?;
         serde_json::from_str(&text).map_err(|e| PdnsError::Rejected {
             url: self.base.clone(),
             what: "listing zones".into(),
@@ -184,7 +185,12 @@ impl Pdns {
     }
 
     /// The enabled contents of `name`'s rrset of `kind` in `zone` (empty when there is none).
-    pub async fn rrset(&self, zone: &str, name: &str, kind: &str) -> Result<Vec<String>, PdnsError> {
+    pub async fn rrset(
+        &self,
+        zone: &str,
+        name: &str,
+        kind: &str,
+    ) -> Result<Vec<String>, PdnsError> {
         let (_, text) = self
             .send(
                 self.client.get(self.zone_url(zone)),

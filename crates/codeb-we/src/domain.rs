@@ -146,9 +146,7 @@ async fn remove(a: RemoveArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
 
 async fn list(api: &Api, out: &Out) -> Result<Exit, WeError> {
     let all: Vec<DomainStatus> = api.get(paths::DOMAINS, &[]).await?;
-    let healthy = all
-        .iter()
-        .all(|d| d.dns == "ok" && d.route == "present");
+    let healthy = all.iter().all(|d| d.dns == "ok" && d.route == "present");
     if out.json {
         out.json_line(&all)?;
     } else {
@@ -175,7 +173,10 @@ async fn list(api: &Api, out: &Out) -> Result<Exit, WeError> {
                 ]
             })
             .collect();
-        out.table(&["domain", "project", "dns", "route", "certificate expires"], &rows)?;
+        out.table(
+            &["domain", "project", "dns", "route", "certificate expires"],
+            &rows,
+        )?;
     }
     Ok(if healthy { Exit::Ok } else { Exit::Wrong })
 }

@@ -144,7 +144,9 @@ impl DomainConfig {
             ));
         }
         if self.zones.is_empty() {
-            return Err("zones is empty; list the zones codeb manages, e.g. zones = [\"codeb.kr\"]".into());
+            return Err(
+                "zones is empty; list the zones codeb manages, e.g. zones = [\"codeb.kr\"]".into(),
+            );
         }
         let zones = self
             .zones
@@ -152,7 +154,10 @@ impl DomainConfig {
             .map(|z| codeb_dns::name::parse_zone(z).map_err(|e| format!("zones: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         if self.ipv4.is_none() && self.ipv6.is_none() {
-            return Err("give the app server's address: ipv4 = \"203.0.113.10\" (and ipv6 when it has one)".into());
+            return Err(
+                "give the app server's address: ipv4 = \"203.0.113.10\" (and ipv6 when it has one)"
+                    .into(),
+            );
         }
         let port = self
             .https_listen
@@ -331,7 +336,13 @@ fn caddy(api: &Api) -> Result<codeb_deploy::Caddy, ApiError> {
     };
     codeb_deploy::Caddy::new(admin)
         .map(|c| c.with_lock_file(api.state_dir().join("caddy.lock")))
-        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::UNPROCESSABLE, e.to_string()))
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::UNPROCESSABLE,
+                e.to_string(),
+            )
+        })
 }
 
 /// The route id of a domain: `codeb-domain-<name>`.
@@ -481,11 +492,13 @@ async fn setup_inner(
         .rrset(zone_s, name.as_str(), "AAAA")
         .await
         .map_err(pdns_failed)?;
-    let had_route = route_upstream(&caddy, &domain.route_id).await.map_err(|e| {
-        upstream(format!(
-            "{e}. Nothing was changed: no DNS record was written and no Caddy route was added"
-        ))
-    })?;
+    let had_route = route_upstream(&caddy, &domain.route_id)
+        .await
+        .map_err(|e| {
+            upstream(format!(
+                "{e}. Nothing was changed: no DNS record was written and no Caddy route was added"
+            ))
+        })?;
     let mut steps = Vec::new();
     let dns_same = sorted(&want_a) == had_a && sorted(&want_aaaa) == had_aaaa;
     let route_same = had_route == Some(port);
@@ -563,7 +576,11 @@ async fn setup_inner(
         return match rollback_dns(d, zone_s, &name, &written).await {
             Ok(()) => Err(upstream(format!(
                 "{e}. The DNS change was rolled back{}: nothing is left half-done. Start Caddy (or fix [previews] caddy_admin) and run `we domain setup {} --domain {name}` again",
-                if written.is_empty() { " (there was none)" } else { "" },
+                if written.is_empty() {
+                    " (there was none)"
+                } else {
+                    ""
+                },
                 req.project
             ))),
             Err(u) => {
@@ -639,7 +656,10 @@ pub async fn remove(
     let r = remove_inner(&api, &domain, q.project.as_deref()).await;
     let (project, result) = match &r {
         Ok(done) => (Some(done.domain.project.clone()), "ok".to_owned()),
-        Err(e) => (q.project.clone(), format!("failed: {}", one_line(&e.message))),
+        Err(e) => (
+            q.project.clone(),
+            format!("failed: {}", one_line(&e.message)),
+        ),
     };
     api.audit(
         &caller,
@@ -771,10 +791,7 @@ pub async fn list(
     Ok(Json(out))
 }
 
-pub async fn zones(
-    State(api): State<Arc<Api>>,
-    h: HeaderMap,
-) -> Result<Json<Vec<Zone>>, ApiError> {
+pub async fn zones(State(api): State<Arc<Api>>, h: HeaderMap) -> Result<Json<Vec<Zone>>, ApiError> {
     api.authorize(&h, Action::DomainZones, None).await?;
     let Some(d) = api.domains.as_deref() else {
         return Ok(Json(Vec::new()));
@@ -795,8 +812,11 @@ pub async fn zones(
             .iter()
             .map(|z| {
                 let found = held.as_ref().and_then(|h| {
-                    h.iter()
-                        .find(|s| s.name.trim_end_matches('.').eq_ignore_ascii_case(z.as_str()))
+                    h.iter().find(|s| {
+                        s.name
+                            .trim_end_matches('.')
+                            .eq_ignore_ascii_case(z.as_str())
+                    })
                 });
                 Zone {
                     name: z.as_str().to_owned(),

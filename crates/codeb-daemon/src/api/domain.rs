@@ -908,3 +908,45 @@ pub async fn restore_loop(api: Arc<Api>, mut shutdown: watch::Receiver<bool>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn config(key_file: &str) -> DomainConfig {
+        DomainConfig {
+            pdns_url: "http://127.0.0.1:8081".into(),
+            pdns_server_id: default_server_id(),
+            pdns_key_file: key_file.into(),
+            zones: vec!["Codeb.KR".into()],
+            ipv4: Some(Ipv4Addr::new(203, 0, 113, 10)),
+            ipv6: None,
+            ttl: 300,
+            https_listen: ":443".into(),
+            https_probe: None,
+        }
+    }
+
+    #[test]
+    fn the_key_file_must_be_private_and_is_never_printed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = dir.path().join("pdns.key");
+        std::fs::write(&key, "s3cret-key\n").expect("write");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let err = config("pdns.key").resolve(dir.path()).expect_err("0644");
+        assert!(err.contains("chmod 600"), "{err}");
+        assert!(!err.contains("s3cret-key"), "{err}");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        let s = config("pdns.key").resolve(dir.path()).expect("0600");
+        assert_eq!(s.key.expose(), "s3cret-key");
+        assert_eq!(s.zones[0].as_str(), "codeb.kr");
+        assert_eq!(s.https_probe, "127.0.0.1:443");
+        assert!(!format!("{s:?}").contains("s3cret-key"));
+        let missing = config("absent.key").resolve(dir.path()).expect_err("missing");
+        assert!(missing.contains("pdns_key_file"), "{missing}");
+        let mut no_addr = config("pdns.key");
+        no_addr.ipv4 = None;
+        assert!(no_addr.resolve(dir.path()).expect_err("no address").contains("ipv4"));
+    }
+}

@@ -2288,3 +2288,45 @@ fn deploy_prunes_images_of_releases_that_fell_out_of_the_history() {
         let _ = env.podman.run(&["rmi", "--force", pinned]);
     }
 }
+
+/// A release whose process exits at once: the rollback's reason says what the container did
+/// (its state, exit code and last output), not only "connection refused"; v1 keeps serving.
+#[test]
+fn a_release_that_crashes_at_start_is_rolled_back_with_its_exit_code_and_output() {
+    let t = Target::new(&DEFAULT_SPEC);
+    let env = t.env.clone();
+    let v1 = env.v("v1");
+    let (r, _) = t.deploy("production", &v1.reference, &[("--sha", &sha('1'))]);
+    assert_eq!(r.code, 0, "{}", r.all());
+
+    let local = format!("localhost/codeb-test/sample:vcrash-{}", t.project);
+    let why = format!("missing DATABASE_URL for {}", t.project);
+    build_sample_image(
+        &env.podman,
+        &local,
+        &[("VERSION", "vcrash"), ("EXIT_AT_START", why.as_str())],
+    )
+    .unwrap_or_else(|e| panic!("build {local}: {e}"));
+    let reference = format!("{}:vcrash-{}", env.images.repository, t.project);
+    push_image(&env.podman, &env.registry, &local, &reference)
+        .unwrap_or_else(|e| panic!("push {reference}: {e}"));
+    let _ = env.podman.run(&["rmi", &local]);
+
+    let (r, _) = t.deploy(
+        "production",
+        &reference,
+        &[("--sha", &sha('2')), ("--health-deadline", "5s")],
+    );
+    let all = r.all();
+    assert_ne!(r.code, 0, "a crashing release must not deploy: {all}");
+    assert!(all.contains("rolling back"), "{all}");
+    assert!(
+        all.contains("exited (exit code 3)"),
+        "the reason names the container's state and exit code: {all}"
+    );
+    assert!(
+        all.contains(&why),
+        "the reason carries the container's last output: {all}"
+    );
+    assert_serves(&t, "production", "v1");
+}

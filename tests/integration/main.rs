@@ -22,4 +22,5 @@ mod port_validate;
 mod previews;
 mod tidy;
 mod we_cli;
+mod we_scale;
 mod workflow_gen;

@@ -196,10 +196,34 @@ fn get_host(listen: &str, host: &str, path: &str) -> Result<(u16, String), Strin
     Ok((status, body))
 }
 
+/// What the host looked like when a wait timed out: every container and the port-forwarding
+/// rules podman's CNI plugins wrote (a stale rule for a slot port sends its connections to a
+/// container that no longer exists).
+fn host_state() -> String {
+    let run = |program: &str, args: &[&str]| match std::process::Command::new(program)
+        .args(args)
+        .output()
+    {
+        Ok(o) => format!(
+            "$ {program} {}\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => format!("$ {program}: {e}\n"),
+    };
+    run(
+        "podman",
+        &["ps", "-a", "--format", "{{.Names}} {{.Status}} {{.Ports}}"],
+    ) + &run("iptables", &["-t", "nat", "-S"])
+}
+
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        if start.elapsed() >= timeout {
+            panic!("timed out waiting for {what}\n{}", host_state());
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }

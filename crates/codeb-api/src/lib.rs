@@ -33,6 +33,7 @@
 //! | POST | `/api/v1/projects/{name}/deploy` | deploy | admin / owner / – | [`DeployRequest`] | 202 [`Job`], or 200 [`DeployPlan`] when `dry_run` |
 //! | POST | `/api/v1/projects/{name}/rollback` | rollback | admin / owner / – | [`RollbackRequest`] | 202 [`Job`], or 200 [`DeployPlan`] when `dry_run` |
 //! | GET | `/api/v1/projects/{name}/logs?environment=E&tail=N&follow=true` | logs | admin / owner / – | [`LogsQuery`] | NDJSON [`LogEvent`] |
+//! | GET | `/api/v1/projects/{name}/env?environment=E` | env_read | admin / owner / – | [`EnvQuery`] | [`EnvValues`] (the env file's values, for `we scale k8s`'s Secret; audited by key) |
 //! | GET | `/api/v1/jobs?project=P&limit=N` | job_list | all | [`JobsQuery`] | `Vec<`[`Job`]`>` |
 //! | GET | `/api/v1/jobs/{id}` | job_get | all | – | [`Job`] |
 //! | GET | `/api/v1/jobs/{id}/events` | job_get | all | – | NDJSON [`JobEvent`] (from the first event; ends after the terminal one) |
@@ -52,6 +53,7 @@
 //! | GET | `/api/v1/tokens` | token_list | admin | – | `Vec<`[`TokenInfo`]`>` |
 //! | POST | `/api/v1/tokens` | token_create | admin | [`NewToken`] | 201 [`TokenCreated`] (shown once) |
 //! | DELETE | `/api/v1/tokens/{id}` | token_revoke | admin | – | [`TokenInfo`] |
+//! | GET | `/api/v1/scale/status?window=5s` | scale_status | all | [`ScaleQuery`] | [`ScaleStatus`] (the manual's phase-2 thresholds, measured) |
 //! | GET | `/api/v1/audit?project=P&since=1d&limit=N` | audit_list | admin | [`AuditQuery`] | `Vec<`[`AuditEntry`]`>` |
 //! | POST | `/api/v1/domains` | domain_setup | admin | [`domain::DomainSetup`] | [`domain::DomainSetupResult`] (502 `upstream` when PowerDNS or Caddy fail) |
 //! | GET | `/api/v1/domains` | domain_list | all | – | `Vec<`[`domain::DomainStatus`]`>` |
@@ -65,14 +67,18 @@
 //! always keeps one admin. The first admin's token comes from `codeb-daemon bootstrap-admin`.
 
 pub mod domain;
+pub mod k8s;
 pub mod perm;
+pub mod scale;
 pub mod token;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use k8s::{EnvQuery, EnvValues, KubernetesSpec};
 pub use perm::{Access, Action, Role};
+pub use scale::{ScaleQuery, ScaleStatus};
 pub use token::{Token, TokenError, TokenHash};
 
 /// The path prefix of every endpoint.
@@ -97,6 +103,7 @@ pub mod paths {
     pub const TEAM_STATUS: &str = "/api/v1/team/status";
     pub const TOKENS: &str = "/api/v1/tokens";
     pub const AUDIT: &str = "/api/v1/audit";
+    pub const SCALE_STATUS: &str = "/api/v1/scale/status";
     pub const DOMAINS: &str = "/api/v1/domains";
     pub const DOMAIN_ZONES: &str = "/api/v1/domains/zones";
     pub const TLS_ASK: &str = "/api/v1/tls/ask";
@@ -115,6 +122,9 @@ pub mod paths {
     }
     pub fn logs(name: &str) -> String {
         format!("{PROJECTS}/{name}/logs")
+    }
+    pub fn env(name: &str) -> String {
+        format!("{PROJECTS}/{name}/env")
     }
     pub fn job(id: i64) -> String {
         format!("{JOBS}/{id}")
@@ -326,6 +336,9 @@ pub struct ProjectSpec {
     /// User names that own the project.
     #[serde(default)]
     pub owners: Vec<String>,
+    /// How the project runs on Kubernetes (`we scale k8s`); defaults when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesSpec>,
 }
 
 fn default_health_path() -> String {

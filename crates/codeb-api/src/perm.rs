@@ -88,6 +88,10 @@ pub enum Action {
     TokenCreate,
     TokenRevoke,
     AuditList,
+    /// The values of a project environment's env file (for `we scale k8s`'s Secret).
+    EnvRead,
+    /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
+    ScaleStatus,
     /// `we domain setup`: DNS records and a Caddy HTTPS route for a project.
     DomainSetup,
     /// `we domain remove`.
@@ -99,7 +103,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 32] = [
+    pub const ALL: [Action; 34] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -128,6 +132,8 @@ impl Action {
         Action::TokenCreate,
         Action::TokenRevoke,
         Action::AuditList,
+        Action::EnvRead,
+        Action::ScaleStatus,
         Action::DomainSetup,
         Action::DomainRemove,
         Action::DomainList,
@@ -165,6 +171,8 @@ impl Action {
             Action::TokenCreate => "token.create",
             Action::TokenRevoke => "token.revoke",
             Action::AuditList => "audit.list",
+            Action::EnvRead => "env.read",
+            Action::ScaleStatus => "scale.status",
             Action::DomainSetup => "domain.setup",
             Action::DomainRemove => "domain.remove",
             Action::DomainList => "domain.list",
@@ -213,7 +221,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 32] = {
+pub const TABLE: [(Action, [Access; 3]); 34] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -244,6 +252,8 @@ pub const TABLE: [(Action, [Access; 3]); 32] = {
         (Action::TokenCreate, [A, D, D]),
         (Action::TokenRevoke, [A, D, D]),
         (Action::AuditList, [A, D, D]),
+        (Action::EnvRead, [A, O, D]),
+        (Action::ScaleStatus, [A, A, A]),
         (Action::DomainSetup, [A, D, D]),
         (Action::DomainRemove, [A, D, D]),
         (Action::DomainList, [A, A, A]),

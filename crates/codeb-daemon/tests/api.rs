@@ -236,6 +236,12 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
         ),
         Action::TokenRevoke => ("DELETE", "/api/v1/tokens/999999".into(), None),
         Action::AuditList => ("GET", "/api/v1/audit".into(), None),
+        Action::ScaleStatus => ("GET", "/api/v1/scale/status?window=1s".into(), None),
+        Action::EnvRead => (
+            "GET",
+            format!("/api/v1/projects/{p}/env?environment=production"),
+            None,
+        ),
         Action::DomainSetup => (
             "POST",
             "/api/v1/domains".into(),
@@ -310,7 +316,16 @@ async fn every_cell_of_the_permission_table_holds_over_http() {
             }
         }
     }
-    assert_eq!(cells, TABLE.len() * 3 + 3, "owner cells are tried twice");
+    let owner_cells = TABLE
+        .iter()
+        .flat_map(|(_, row)| row.iter())
+        .filter(|a| **a == Access::Owner)
+        .count();
+    assert_eq!(
+        cells,
+        TABLE.len() * 3 + owner_cells,
+        "owner cells are tried twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -552,4 +567,103 @@ async fn a_dry_run_returns_the_plan_and_queues_nothing() {
     assert_eq!(v["health_url"], "http://127.0.0.1:4101/health");
     let (_, jobs) = p.call(Some(&p.admin), "GET", "/api/v1/jobs", None).await;
     assert_eq!(jobs, json!([]));
+}
+
+/// `GET /projects/{name}/env` (`we scale k8s`'s Secret): the values for admins and owners,
+/// 403 for the rest, audited with the keys only; the registry refuses bad Kubernetes bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn env_values_go_to_owners_and_admins_and_are_audited_by_key() {
+    const VALUE: &str = "pg-pass-7Hq2zX";
+    let p = plane().await;
+    let dev = p.user("dev", Role::Developer, &[]).await;
+    let view = p.user("view", Role::Viewer, &[]).await;
+    let env_file = p.cfg.state_dir.join("mine-production.env");
+    std::fs::write(
+        &env_file,
+        format!("# db\nDATABASE_PASSWORD={VALUE}\nPORT=8080\n"),
+    )
+    .expect("env file");
+    let spec = |k: Value| {
+        json!({"name": "mine", "type": "static", "repository": "acme/mine",
+               "image": "127.0.0.1:1/acme/mine", "container_port": 8080,
+               "environments": [{"name": "production", "env_file": env_file.display().to_string()},
+                                {"name": "staging"}],
+               "owners": ["dev"], "kubernetes": k})
+    };
+    let (s, v) = p
+        .call(
+            Some(&p.admin),
+            "POST",
+            "/api/v1/projects",
+            Some(spec(json!({"min_replicas": 5, "max_replicas": 2}))),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("min_replicas (5) is greater than max_replicas (2)")),
+        "{v}"
+    );
+    p.ok(
+        "POST",
+        "/api/v1/projects",
+        spec(json!({"min_replicas": 3, "hosts": {"production": "mine.example.com"}})),
+    )
+    .await;
+    let (_, got) = p
+        .call(Some(&p.admin), "GET", "/api/v1/projects/mine", None)
+        .await;
+    assert_eq!(got["kubernetes"]["min_replicas"], 3, "{got}");
+    assert_eq!(got["kubernetes"]["max_replicas"], 10, "{got}");
+
+    let path = "/api/v1/projects/mine/env?environment=production";
+    for token in [&p.admin, &dev] {
+        let (s, v) = p.call(Some(token), "GET", path, None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["values"]["DATABASE_PASSWORD"], VALUE, "{v}");
+        assert_eq!(v["values"]["PORT"], "8080", "{v}");
+    }
+    let (s, _) = p.call(Some(&view), "GET", path, None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, v) = p
+        .call(
+            Some(&p.admin),
+            "GET",
+            "/api/v1/projects/mine/env?environment=staging",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["values"], Value::Null, "no env file: no values");
+
+    let (_, audit) = p
+        .call(Some(&p.admin), "GET", "/api/v1/audit?project=mine", None)
+        .await;
+    let reads: Vec<&Value> = audit
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter(|e| e["action"] == "env.read")
+        .collect();
+    assert_eq!(reads.len(), 3, "{audit}");
+    assert_eq!(
+        reads
+            .iter()
+            .find(|e| e["target"] == "mine/production")
+            .map(|e| e["params"]["variables"].clone()),
+        Some(json!(["DATABASE_PASSWORD", "PORT"])),
+        "{audit}"
+    );
+    assert!(!audit.to_string().contains(VALUE), "{audit}");
+
+    std::fs::remove_file(&env_file).expect("rm");
+    let (s, v) = p.call(Some(&p.admin), "GET", path, None).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot be read")),
+        "{v}"
+    );
 }

@@ -236,6 +236,16 @@ impl Caddy {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// The admin API's Prometheus metrics (`GET /metrics`, text format), for `we scale
+    /// status`.
+    pub async fn metrics(&self) -> Result<String, DeployError> {
+        let (status, text) = self.call(reqwest::Method::GET, "/metrics", None).await?;
+        if status != 200 {
+            return Err(self.err(format!("GET /metrics answered {status}: {}", text.trim())));
+        }
+        Ok(text)
+    }
+
     /// Fails unless the admin API answers.
     pub async fn check(&self) -> Result<(), DeployError> {
         self.config().await.map(drop)

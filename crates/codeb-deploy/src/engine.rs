@@ -700,7 +700,15 @@ impl Engine {
         // Prove it healthy.
         let url = format!("http://127.0.0.1:{host_port}{}", opts.health_path);
         let verdict = match begun {
-            Ok(()) => self.wait_healthy(&url, opts, progress).await,
+            Ok(()) => match self.wait_healthy(&url, opts, progress).await {
+                // Say what the container was doing: "connection refused" alone does not tell
+                // a crashed process from a slow start or a port it does not listen on.
+                Err(reason) => Err(match self.podman.describe(&container, 5).await {
+                    Some(state) => format!("{reason} ({state})"),
+                    None => reason,
+                }),
+                ok => ok,
+            },
             Err(e) => Err(e.to_string()),
         };
         if let Err(reason) = verdict {

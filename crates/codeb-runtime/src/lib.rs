@@ -160,6 +160,39 @@ impl Podman {
         }
     }
 
+    /// What a container is doing, for an error message: its state and exit code, and the
+    /// last lines it printed (`podman inspect`, `podman logs --tail`). `None` when podman
+    /// cannot say (the container is gone, podman fails): the caller's message stands alone.
+    pub async fn describe(&self, name: &str, lines: usize) -> Option<String> {
+        let state = self
+            .podman(&[
+                "container",
+                "inspect",
+                "--format",
+                "{{.State.Status}} (exit code {{.State.ExitCode}}){{if .State.Error}}: {{.State.Error}}{{end}}",
+                name,
+            ])
+            .await
+            .ok()?;
+        let mut text = format!("container {name} is {}", state.stdout.trim());
+        // Not `--tail N`: podman 4.3 prints nothing with it for a container that exited
+        // (k8s-file logs); a container that failed to start has printed little anyway.
+        if let Ok(out) = self.podman(&["logs", name]).await {
+            let printed: Vec<&str> = out
+                .stdout
+                .lines()
+                .chain(out.stderr.lines())
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            let last = &printed[printed.len().saturating_sub(lines)..];
+            if !last.is_empty() {
+                text.push_str("; its last output: ");
+                text.push_str(&last.join(" | "));
+            }
+        }
+        Some(text)
+    }
+
     /// `podman run -d --replace --name NAME ARGS...`; returns the container id.
     pub async fn run_detached(&self, name: &str, args: &[String]) -> Result<String, RuntimeError> {
         let mut all: Vec<OsString> = os(&["run", "-d", "--replace", "--name", name]);

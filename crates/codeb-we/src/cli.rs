@@ -17,6 +17,9 @@ Examples:
   we logs myapp -f                           # follow the container's output
   we health --verbose
   we audit --project myapp --since 1d --json
+  we scale status                            # is phase 2 (Kubernetes) due?
+  we scale k8s render myapp                  # Deployment, Service, HPA, PDB, Ingress as YAML
+  we scale k8s apply myapp --context prod --dry-run=server
   we domain setup myapp --domain myapp.codeb.kr --ssl   # DNS + Caddy HTTPS
 
 Every command takes --json (JSON lines when streaming). Data goes to stdout, messages to
@@ -72,6 +75,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// The audit log (admins)
     Audit(AuditArgs),
+    /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
+    #[command(subcommand)]
+    Scale(crate::scale::ScaleCommand),
     /// Domains: DNS in PowerDNS and HTTPS in Caddy for a project, by one command
     #[command(subcommand, after_help = crate::domain::AFTER_HELP)]
     Domain(crate::domain::DomainCommand),
@@ -343,6 +349,41 @@ mod tests {
             ],
             &["audit", "--project", "p", "--since", "1d", "--json"],
             &["completions", "zsh"],
+            &[
+                "scale", "k8s", "render", "myapp", "-e", "staging", "-o", "json",
+            ],
+            &["scale", "k8s", "render", "myapp", "--include-secrets"],
+            &["scale", "status", "--window", "2s", "--json"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=server",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run",
+            ],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--kubeconfig",
+                "/k",
+                "--timeout",
+                "5m",
+            ],
         ] {
             parse(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
         }
@@ -362,6 +403,17 @@ mod tests {
             &["team", "role", "3", "root"],
             &["completions", "powershell"],
             &["frobnicate"],
+            &["scale", "k8s", "apply", "myapp"],
+            &[
+                "scale",
+                "k8s",
+                "apply",
+                "myapp",
+                "--context",
+                "c",
+                "--dry-run=client",
+            ],
+            &["scale", "k8s", "render", "myapp", "-o", "toml"],
         ] {
             let e = parse(bad).expect_err(&format!("{bad:?}"));
             assert!(e.use_stderr(), "{bad:?}");

@@ -40,6 +40,7 @@ pub async fn dispatch(cmd: Command, env: &Env, out: &Out) -> Result<Exit, WeErro
         Command::Health(a) => health(a, &connect(env)?, out).await,
         Command::Logs(a) => logs(a, &connect(env)?, out).await,
         Command::Audit(a) => audit(a, &connect(env)?, out).await,
+        Command::Scale(s) => crate::scale::scale(s, &connect(env)?, out).await,
         Command::Domain(d) => crate::domain::run(d, &connect(env)?, out).await,
     }
 }

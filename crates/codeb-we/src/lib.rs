@@ -7,6 +7,7 @@
 //! - [`client`]: reqwest with timeouts and a user agent; API errors → `we` errors.
 //! - [`commands`]: one function per command, returning the exit status; [`domain`]: `we domain`.
 //! - [`follow`]: `logs -f` across reconnects without repeated or lost lines.
+//! - [`scale`]: `we scale k8s render|apply` (renders with codeb-k8s, applies with kube-rs).
 //! - [`scan`]: the local side of `we scan --diff` (through codeb-workflow-gen's library).
 //! - [`output`]: tables or `--json` on stdout, messages and the spinner on stderr.
 //! - [`exit`]: the exit codes (0 ok, 1 wrong, 2 usage, 3 forbidden, 4 not logged in).
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod exit;
 pub mod follow;
 pub mod output;
+pub mod scale;
 pub mod scan;
 
 use std::process::ExitCode;

@@ -49,6 +49,11 @@ fn main() -> ExitCode {
         },
         Err(_) => 3000,
     };
+    // A release that crashes at start (the deploy tests' "exits at once" case).
+    if let Ok(why) = std::env::var("EXIT_AT_START") {
+        eprintln!("codeb-sample-app: {why}");
+        return ExitCode::from(3);
+    }
     let app = App {
         version: std::env::var("VERSION").unwrap_or_else(|_| "dev".to_owned()),
         healthy: std::env::var("HEALTH").map_or(true, |h| h != "fail"),

@@ -943,10 +943,17 @@ mod tests {
         assert_eq!(s.zones[0].as_str(), "codeb.kr");
         assert_eq!(s.https_probe, "127.0.0.1:443");
         assert!(!format!("{s:?}").contains("s3cret-key"));
-        let missing = config("absent.key").resolve(dir.path()).expect_err("missing");
+        let missing = config("absent.key")
+            .resolve(dir.path())
+            .expect_err("missing");
         assert!(missing.contains("pdns_key_file"), "{missing}");
         let mut no_addr = config("pdns.key");
         no_addr.ipv4 = None;
-        assert!(no_addr.resolve(dir.path()).expect_err("no address").contains("ipv4"));
+        assert!(
+            no_addr
+                .resolve(dir.path())
+                .expect_err("no address")
+                .contains("ipv4")
+        );
     }
 }

@@ -18,9 +18,11 @@
 
 pub mod db;
 pub mod domain;
+pub mod env;
 pub mod jobs;
 pub mod logs;
 pub mod registry;
+pub mod scale;
 pub mod team;
 
 use std::path::PathBuf;
@@ -585,6 +587,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/projects/{name}/deploy", post(jobs::deploy))
         .route("/api/v1/projects/{name}/rollback", post(jobs::rollback))
         .route("/api/v1/projects/{name}/logs", get(logs::logs))
+        .route("/api/v1/projects/{name}/env", get(env::env_values))
         .route(
             "/api/v1/projects/{name}/{*rest}",
             get(unknown_under_project).post(unknown_under_project),
@@ -595,6 +598,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/health", get(registry::health))
         .route("/api/v1/up", get(registry::up))
         .route("/api/v1/ports", get(registry::ports))
+        .route("/api/v1/scale/status", get(scale::status))
         .route("/api/v1/ssot/status", get(registry::ssot_status))
         .route("/api/v1/ssot/projects", get(registry::ssot_projects))
         .route("/api/v1/ssot/sync", post(registry::ssot_sync))

@@ -214,6 +214,9 @@ fn check_spec(spec: &ProjectSpec) -> Result<(), ApiError> {
     for o in &spec.owners {
         user_name(o)?;
     }
+    if let Some(k) = &spec.kubernetes {
+        k.check().map_err(ApiError::bad)?;
+    }
     Ok(())
 }
 

@@ -1972,6 +1972,7 @@ fn routes_survive_caddy_reload_and_restart(build: CaddyBuild) {
                     id: route_id.clone(),
                     host: host.clone(),
                     upstream: preview_port,
+                    tls: false,
                 })
                 .await
         })

@@ -814,14 +814,21 @@ impl Caddy {
     }
 
     pub fn start_build(build: CaddyBuild) -> Self {
+        Self::start_with(build, "")
+    }
+
+    /// Like [`Self::start_build`], with `members` (JSON object members, e.g. `"apps":{...}`)
+    /// beside the admin API in the config file, so that they survive [`Self::kill_and_restart`].
+    pub fn start_with(build: CaddyBuild, members: &str) -> Self {
         let dir = ScratchDir::new("caddy");
         let mut last = String::new();
         for _ in 0..5 {
             let admin_port = free_port();
             let config_path = dir.path().join("caddy.json");
+            let sep = if members.is_empty() { "" } else { "," };
             fs::write(
                 &config_path,
-                format!("{{{}}}\n", Self::admin_member(admin_port)),
+                format!("{{{}{sep}{members}}}\n", Self::admin_member(admin_port)),
             )
             .expect("write caddy.json");
             let mut cmd = Command::new(build.checked_binary());
@@ -858,8 +865,7 @@ impl Caddy {
     /// Kills Caddy (SIGKILL) and starts it again on the same admin port with its original
     /// config file (only the admin API): everything added through the admin API is gone.
     pub fn kill_and_restart(&mut self) {
-        let _ = self.daemon.child.kill();
-        let _ = self.daemon.child.wait();
+        self.kill();
         let mut cmd = Command::new(self.build.checked_binary());
         cmd.arg("run")
             .arg("--config")
@@ -872,6 +878,17 @@ impl Caddy {
         self.daemon
             .wait_ready(&url, &[200], Duration::from_secs(20))
             .unwrap_or_else(|e| panic!("caddy did not come back: {e}"));
+    }
+
+    /// Kills Caddy (SIGKILL); [`Self::kill_and_restart`] starts it again.
+    pub fn kill(&mut self) {
+        let _ = self.daemon.child.kill();
+        let _ = self.daemon.child.wait();
+    }
+
+    /// Caddy's data directory (`$XDG_DATA_HOME/caddy`: certificates, the local CA).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data/caddy")
     }
 
     fn admin_member(port: u16) -> String {

@@ -14,6 +14,7 @@ mod caddy_reload;
 mod daemon_intake;
 mod deploy;
 mod doctor;
+mod domain;
 mod fake_github;
 mod healthcheck;
 mod infra;

@@ -59,6 +59,11 @@
 //! | POST | `/api/v1/projects/{name}/restore` | restore | admin | [`RestoreRequest`] | NDJSON [`RestoreEvent`] |
 //! | POST | `/api/v1/projects/{name}/init` | project_init | admin | [`InitRequest`] | [`InitReport`] (the env values, secrets included, only here) |
 //! | POST | `/api/v1/projects/{name}/remove` | project_remove | admin | [`RemoveRequest`] (`yes` required) | [`RemoveReport`] |
+//! | POST | `/api/v1/domains` | domain_setup | admin | [`domain::DomainSetup`] | [`domain::DomainSetupResult`] (502 `upstream` when PowerDNS or Caddy fail) |
+//! | GET | `/api/v1/domains` | domain_list | all | – | `Vec<`[`domain::DomainStatus`]`>` |
+//! | DELETE | `/api/v1/domains/{domain}?project=P` | domain_remove | admin | [`domain::DomainRemoveQuery`] | [`domain::DomainRemoved`] |
+//! | GET | `/api/v1/domains/zones` | domain_zones | all | – | `Vec<`[`domain::Zone`]`>` |
+//! | GET | `/api/v1/tls/ask?domain=D` | – (no token: Caddy's on-demand TLS `ask`) | – | – | 200 when D is in the domain registry, else 404 |
 //!
 //! `GET /healthz` and `POST /webhook/github` stay outside `/api/v1` and take no token.
 //!
@@ -66,6 +71,7 @@
 //! always keeps one admin. The first admin's token comes from `codeb-daemon bootstrap-admin`.
 
 pub mod backup;
+pub mod domain;
 pub mod k8s;
 pub mod perm;
 pub mod scale;
@@ -107,6 +113,9 @@ pub mod paths {
     pub const AUDIT: &str = "/api/v1/audit";
     pub const BACKUPS: &str = "/api/v1/backups";
     pub const SCALE_STATUS: &str = "/api/v1/scale/status";
+    pub const DOMAINS: &str = "/api/v1/domains";
+    pub const DOMAIN_ZONES: &str = "/api/v1/domains/zones";
+    pub const TLS_ASK: &str = "/api/v1/tls/ask";
 
     pub fn project(name: &str) -> String {
         format!("{PROJECTS}/{name}")
@@ -208,6 +217,9 @@ pub mod codes {
     pub const LOCK_TIMEOUT: &str = "lock_timeout";
     /// 422: the deploy would not work (no image for the branch, no manifest port, ...).
     pub const UNPROCESSABLE: &str = "unprocessable";
+    /// 502: a service the request needs (PowerDNS, Caddy) failed or is unreachable; the
+    /// message names it, what was left behind and the fix.
+    pub const UPSTREAM: &str = "upstream";
     /// 500.
     pub const INTERNAL: &str = "internal";
 }

@@ -100,10 +100,18 @@ pub enum Action {
     EnvRead,
     /// The phase-2 thresholds measured (Caddy's request counters, host CPU, deploys a day).
     ScaleStatus,
+    /// `we domain setup`: DNS records and a Caddy HTTPS route for a project.
+    DomainSetup,
+    /// `we domain remove`.
+    DomainRemove,
+    /// `we domain list`: domains with DNS, route and certificate state.
+    DomainList,
+    /// `we domain zones`: the zones codeb manages.
+    DomainZones,
 }
 
 impl Action {
-    pub const ALL: [Action; 34] = [
+    pub const ALL: [Action; 38] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -138,6 +146,10 @@ impl Action {
         Action::ProjectRemove,
         Action::EnvRead,
         Action::ScaleStatus,
+        Action::DomainSetup,
+        Action::DomainRemove,
+        Action::DomainList,
+        Action::DomainZones,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -177,6 +189,10 @@ impl Action {
             Action::ProjectRemove => "project.remove",
             Action::EnvRead => "env.read",
             Action::ScaleStatus => "scale.status",
+            Action::DomainSetup => "domain.setup",
+            Action::DomainRemove => "domain.remove",
+            Action::DomainList => "domain.list",
+            Action::DomainZones => "domain.zones",
         }
     }
 
@@ -200,6 +216,8 @@ impl Action {
                 | Action::Restore
                 | Action::ProjectInit
                 | Action::ProjectRemove
+                | Action::DomainSetup
+                | Action::DomainRemove
         )
     }
 }
@@ -222,7 +240,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 34] = {
+pub const TABLE: [(Action, [Access; 3]); 38] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -259,6 +277,10 @@ pub const TABLE: [(Action, [Access; 3]); 34] = {
         (Action::ProjectRemove, [A, D, D]),
         (Action::EnvRead, [A, O, D]),
         (Action::ScaleStatus, [A, A, A]),
+        (Action::DomainSetup, [A, D, D]),
+        (Action::DomainRemove, [A, D, D]),
+        (Action::DomainList, [A, A, A]),
+        (Action::DomainZones, [A, A, A]),
     ]
 };
 
@@ -323,6 +345,24 @@ mod tests {
             assert_eq!(access(Role::Viewer, a), Access::Deny, "{a}");
             // Owning the project does not make a developer an admin.
             assert!(!allowed(Role::Developer, a, true), "{a}");
+        }
+    }
+
+    #[test]
+    fn only_admins_change_domains_and_everyone_reads_them() {
+        for a in [Action::DomainSetup, Action::DomainRemove] {
+            assert!(a.is_write(), "{a}");
+            assert_eq!(
+                TABLE.iter().find(|(x, _)| *x == a).map(|r| r.1),
+                Some([Access::Allow, Access::Deny, Access::Deny]),
+                "{a}"
+            );
+        }
+        for a in [Action::DomainList, Action::DomainZones] {
+            assert!(!a.is_write(), "{a}");
+            for r in Role::ALL {
+                assert_eq!(access(r, a), Access::Allow, "{a} {r}");
+            }
         }
     }
 

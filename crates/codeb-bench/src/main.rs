@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|init|we|guest|backup]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|init|we|guest|backup|domain]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
 //! guest of scripts/vm and runs only when named).
 
@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 mod backup;
 mod deploy;
+mod domain;
 mod guest;
 mod provision;
 mod we;
@@ -83,6 +84,13 @@ fn main() -> ExitCode {
     }
     if (all || which.contains(&"init"))
         && let Err(e) = provision::run(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Only when named: PowerDNS, Caddy and the control plane.
+    if which.contains(&"domain")
+        && let Err(e) = domain::run(runs)
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

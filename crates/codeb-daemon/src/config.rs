@@ -121,6 +121,9 @@ struct RawConfig {
     previews: PreviewConfig,
     #[serde(default)]
     api: crate::api::ApiConfig,
+    /// `we domain`: [`crate::api::domain::DomainConfig`].
+    #[serde(default)]
+    domains: Option<crate::api::domain::DomainConfig>,
 }
 
 /// `[intake]`: the HTTP limits (all optional).
@@ -335,10 +338,17 @@ pub fn parse(
         events,
         limits,
         previews: raw.previews,
-        api: raw
-            .api
-            .validated()
-            .map_err(|m| invalid(format!("[api] {m}")))?,
+        api: crate::api::ApiConfig {
+            domains: raw
+                .domains
+                .map(|d| d.resolve(base))
+                .transpose()
+                .map_err(|m| invalid(format!("[domains] {m}")))?,
+            ..raw
+                .api
+                .validated()
+                .map_err(|m| invalid(format!("[api] {m}")))?
+        },
     })
 }
 

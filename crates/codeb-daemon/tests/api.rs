@@ -258,6 +258,14 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
             format!("/api/v1/projects/{p}/env?environment=production"),
             None,
         ),
+        Action::DomainSetup => (
+            "POST",
+            "/api/v1/domains".into(),
+            Some(json!({"project": p, "domain": format!("{who}.example.com")})),
+        ),
+        Action::DomainRemove => ("DELETE", format!("/api/v1/domains/{who}.example.com"), None),
+        Action::DomainList => ("GET", "/api/v1/domains".into(), None),
+        Action::DomainZones => ("GET", "/api/v1/domains/zones".into(), None),
     }
 }
 
@@ -281,6 +289,8 @@ fn allowed_status(action: Action) -> &'static [u16] {
         // This plane has no [api.provision]: init is refused after authorization.
         Action::ProjectInit => &[422],
         Action::ProjectRemove => &[404],
+        // This plane has no [domains] configured: the write is refused after authorization.
+        Action::DomainSetup | Action::DomainRemove => &[422],
         _ => &[200],
     }
 }

@@ -354,6 +354,7 @@ impl Caddy {
         route_id: &str,
         host: &str,
         upstream: u16,
+        tls: bool,
     ) -> Result<(), DeployError> {
         let _lock = self.lock().await?;
         let route = host_route_json(route_id, host, upstream);
@@ -367,7 +368,7 @@ impl Caddy {
             }
             return Ok(());
         }
-        self.insert_host_route(server, listen, route).await
+        self.insert_host_route(server, listen, route, tls).await
     }
 
     /// Adds the host route when no object with its id exists; an existing one is left alone.
@@ -379,13 +380,14 @@ impl Caddy {
         route_id: &str,
         host: &str,
         upstream: u16,
+        tls: bool,
     ) -> Result<bool, DeployError> {
         let _lock = self.lock().await?;
         if self.id_exists(route_id).await? {
             return Ok(false);
         }
         let route = host_route_json(route_id, host, upstream);
-        self.insert_host_route(server, listen, route).await?;
+        self.insert_host_route(server, listen, route, tls).await?;
         Ok(true)
     }
 
@@ -423,6 +425,7 @@ impl Caddy {
         server: &str,
         listen: &str,
         route: Value,
+        tls: bool,
     ) -> Result<(), DeployError> {
         let config = self.config().await?;
         if config
@@ -438,13 +441,30 @@ impl Caddy {
             }
             return Ok(());
         }
-        let srv = json!({
-            "@id": server,
-            "listen": [listen],
-            "automatic_https": { "disable": true },
-            "routes": [route],
-        });
+        // A TLS server keeps Caddy's automatic HTTPS: a certificate for each route's host
+        // (from the issuers of the tls app: ACME by default, `internal` in tests).
+        let srv = if tls {
+            json!({ "@id": server, "listen": [listen], "routes": [route] })
+        } else {
+            json!({
+                "@id": server,
+                "listen": [listen],
+                "automatic_https": { "disable": true },
+                "routes": [route],
+            })
+        };
         self.create_server(server, srv).await
+    }
+
+    /// The configuration object with `@id = id`, if there is one.
+    pub async fn get_id(&self, id: &str) -> Result<Option<Value>, DeployError> {
+        let (status, text) = self
+            .call(reqwest::Method::GET, &format!("/id/{id}"), None)
+            .await?;
+        if status != 200 {
+            return Ok(None);
+        }
+        Ok(serde_json::from_str(&text).ok())
     }
 
     /// Deletes the configuration object with `@id = id`; a missing one is fine.

@@ -350,6 +350,7 @@ impl Engine {
                 &route.id,
                 &route.host,
                 route.upstream,
+                route.tls,
             )
             .await
     }

@@ -30,6 +30,10 @@ pub struct HostRoute {
     pub host: String,
     /// The loopback port it proxies to.
     pub upstream: u16,
+    /// Served over HTTPS: the server is created with Caddy's automatic HTTPS on (a `we
+    /// domain` route); preview routes are plain HTTP behind the operator's front.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 fn routes_dir(state_dir: &Path) -> PathBuf {
@@ -186,6 +190,7 @@ pub async fn restore_routes(state_dir: &Path, caddy: &Caddy) -> Result<RestoreRe
                 &route.id,
                 &route.host,
                 route.upstream,
+                route.tls,
             )
             .await?
         {
@@ -211,6 +216,7 @@ mod tests {
             id: "codeb-route-app-pr-7".into(),
             host: "pr-7.example.com".into(),
             upstream: 5007,
+            tls: false,
         };
         r.save(&state).expect("save");
         assert_eq!(HostRoute::load_all(&state).expect("load"), vec![r.clone()]);

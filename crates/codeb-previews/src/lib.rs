@@ -492,6 +492,7 @@ impl Previews {
                     id: route_id(&target),
                     host: domain.clone(),
                     upstream: port,
+                    tls: false,
                 })
                 .await?;
         }

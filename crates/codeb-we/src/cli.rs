@@ -22,6 +22,7 @@ Examples:
   we scale status                            # is phase 2 (Kubernetes) due?
   we scale k8s render myapp                  # Deployment, Service, HPA, PDB, Ingress as YAML
   we scale k8s apply myapp --context prod --dry-run=server
+  we domain setup myapp --domain myapp.codeb.kr --ssl   # DNS + Caddy HTTPS
 
 Every command takes --json (JSON lines when streaming). Data goes to stdout, messages to
 stderr; NO_COLOR turns colour off. Credentials: $XDG_CONFIG_HOME/codeb/credentials.toml
@@ -88,6 +89,9 @@ pub enum Command {
     /// Scale out: the phase-2 thresholds (`we scale status`), the Kubernetes target (`we scale k8s`)
     #[command(subcommand)]
     Scale(crate::scale::ScaleCommand),
+    /// Domains: DNS in PowerDNS and HTTPS in Caddy for a project, by one command
+    #[command(subcommand, after_help = crate::domain::AFTER_HELP)]
+    Domain(crate::domain::DomainCommand),
     /// Shell completions: `we completions bash > /etc/bash_completion.d/we`
     Completions {
         #[arg(value_enum)]

@@ -48,6 +48,7 @@ pub async fn dispatch(cmd: Command, env: &Env, out: &Out) -> Result<Exit, WeErro
             crate::init::remove(&project, yes, connect(env), out).await
         }
         Command::Scale(s) => crate::scale::scale(s, &connect(env)?, out).await,
+        Command::Domain(d) => crate::domain::run(d, &connect(env)?, out).await,
     }
 }
 

@@ -5,7 +5,7 @@
 //! - [`cli`]: the commands of the operations manual (clap).
 //! - [`config`]: server and token (credentials file, `CODEB_SERVER`/`CODEB_TOKEN`).
 //! - [`client`]: reqwest with timeouts and a user agent; API errors → `we` errors.
-//! - [`commands`]: one function per command, returning the exit status.
+//! - [`commands`]: one function per command, returning the exit status; [`domain`]: `we domain`.
 //! - [`follow`]: `logs -f` across reconnects without repeated or lost lines.
 //! - [`scale`]: `we scale k8s render|apply` (renders with codeb-k8s, applies with kube-rs).
 //! - [`scan`]: the local side of `we scan --diff` (through codeb-workflow-gen's library).
@@ -17,6 +17,7 @@ pub mod cli;
 pub mod client;
 pub mod commands;
 pub mod config;
+pub mod domain;
 pub mod exit;
 pub mod follow;
 pub mod init;

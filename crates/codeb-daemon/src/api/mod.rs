@@ -18,6 +18,7 @@
 
 pub mod backups;
 pub mod db;
+pub mod domain;
 pub mod env;
 pub mod guard;
 pub mod jobs;
@@ -85,6 +86,9 @@ pub struct ApiConfig {
     pub backup_config: Option<PathBuf>,
     /// `[api.provision]`: the storage server for `we workflow init` (none: init is refused).
     pub provision: Option<provision::ProvisionConfig>,
+    /// `[domains]` of the daemon's config, resolved (`we domain`; none when absent).
+    #[serde(skip)]
+    pub domains: Option<domain::DomainSettings>,
 }
 
 impl Default for ApiConfig {
@@ -104,6 +108,7 @@ impl Default for ApiConfig {
             listen_host: "127.0.0.1".into(),
             backup_config: None,
             provision: None,
+            domains: None,
         }
     }
 }
@@ -159,6 +164,10 @@ pub struct Api {
     pub wake: Arc<Notify>,
     /// Bumped whenever a job event is stored; streams wait on it.
     pub events: watch::Sender<u64>,
+    /// `we domain` (PowerDNS and the settings), when `[domains]` is configured.
+    pub domains: Option<Arc<domain::Domains>>,
+    /// The zone part of `[previews] domain_pattern` (after the last placeholder).
+    pub preview_domain_suffix: Option<String>,
 }
 
 impl Api {
@@ -170,6 +179,19 @@ impl Api {
         previews: &codeb_previews::PreviewConfig,
     ) -> Result<(Arc<Api>, db::Recovered), DbError> {
         let (db, recovered) = Db::open(db_path)?;
+        db.blocking(|c| domain::migrate(c))?;
+        let domains = cfg
+            .domains
+            .clone()
+            .map(domain::Domains::new)
+            .transpose()
+            .map_err(DbError::Task)?
+            .map(Arc::new);
+        let preview_domain_suffix = previews
+            .domain_pattern
+            .rsplit_once('}')
+            .map(|(_, rest)| rest.trim_start_matches('.').to_owned())
+            .filter(|s| !s.is_empty());
         let runtime = match previews.runtime.as_str() {
             "systemd" => RuntimeChoice::Systemd,
             "podman" => RuntimeChoice::Podman,
@@ -193,6 +215,8 @@ impl Api {
                 loc,
                 wake: Arc::new(Notify::new()),
                 events,
+                domains,
+                preview_domain_suffix,
             }),
             recovered,
         ))
@@ -593,6 +617,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/ssot/projects", get(registry::ssot_projects))
         .route("/api/v1/ssot/sync", post(registry::ssot_sync))
         .route("/api/v1/ssot/validate", post(registry::ssot_validate))
+        .route("/api/v1/domains", get(domain::list).post(domain::setup))
+        .route("/api/v1/domains/zones", get(domain::zones))
+        .route("/api/v1/domains/{domain}", delete(domain::remove))
+        .route("/api/v1/tls/ask", get(domain::ask))
         .fallback(unknown)
         .layer(middleware::from_fn_with_state(api.clone(), limit))
         .layer(DefaultBodyLimit::max(1 << 20))
@@ -644,5 +672,6 @@ async fn unknown(uri: axum::http::Uri) -> ApiError {
 
 /// The tasks the control plane runs in the background (the job runner).
 pub fn spawn(api: Arc<Api>, shutdown: watch::Receiver<bool>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(domain::restore_loop(api.clone(), shutdown.clone()));
     tokio::spawn(jobs::run_queue(api, shutdown))
 }

@@ -990,7 +990,10 @@ fn wait_host(port: u16, host: &str, timeout: Duration) -> Result<(), String> {
             );
             let mut raw = String::new();
             let _ = s.read_to_string(&mut raw);
-            if raw.starts_with("HTTP/1.1 200") && raw.contains("\"version\"") {
+            // Caddy (Go's net/http) answers an HTTP/1.0 request with an `HTTP/1.0` status
+            // line: read the status code, not the protocol version.
+            let status = raw.split_whitespace().nth(1);
+            if status == Some("200") && raw.contains("\"version\"") {
                 return Ok(());
             }
         }

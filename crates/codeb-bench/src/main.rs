@@ -2,7 +2,7 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|workflows|webhook|init|we|guest|backup|domain]... [--runs N]` (scripts/bench
+//! Usage: `codeb-bench [foundation|deploy|preview|workflows|webhook|init|we|guest|backup|domain]... [--runs N]` (scripts/bench
 //! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
 //! guest of scripts/vm and runs only when named).
 

@@ -28,6 +28,7 @@ pub mod server;
 pub mod store;
 pub mod worker;
 
+use codeb_actions::Exit;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -134,27 +135,37 @@ impl From<ConfigError> for Failure {
     }
 }
 
+impl Failure {
+    /// The documented exit code of this failure.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Failure::Invalid(_) => Exit::Failure,
+            Failure::Io(_) => Exit::Usage,
+        }
+    }
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
-            let code = if e.use_stderr() { 2 } else { 0 };
+            let exit = if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            };
             let _ = e.print();
-            return ExitCode::from(code);
+            return exit.into();
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => Exit::Success.into(),
         Err(f) => {
-            let code = match f {
-                Failure::Invalid(_) => 1,
-                Failure::Io(_) => 2,
-            };
             // Logging may not be set up (config errors come first): write plainly too.
             error!("{f}");
             let _ = writeln!(std::io::stderr(), "codeb-daemon: {f}");
-            ExitCode::from(code)
+            f.exit().into()
         }
     }
 }

@@ -5,7 +5,7 @@
 use crate::accounts::Accounts;
 use crate::fsops::{self, Want};
 use crate::templates::{self, Templates};
-use codeb_actions::Secret;
+use codeb_actions::{Exit, Secret};
 use codeb_runtime::{Cmd, RuntimeError};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -168,10 +168,10 @@ pub enum InstallError {
 
 impl InstallError {
     /// 1 when the run failed after it began changing the host, 2 when it refused before.
-    pub fn exit_code(&self) -> u8 {
+    pub fn exit(&self) -> Exit {
         match self {
-            Self::Apply { .. } => 1,
-            _ => 2,
+            Self::Apply { .. } => Exit::Failure,
+            _ => Exit::Usage,
         }
     }
 }

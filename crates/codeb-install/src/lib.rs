@@ -14,7 +14,7 @@ pub mod sudoers;
 pub mod templates;
 
 use clap::Parser;
-use codeb_actions::{Secret, Step};
+use codeb_actions::{Exit, Secret, Step};
 use install::{Action, Facts, Options, Report, RunnerOptions};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -266,14 +266,19 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Success
+            }
+            .into();
         }
     };
     let opts = match options(cli) {
         Ok(o) => o,
         Err(e) => {
             step.log(&format!("codeb-install: {e}"));
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     if let Some(t) = &opts.runner.token {
@@ -288,17 +293,17 @@ pub fn main() -> ExitCode {
             step.log(&format!(
                 "codeb-install: cannot start the async runtime: {e}"
             ));
-            return ExitCode::from(2);
+            return Exit::Usage.into();
         }
     };
     match rt.block_on(install::run(&opts, &Facts::probe())) {
         Ok(report) => {
             render(&step, &report);
-            ExitCode::SUCCESS
+            Exit::Success.into()
         }
         Err(e) => {
             step.log(&format!("codeb-install: {e}"));
-            ExitCode::from(e.exit_code())
+            e.exit().into()
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::{ActionsSource, OnDisk, Options, TemplateSet, inspect, render};
 use clap::{Parser, Subcommand, ValueEnum};
-use codeb_actions::{Annotation, Level, Step};
+use codeb_actions::{Annotation, Exit, Level, Step};
 use codeb_core::{ProjectName, vars};
 use codeb_secret::Secret;
 use std::path::{Path, PathBuf};
@@ -126,13 +126,6 @@ enum ActionsArg {
     Local,
 }
 
-/// How a run ended; each maps to a documented exit code.
-enum Outcome {
-    Done,
-    Differs,
-    Error,
-}
-
 pub fn main() -> ExitCode {
     let step = Step::from_env();
     let args: Args = match codeb_actions::parse_args(&step, "codeb-workflow-gen") {
@@ -143,11 +136,7 @@ pub fn main() -> ExitCode {
         Some(Command::Doctor { repo, workflow }) => run_doctor(&step, repo, workflow.as_deref()),
         None => run(&step, &args),
     };
-    match outcome {
-        Outcome::Done => ExitCode::SUCCESS,
-        Outcome::Differs => ExitCode::from(1),
-        Outcome::Error => ExitCode::from(2),
-    }
+    outcome.into()
 }
 
 fn fail(step: &Step, location: Option<(&str, Option<usize>)>, message: &str) {
@@ -162,13 +151,13 @@ fn fail(step: &Step, location: Option<(&str, Option<usize>)>, message: &str) {
     );
 }
 
-fn run_doctor(step: &Step, repo: &str, workflow: Option<&str>) -> Outcome {
+fn run_doctor(step: &Step, repo: &str, workflow: Option<&str>) -> Exit {
     let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let repo = match crate::doctor::RepoName::parse(repo) {
         Ok(r) => r,
         Err(e) => {
             fail(step, None, &e.to_string());
-            return Outcome::Error;
+            return Exit::Usage;
         }
     };
     let token = env(vars::CODEB_GITHUB_TOKEN)
@@ -184,7 +173,7 @@ fn run_doctor(step: &Step, repo: &str, workflow: Option<&str>) -> Outcome {
     match crate::doctor::doctor(&api, token, &repo, &workflow) {
         Err(e) => {
             fail(step, None, &e.to_string());
-            Outcome::Error
+            Exit::Usage
         }
         Ok((_, verdict)) => {
             for n in &verdict.notes {
@@ -194,7 +183,7 @@ fn run_doctor(step: &Step, repo: &str, workflow: Option<&str>) -> Outcome {
                 step.result(&format!(
                     "ok: no fork pull request can reach a self-hosted runner of {repo}"
                 ));
-                return Outcome::Done;
+                return Exit::Success;
             }
             for f in &verdict.findings {
                 fail(step, None, &format!("{}. Change: {}", f.problem, f.fix));
@@ -203,7 +192,7 @@ fn run_doctor(step: &Step, repo: &str, workflow: Option<&str>) -> Outcome {
                 "a fork's pull request could reach a self-hosted runner of {repo}: {} setting(s) to change (above)",
                 verdict.findings.len()
             ));
-            Outcome::Differs
+            Exit::Failure
         }
     }
 }
@@ -225,12 +214,12 @@ fn options(args: &Args) -> Result<Options, String> {
     Ok(o)
 }
 
-fn run(step: &Step, args: &Args) -> Outcome {
+fn run(step: &Step, args: &Args) -> Exit {
     let opts = match options(args) {
         Ok(o) => o,
         Err(e) => {
             fail(step, None, &e);
-            return Outcome::Error;
+            return Exit::Usage;
         }
     };
     let set = match &args.templates {
@@ -248,16 +237,16 @@ fn run(step: &Step, args: &Args) -> Outcome {
                 None => e.message.clone(),
             };
             fail(step, Some((&e.file, e.line.map(|l| l.0))), &message);
-            return Outcome::Error;
+            return Exit::Usage;
         }
         Err(e) => {
             fail(step, None, &e.to_string());
-            return Outcome::Error;
+            return Exit::Usage;
         }
     };
     if args.stdout {
         step.result(text.trim_end_matches('\n'));
-        return Outcome::Done;
+        return Exit::Success;
     }
     let path = args.output.clone().unwrap_or_else(|| {
         Path::new(".github/workflows").join(format!("{}-deploy.yml", opts.project))
@@ -268,7 +257,7 @@ fn run(step: &Step, args: &Args) -> Outcome {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => {
             fail(step, None, &format!("cannot read {shown}: {e}"));
-            return Outcome::Error;
+            return Exit::Usage;
         }
     };
     let state = inspect(existing.as_deref(), &text);
@@ -279,7 +268,7 @@ fn run(step: &Step, args: &Args) -> Outcome {
         let why = match state {
             OnDisk::UpToDate => {
                 step.result(&format!("{shown} is up to date"));
-                return Outcome::Done;
+                return Exit::Success;
             }
             OnDisk::Missing => "does not exist".to_owned(),
             OnDisk::Stale => format!(
@@ -293,12 +282,12 @@ fn run(step: &Step, args: &Args) -> Outcome {
             }
         };
         fail(step, Some((&shown, None)), &format!("{shown} {why}"));
-        return Outcome::Differs;
+        return Exit::Failure;
     }
     match state {
         OnDisk::UpToDate => {
             step.result(&format!("{shown} is up to date"));
-            return Outcome::Done;
+            return Exit::Success;
         }
         OnDisk::HandEdited | OnDisk::NotGenerated if !args.force => {
             let why = if state == OnDisk::HandEdited {
@@ -311,7 +300,7 @@ fn run(step: &Step, args: &Args) -> Outcome {
                 Some((&shown, None)),
                 &format!("{shown} {why}; left unchanged (overwrite it with --force)"),
             );
-            return Outcome::Differs;
+            return Exit::Failure;
         }
         _ => {}
     }
@@ -329,13 +318,13 @@ fn run(step: &Step, args: &Args) -> Outcome {
                 dir.display()
             ),
         );
-        return Outcome::Error;
+        return Exit::Usage;
     }
     if let Err(e) = codeb_host::atomic::write(&path, text.as_bytes(), 0o644) {
         fail(step, None, &format!("cannot write {shown}: {e}"));
-        return Outcome::Error;
+        return Exit::Usage;
     }
     let _ = step.set_output("state", "written");
     step.result(&format!("wrote {shown}"));
-    Outcome::Done
+    Exit::Success
 }

@@ -5,7 +5,7 @@
 //! Every output `we` produces in these tests is collected and searched for every token the
 //! tests made: a token appears only in the one answer that creates it (`we team add`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -516,15 +516,23 @@ fn we_login_team_roles_and_audit_over_the_real_daemon() {
 // ---------------------------------------------------------------------------------------
 // Deploys through `we`
 
-/// The public port P of a target whose slot ports 10000+P and 20000+P are free too.
+/// The public port P of a target whose slot ports 10000+P and 20000+P are free too, never one
+/// handed to another test of this process (tests running at the same time would otherwise pick
+/// the same free triple before either binds it).
 fn free_triple(range: std::ops::RangeInclusive<u16>) -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed = HANDED_OUT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let bindable = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
     let len = range.end() - range.start() + 1;
     let offset = u16::try_from(std::process::id() % u32::from(len)).unwrap_or(0);
-    (0..len)
+    let port = (0..len)
         .map(|i| range.start() + (offset + i) % len)
-        .find(|&p| [p, p + 10000, p + 20000].into_iter().all(bindable))
-        .expect("a free port triple")
+        .find(|&p| !handed.contains(&p) && [p, p + 10000, p + 20000].into_iter().all(bindable))
+        .expect("a free port triple");
+    handed.insert(port);
+    port
 }
 
 fn version_on(port: u16) -> Option<String> {

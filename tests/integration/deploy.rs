@@ -2330,3 +2330,90 @@ fn a_release_that_crashes_at_start_is_rolled_back_with_its_exit_code_and_output(
     );
     assert_serves(&t, "production", "v1");
 }
+
+/// The CI failure of the preview tests: a container left by a killed run (its conmon gone
+/// with the run's process group) stays "running" in podman's records and keeps the port
+/// forwarding of its slot port, though no socket holds the port, so a new release on that
+/// port was refused. The preflight names the container and changes nothing; once it is
+/// removed the deploy goes through.
+#[test]
+fn a_dead_container_still_forwarding_a_slot_port_is_named_before_anything_changes() {
+    let t = Target::new(&DEFAULT_SPEC);
+    let env = t.env.clone();
+    let (v1, v2) = (env.v("v1"), env.v("v2"));
+    let (r, _) = t.deploy("production", &v1.reference, &[("--sha", &sha('1'))]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    // The next release starts in the slot v1 does not use.
+    let h = t.history("production");
+    let next = if field(&releases(&h)[0], "slot") == "blue" {
+        "port"
+    } else {
+        "blue"
+    };
+    let port = slot_port(t.prod, next);
+    let stale = format!("{}-stale", t.project);
+    struct Remove<'p>(&'p Podman, String);
+    impl Drop for Remove<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["rm", "-f", "-t", "0", &self.1]);
+            let _ = self.0.run(&["rm", "-f", "-t", "0", &self.1]);
+        }
+    }
+    let _remove = Remove(&env.podman, stale.clone());
+    env.podman
+        .run(&[
+            "run",
+            "-d",
+            "--name",
+            &stale,
+            "-p",
+            &format!("127.0.0.1:{port}:3000"),
+            &v1.local,
+        ])
+        .expect("the stale container");
+    let pids = env
+        .podman
+        .run(&[
+            "inspect",
+            "--format",
+            "{{.State.ConmonPid}} {{.State.Pid}}",
+            &stale,
+        ])
+        .expect("inspect");
+    for pid in pids.split_whitespace() {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", pid])
+            .status();
+    }
+    // What the CI run met: podman still says it runs, nothing holds the port, and a
+    // connection to the port is refused.
+    let state = env
+        .podman
+        .run(&["inspect", "--format", "{{.State.Status}}", &stale])
+        .expect("inspect");
+    assert_eq!(state, "running", "podman's record of the dead container");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nothing answers on {port}"
+    );
+
+    let (r, _) = t.deploy("production", &v2.reference, &[("--sha", &sha('2'))]);
+    let all = r.all();
+    assert_eq!(r.code, 2, "refused before anything changes: {all}");
+    assert!(
+        all.contains(&format!("is published by container {stale}"))
+            && all.contains(&format!("podman rm -f {stale}")),
+        "names the container and the fix: {all}"
+    );
+    assert_serves(&t, "production", "v1");
+    assert_eq!(
+        releases(&t.history("production")).len(),
+        1,
+        "no release recorded"
+    );
+
+    drop(_remove);
+    let (r, _) = t.deploy("production", &v2.reference, &[("--sha", &sha('2'))]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_serves(&t, "production", "v2");
+}

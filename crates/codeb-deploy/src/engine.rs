@@ -501,6 +501,20 @@ impl Engine {
                         "slot port {port} of {target} (public port {public} + 10000/20000) is taken by {by}; free it first"
                     )));
                 }
+                // A container whose conmon died (killed with its process group, OOM) stays
+                // "running" in podman's records with its port forwarding in place, though no
+                // socket holds the port: traffic for the port goes to it and is refused.
+                let ours = [format!("{unit}-blue"), format!("{unit}-green")];
+                let publishers = self.podman.publishers_of(port).await.map_err(|e| {
+                    input(format!(
+                        "cannot list the containers publishing port {port}: {e}"
+                    ))
+                })?;
+                if let Some((name, state)) = publishers.iter().find(|(n, _)| !ours.contains(n)) {
+                    return Err(input(format!(
+                        "slot port {port} of {target} (public port {public} + 10000/20000) is published by container {name} ({state}), which is not {target}'s: its port forwarding would take the new release's traffic. Remove it (podman rm -f {name}) or free the port"
+                    )));
+                }
             }
         }
         let state_dir = self.loc.state_dir();

@@ -194,6 +194,28 @@ impl Podman {
         Some(text)
     }
 
+    /// Every container (running or not) that publishes host port `port`: `(name, state)`.
+    /// Podman 4.3 has no `publish` filter for `ps`, so the ports are read from its text.
+    pub async fn publishers_of(&self, port: u16) -> Result<Vec<(String, String)>, RuntimeError> {
+        let out = self
+            .podman(&[
+                "ps",
+                "--all",
+                "--format",
+                "{{.Names}}\t{{.State}}\t{{.Ports}}",
+            ])
+            .await?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.splitn(3, '\t');
+                let (name, state, ports) = (f.next()?, f.next()?, f.next().unwrap_or(""));
+                publishes(ports, port).then(|| (name.trim().to_owned(), state.trim().to_owned()))
+            })
+            .collect())
+    }
+
     /// `podman run -d --replace --name NAME ARGS...`; returns the container id.
     pub async fn run_detached(&self, name: &str, args: &[String]) -> Result<String, RuntimeError> {
         let mut all: Vec<OsString> = os(&["run", "-d", "--replace", "--name", name]);
@@ -366,5 +388,38 @@ mod tests {
             .await
             .expect_err("missing");
         assert!(err.to_string().contains("is it installed"), "{err}");
+    }
+}
+
+/// Whether podman's text of a container's ports (`127.0.0.1:15000->3000/tcp, 0.0.0.0:8000-8002->8000-8002/tcp`)
+/// publishes host port `port`.
+fn publishes(ports: &str, port: u16) -> bool {
+    ports.split(',').any(|mapping| {
+        let Some((host, _)) = mapping.trim().split_once("->") else {
+            return false;
+        };
+        let host = host.rsplit_once(':').map_or(host, |(_, p)| p);
+        match host.split_once('-') {
+            Some((lo, hi)) => matches!((lo.parse::<u16>(), hi.parse::<u16>()), (Ok(lo), Ok(hi)) if (lo..=hi).contains(&port)),
+            None => host.parse::<u16>() == Ok(port),
+        }
+    })
+}
+
+#[cfg(test)]
+mod publish_tests {
+    use super::publishes;
+
+    #[test]
+    fn host_ports_are_read_from_podmans_text() {
+        let text = "127.0.0.1:15000->3000/tcp, 0.0.0.0:8000-8002->8000-8002/tcp, [::1]:9000->9/udp";
+        for port in [15000, 8000, 8001, 8002, 9000] {
+            assert!(publishes(text, port), "{port}");
+        }
+        for port in [3000, 7999, 8003, 1500, 9] {
+            assert!(!publishes(text, port), "{port}");
+        }
+        assert!(!publishes("", 15000));
+        assert!(!publishes("3000/tcp", 3000), "exposed, not published");
     }
 }

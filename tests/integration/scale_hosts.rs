@@ -128,16 +128,19 @@ impl Lab {
                 agent: None,
             });
             must(&["ip", "netns", "add", &ns]);
-            must(&["ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer]);
+            must(&[
+                "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+            ]);
             must(&["ip", "link", "set", &peer, "netns", &ns]);
             must(&["ip", "link", "set", &veth, "master", &bridge, "up"]);
+            let cidr = format!("{address}/24");
             for args in [
-                vec!["ip", "addr", "add", &format!("{address}/24"), "dev", &peer],
-                vec!["ip", "link", "set", &peer, "up"],
-                vec!["ip", "link", "set", "lo", "up"],
+                ["ip", "addr", "add", cidr.as_str(), "dev", peer.as_str()].as_slice(),
+                &["ip", "link", "set", peer.as_str(), "up"],
+                &["ip", "link", "set", "lo", "up"],
             ] {
-                let mut a = vec!["ip", "netns", "exec", &ns];
-                a.extend(args.iter().map(String::as_str));
+                let mut a = vec!["ip", "netns", "exec", ns.as_str()];
+                a.extend_from_slice(args);
                 must(&a);
             }
             std::fs::write(
@@ -169,7 +172,11 @@ impl Drop for Lab {
             }
             let _ = sh(&["ip", "link", "del", &h.veth]);
             let _ = sh(&["ip", "netns", "del", &h.ns]);
-            let _ = sh(&["umount", "-R", &h.dir.join("storage/overlay").display().to_string()]);
+            let _ = sh(&[
+                "umount",
+                "-R",
+                &h.dir.join("storage/overlay").display().to_string(),
+            ]);
             let _ = std::fs::remove_dir_all(&h.dir);
         }
         let _ = sh(&["ip", "link", "del", &self.bridge]);
@@ -396,7 +403,12 @@ fn three_hosts_behind_the_balancer_roll_without_a_failed_request() {
         let d = push_image(&podman, &registry, &images[i], &dest).expect("push");
         // The hosts read images from the machine's store (read-only), as if they had pulled.
         podman
-            .run(&["pull", "--quiet", "--tls-verify=false", &format!("{repo}@{d}")])
+            .run(&[
+                "pull",
+                "--quiet",
+                "--tls-verify=false",
+                &format!("{repo}@{d}"),
+            ])
             .expect("pull");
         digests.push(d);
     }
@@ -477,7 +489,10 @@ health_deadline = "8s"
         let hash = minted.stdout.trim().to_owned();
         assert_eq!(hash.len(), 64, "{}", minted.all());
         let token = std::fs::read_to_string(&token_file).expect("token");
-        assert!(!minted.all().contains(token.trim()), "the token is not printed");
+        assert!(
+            !minted.all().contains(token.trim()),
+            "the token is not printed"
+        );
         std::fs::write(h.dir.join("token.sha256"), &hash).expect("hash");
         std::fs::write(
             h.dir.join("caddy.json"),
@@ -500,7 +515,12 @@ health_deadline = "8s"
             .arg(h.dir.join("token.sha256"))
             .arg("--state-dir")
             .arg(h.dir.join("agent"))
-            .args(["--caddy-admin", "http://127.0.0.1:2019", "--runtime", "podman"])
+            .args([
+                "--caddy-admin",
+                "http://127.0.0.1:2019",
+                "--runtime",
+                "podman",
+            ])
             .env("CONTAINERS_STORAGE_CONF", h.storage_conf())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(h.dir.join("agent.log")).expect("log"));
@@ -513,17 +533,7 @@ health_deadline = "8s"
             .unwrap_or_else(|e| panic!("agent {}: {e}: {}", h.name, h.agent_log()));
     }
 
-    // The project, and users who may not add hosts.
-    let (s, v) = api(
-        port,
-        "POST",
-        "/api/v1/projects",
-        &cp.admin,
-        Some(&json!({"name": project, "type": "node", "repository": "acme/scale",
-            "image": repo, "container_port": 3000, "health_path": "/api/health",
-            "environments": [{"name": "production"}], "owners": ["dev"]})),
-    );
-    assert!((200..300).contains(&s), "project: {s} {v}");
+    // Users who may not add hosts, and the project.
     let mut others = Vec::new();
     for (name, role) in [("dev", "developer"), ("viewer", "viewer")] {
         let (s, v) = api(
@@ -531,17 +541,34 @@ health_deadline = "8s"
             "POST",
             "/api/v1/team",
             &cp.admin,
-            Some(&json!({"name": name, "role": role, "projects": [project]})),
+            Some(&json!({"name": name, "role": role})),
         );
         assert!((200..300).contains(&s), "{name}: {s} {v}");
         others.push(v["token"]["token"].as_str().expect("token").to_owned());
     }
+    let (s, v) = api(
+        port,
+        "POST",
+        "/api/v1/projects",
+        &cp.admin,
+        Some(
+            &json!({"name": project, "type": "node", "repository": "acme/scale",
+            "image": repo, "container_port": 3000, "health_path": "/api/health",
+            "environments": [{"name": "production"}], "owners": ["dev"]}),
+        ),
+    );
+    assert!((200..300).contains(&s), "project: {s} {v}");
     let h1 = &lab.hosts[0];
     let agent_url = |h: &NetHost| format!("http://{}:7070", h.address);
     for t in &others {
-        let r = run(cp
-            .we(t)
-            .args(["scale", "app", "--add", &h1.name, "--agent-url", &agent_url(h1)]));
+        let r = run(cp.we(t).args([
+            "scale",
+            "app",
+            "--add",
+            &h1.name,
+            "--agent-url",
+            &agent_url(h1),
+        ]));
         assert_eq!(r.code, 3, "a non-admin add is refused: {}", r.all());
         assert!(r.stderr.contains("scale.host.add"), "{}", r.all());
         let r = run(cp.we(t).args(["scale", "app", "--remove", &h1.name]));
@@ -552,9 +579,10 @@ health_deadline = "8s"
     let t1 = dir.join("state/hosts/h1.token");
     std::fs::set_permissions(&t1, std::os::unix::fs::PermissionsExt::from_mode(0o644))
         .expect("chmod");
-    let r = run(cp
-        .we(&cp.admin)
-        .args(["scale", "app", "--add", "h1", "--agent-url", &agent_url(h1)]));
+    let r =
+        run(cp
+            .we(&cp.admin)
+            .args(["scale", "app", "--add", "h1", "--agent-url", &agent_url(h1)]));
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(r.stderr.contains("chmod 600"), "{}", r.all());
     std::fs::set_permissions(&t1, std::os::unix::fs::PermissionsExt::from_mode(0o600))
@@ -574,9 +602,14 @@ health_deadline = "8s"
 
     // Three hosts (no release yet: registered, nothing deployed), then the first roll.
     for h in &lab.hosts {
-        let r = run(cp
-            .we(&cp.admin)
-            .args(["scale", "app", "--add", &h.name, "--agent-url", &agent_url(h)]));
+        let r = run(cp.we(&cp.admin).args([
+            "scale",
+            "app",
+            "--add",
+            &h.name,
+            "--agent-url",
+            &agent_url(h),
+        ]));
         assert_eq!(r.code, 0, "add {}: {} {}", h.name, r.all(), h.agent_log());
     }
     let j = cp.deploy(&project, &format!("{repo}:v1"));
@@ -596,8 +629,16 @@ health_deadline = "8s"
     assert_eq!(j["state"], "done", "second roll: {j}\n{}", cp.log());
     wait_for_load(&load, 50);
     let (n, failures, versions) = load.finish();
-    assert!(failures.is_empty(), "{} of {n} requests failed: {failures:?}", failures.len());
-    assert_eq!(versions.last().map(String::as_str), Some("hello from v2"), "{versions:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        versions.last().map(String::as_str),
+        Some("hello from v2"),
+        "{versions:?}"
+    );
     for (h, d, healthy) in host_digests(&cp, &unit) {
         assert_eq!(d.as_deref(), Some(digests[1].as_str()), "{h}");
         assert!(healthy, "{h}");
@@ -616,7 +657,11 @@ health_deadline = "8s"
     wait_balancer(&cp, &up2, true, "after the link is back");
     wait_for_load(&load, 50);
     let (n, failures, _) = load.finish();
-    assert!(failures.is_empty(), "{} of {n} requests failed during the cut: {failures:?}", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed during the cut: {failures:?}",
+        failures.len()
+    );
 
     // A release that cannot become healthy on host 2 (probes of its blue slot are dropped there): the
     // roll stops at host 2, host 1 goes back, and v2 serves everywhere.
@@ -624,13 +669,33 @@ health_deadline = "8s"
     let ns2 = h2.ns.clone();
     // The raw table sees the probe before podman's port mapping rewrites its destination.
     let rule = ["-p", "tcp", "--dport", blue.as_str(), "-j", "DROP"];
-    let mut add = vec!["ip", "netns", "exec", ns2.as_str(), "iptables", "-t", "raw", "-I", "OUTPUT"];
+    let mut add = vec![
+        "ip",
+        "netns",
+        "exec",
+        ns2.as_str(),
+        "iptables",
+        "-t",
+        "raw",
+        "-I",
+        "OUTPUT",
+    ];
     add.extend(rule);
     must(&add);
     let load = Load::start(lb.clone());
     wait_for_load(&load, 50);
     let j = cp.deploy(&project, &format!("{repo}:v1"));
-    let mut del = vec!["ip", "netns", "exec", ns2.as_str(), "iptables", "-t", "raw", "-D", "OUTPUT"];
+    let mut del = vec![
+        "ip",
+        "netns",
+        "exec",
+        ns2.as_str(),
+        "iptables",
+        "-t",
+        "raw",
+        "-D",
+        "OUTPUT",
+    ];
     del.extend(rule);
     must(&del);
     assert_eq!(j["state"], "failed", "the roll fails: {j}");
@@ -638,15 +703,25 @@ health_deadline = "8s"
     assert!(msg.contains("h2") && msg.contains("rolled back"), "{j}");
     wait_for_load(&load, 50);
     let (n, failures, versions) = load.finish();
-    assert!(failures.is_empty(), "{} of {n} requests failed in the failed roll: {failures:?}", failures.len());
-    assert_eq!(versions.last().map(String::as_str), Some("hello from v2"), "{versions:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} requests failed in the failed roll: {failures:?}",
+        failures.len()
+    );
+    assert_eq!(
+        versions.last().map(String::as_str),
+        Some("hello from v2"),
+        "{versions:?}"
+    );
     for (h, d, healthy) in host_digests(&cp, &unit) {
         assert_eq!(d.as_deref(), Some(digests[1].as_str()), "{h} is back on v2");
         assert!(healthy, "{h}");
     }
 
     // we scale status shows the hosts, their releases and the balancer.
-    let r = run(cp.we(&others[1]).args(["scale", "status", "--window", "1s"]));
+    let r = run(cp
+        .we(&others[1])
+        .args(["scale", "status", "--window", "1s"]));
     assert_eq!(r.code, 0, "{}", r.all());
     for needle in ["h1", "h2", "h3", &unit, &format!("balancer {unit}")] {
         assert!(r.stdout.contains(needle), "{needle}: {}", r.stdout);
@@ -654,7 +729,9 @@ health_deadline = "8s"
 
     // Removing host 3: drained out of the balancer first, then its release stopped.
     let h3 = &lab.hosts[2];
-    let r = run(cp.we(&cp.admin).args(["scale", "app", "--remove", &h3.name]));
+    let r = run(cp
+        .we(&cp.admin)
+        .args(["scale", "app", "--remove", &h3.name]));
     assert_eq!(r.code, 0, "{}", r.all());
     let drained = r.stdout.find("drained").expect("drained step");
     let stopped = r.stdout.find("stopped").expect("stopped step");
@@ -667,7 +744,10 @@ health_deadline = "8s"
         .map(|u| u["address"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert_eq!(ups.len(), 2, "{report}");
-    assert!(!ups.iter().any(|u| u.starts_with(&format!("{}:", h3.address))));
+    assert!(
+        !ups.iter()
+            .any(|u| u.starts_with(&format!("{}:", h3.address)))
+    );
     let left = h3.podman(&podman, &["ps", "-aq"]).expect("podman ps");
     assert!(left.trim().is_empty(), "h3 runs nothing: {left}");
     let (s, _) = http_get(&lb, Duration::from_secs(5)).expect("still served");

@@ -154,11 +154,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(serde_json::json!({ "error": message.into() })),
-    )
-        .into_response()
+    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
 }
 
 fn unauthorized() -> Response {
@@ -497,9 +493,14 @@ mod tests {
         let other = codeb_api::Token::from_random([7; 32]);
         h.insert(
             header::AUTHORIZATION,
-            format!("Bearer {}", other.expose()).parse().expect("header"),
+            format!("Bearer {}", other.expose())
+                .parse()
+                .expect("header"),
         );
-        assert!(!agent.authorized(&h), "another well-formed token is refused");
+        assert!(
+            !agent.authorized(&h),
+            "another well-formed token is refused"
+        );
         assert!(!agent.authorized(&HeaderMap::new()), "no token is refused");
         std::fs::write(&hash_file, "abc").expect("write");
         assert!(read_token_hash(&hash_file).is_err());

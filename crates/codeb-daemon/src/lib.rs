@@ -324,9 +324,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
             };
             let token_sha256 =
                 agent::read_token_hash(&token_sha256_file).map_err(Failure::Invalid)?;
-            std::fs::create_dir_all(&state_dir).map_err(|e| {
-                Failure::Io(format!("cannot create {}: {e}", state_dir.display()))
-            })?;
+            std::fs::create_dir_all(&state_dir)
+                .map_err(|e| Failure::Io(format!("cannot create {}: {e}", state_dir.display())))?;
             init_logging();
             let cfg = agent::AgentConfig {
                 front_host: front_host.unwrap_or_else(|| listen.ip().to_string()),

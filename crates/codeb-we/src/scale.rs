@@ -66,13 +66,12 @@ it started and the host is not added. --remove drains the host out of the balanc
 then stops its releases.";
 
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
 pub struct AppArgs {
     /// Register a prepared host and put it into service
-    #[arg(long, value_name = "HOST", group = "op")]
+    #[arg(long, value_name = "HOST", required_unless_present = "remove", conflicts_with = "remove")]
     pub add: Option<String>,
     /// Drain a host out of the balancers, then stop its releases
-    #[arg(long, value_name = "HOST", group = "op")]
+    #[arg(long, value_name = "HOST")]
     pub remove: Option<String>,
     /// The host's agent (`http://<address>:<port>`), with --add
     #[arg(long, value_name = "URL", requires = "add")]
@@ -198,7 +197,10 @@ async fn app(a: AppArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
     Ok(Exit::Ok)
 }
 
-async fn hosts_part(api: &Api, out: &Out) -> Result<Option<codeb_api::scale::HostsReport>, WeError> {
+async fn hosts_part(
+    api: &Api,
+    out: &Out,
+) -> Result<Option<codeb_api::scale::HostsReport>, WeError> {
     use crate::output::{Cell, Style};
     let r: codeb_api::scale::HostsReport = api.get(paths::SCALE_HOSTS, &[]).await?;
     if out.json {
@@ -258,7 +260,12 @@ async fn hosts_part(api: &Api, out: &Out) -> Result<Option<codeb_api::scale::Hos
                 )
             })
             .collect();
-        out.line(&format!("balancer {} on {}: {}", b.unit, b.listen, ups.join(", ")))?;
+        out.line(&format!(
+            "balancer {} on {}: {}",
+            b.unit,
+            b.listen,
+            ups.join(", ")
+        ))?;
     }
     for n in &r.notes {
         out.warn(n);

@@ -122,7 +122,10 @@ pub fn read_token(path: &std::path::Path) -> Result<String, String> {
         )
     })?;
     if !meta.is_file() {
-        return Err(format!("host token {} is not a regular file", path.display()));
+        return Err(format!(
+            "host token {} is not a regular file",
+            path.display()
+        ));
     }
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -363,10 +366,8 @@ fn agent_request(
         sha: release.sha.clone(),
         actor: actor.to_owned(),
         drain_ms: u64::try_from(api.cfg.drain.as_millis()).unwrap_or(u64::MAX),
-        health_deadline_ms: u64::try_from(api.cfg.health_deadline.as_millis())
-            .unwrap_or(u64::MAX),
-        health_interval_ms: u64::try_from(api.cfg.health_interval.as_millis())
-            .unwrap_or(u64::MAX),
+        health_deadline_ms: u64::try_from(api.cfg.health_deadline.as_millis()).unwrap_or(u64::MAX),
+        health_interval_ms: u64::try_from(api.cfg.health_interval.as_millis()).unwrap_or(u64::MAX),
         successes: api.cfg.health_successes,
         rollback,
     })
@@ -472,11 +473,7 @@ async fn add_host(api: &Arc<Api>, actor: &str, req: &HostAdd) -> Result<HostChan
     valid_host_name(&req.host)?;
     let address = agent_address(&req.agent_url)?;
     let name = req.host.clone();
-    let known = api
-        .db
-        .run(|c| hosts(c))
-        .await
-        .map_err(ApiError::internal)?;
+    let known = api.db.run(|c| hosts(c)).await.map_err(ApiError::internal)?;
     if known.iter().any(|h| h.name == name) {
         return Err(ApiError::conflict(format!(
             "host {name} is registered already; remove it first (we scale app --remove {name})"
@@ -526,7 +523,12 @@ async fn add_host(api: &Arc<Api>, actor: &str, req: &HostAdd) -> Result<HostChan
         }
     }
     for (d, release) in &work {
-        if caddy.balancer_upstreams(&d.unit).await.ok().flatten().is_none()
+        if caddy
+            .balancer_upstreams(&d.unit)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
             && caddy.upstream(&d.unit).await.ok().flatten().is_some()
         {
             let msg = format!(
@@ -534,17 +536,23 @@ async fn add_host(api: &Arc<Api>, actor: &str, req: &HostAdd) -> Result<HostChan
                 d.unit, d.public
             );
             undo_add(&agent, &done).await;
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                codes::CONFLICT,
-                msg,
-            ));
+            return Err(ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, msg));
         }
-        let r = match agent_request(api, d, release, &format!("{actor} via we scale app --add"), false) {
+        let r = match agent_request(
+            api,
+            d,
+            release,
+            &format!("{actor} via we scale app --add"),
+            false,
+        ) {
             Ok(r) => r,
             Err(m) => {
                 undo_add(&agent, &done).await;
-                return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, codes::UNPROCESSABLE, m));
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    codes::UNPROCESSABLE,
+                    m,
+                ));
             }
         };
         done.push(d.clone());
@@ -630,11 +638,7 @@ pub async fn remove(
 
 async fn remove_host(api: &Arc<Api>, name: &str) -> Result<HostChange, ApiError> {
     valid_host_name(name)?;
-    let known = api
-        .db
-        .run(|c| hosts(c))
-        .await
-        .map_err(ApiError::internal)?;
+    let known = api.db.run(|c| hosts(c)).await.map_err(ApiError::internal)?;
     let Some(host) = known.iter().find(|h| h.name == name).cloned() else {
         return Err(ApiError::not_found(format!(
             "host {name} is not registered; see we scale status"
@@ -693,11 +697,7 @@ pub async fn list(
     h: HeaderMap,
 ) -> Result<Json<HostsReport>, ApiError> {
     api.authorize(&h, Action::ScaleHostList, None).await?;
-    let known = api
-        .db
-        .run(|c| hosts(c))
-        .await
-        .map_err(ApiError::internal)?;
+    let known = api.db.run(|c| hosts(c)).await.map_err(ApiError::internal)?;
     let mut notes = Vec::new();
     let mut views = Vec::new();
     for host in &known {
@@ -755,10 +755,7 @@ pub async fn list(
                                 BalancerUpstream {
                                     in_flight: v.map(|v| v.num_requests),
                                     fails: v.map(|v| v.fails),
-                                    healthy: health
-                                        .iter()
-                                        .find(|(a, _)| *a == u)
-                                        .map(|(_, h)| *h),
+                                    healthy: health.iter().find(|(a, _)| *a == u).map(|(_, h)| *h),
                                     address: u,
                                 }
                             })
@@ -779,8 +776,7 @@ pub async fn list(
 /// `caddy_reverse_proxy_upstreams_healthy{upstream="A"}` samples of Caddy's metrics text:
 /// the active health checks' verdict per upstream address.
 pub fn upstream_health(text: &str) -> Vec<(String, bool)> {
-    let Ok(scrape) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
-    else {
+    let Ok(scrape) = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))) else {
         return Vec::new();
     };
     scrape
@@ -799,10 +795,7 @@ pub fn upstream_health(text: &str) -> Vec<(String, bool)> {
 
 /// Whether `project` runs on registered hosts (its deploys are then rolling deploys).
 pub async fn has_hosts(api: &Api) -> bool {
-    api.db
-        .run(|c| hosts(c))
-        .await
-        .is_ok_and(|h| !h.is_empty())
+    api.db.run(|c| hosts(c)).await.is_ok_and(|h| !h.is_empty())
 }
 
 /// A rolling deploy of `d` to `release` over every registered host, one at a time: drain the

@@ -754,23 +754,35 @@ async fn roll(
     let (image_ref, digest) = match resolved {
         Ok(x) => x,
         Err(m) => {
-            finish(api, id, JobState::Failed, None, fail(codes::UNPROCESSABLE, m)).await;
+            finish(
+                api,
+                id,
+                JobState::Failed,
+                None,
+                fail(codes::UNPROCESSABLE, m),
+            )
+            .await;
             return;
         }
     };
     let state_dir = api.state_dir();
     let _ = codeb_host::lockfile::private_dir(&state_dir);
     let holder = format!("pid {} (rolling deploy, job {id})", std::process::id());
-    let _lock = match codeb_deploy::TargetLock::acquire(&state_dir, unit, lock_timeout, &holder)
-        .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            finish(api, id, JobState::Failed, None, fail(codes::LOCK_TIMEOUT, e.to_string()))
+    let _lock =
+        match codeb_deploy::TargetLock::acquire(&state_dir, unit, lock_timeout, &holder).await {
+            Ok(l) => l,
+            Err(e) => {
+                finish(
+                    api,
+                    id,
+                    JobState::Failed,
+                    None,
+                    fail(codes::LOCK_TIMEOUT, e.to_string()),
+                )
                 .await;
-            return;
-        }
-    };
+                return;
+            }
+        };
     let release = super::hosts::CurrentRelease {
         image: image_ref.to_string(),
         digest: digest.clone(),
@@ -787,8 +799,7 @@ async fn roll(
         let _ = ptx.send(m);
     };
     let actor = format!("{} via the API, job {id}", stored.actor);
-    let result =
-        super::hosts::rolling(api, spec, env.as_str(), &release, &actor, &progress).await;
+    let result = super::hosts::rolling(api, spec, env.as_str(), &release, &actor, &progress).await;
     drop(progress);
     let _ = pump.await;
     match result {

@@ -270,7 +270,8 @@ impl ControlPlane {
     }
 }
 
-/// GETs through the balancer until stopped: counts requests, failures and the versions seen.
+/// GETs through the balancer until stopped: counts requests and failures; the answers seen
+/// (distinct, in order of first appearance) followed by the last answer.
 struct Load {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<(u64, Vec<String>, Vec<String>)>>,
@@ -285,6 +286,7 @@ impl Load {
         let thread = std::thread::spawn(move || {
             let mut failures = Vec::new();
             let mut versions: Vec<String> = Vec::new();
+            let mut last = String::new();
             let started = Instant::now();
             // Bounded in count and time.
             for _ in 0..200_000 {
@@ -293,9 +295,11 @@ impl Load {
                 }
                 match http_get(&url, Duration::from_secs(30)) {
                     Ok((200, body)) => {
-                        if versions.last() != Some(&body) {
-                            versions.push(body);
+                        // Distinct answers in order of first appearance, then the last one.
+                        if !versions.contains(&body) {
+                            versions.push(body.clone());
                         }
+                        last = body;
                     }
                     Ok((s, body)) => failures.push(format!("{s} {body}")),
                     Err(e) => failures.push(e),
@@ -303,6 +307,7 @@ impl Load {
                 d2.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(5));
             }
+            versions.push(last);
             (d2.load(Ordering::Relaxed), failures, versions)
         });
         Load {
@@ -629,6 +634,10 @@ health_deadline = "8s"
     assert_eq!(j["state"], "done", "second roll: {j}\n{}", cp.log());
     wait_for_load(&load, 50);
     let (n, failures, versions) = load.finish();
+    eprintln!(
+        "rolling deploy over 3 hosts: {n} requests, {} failed, answers {versions:?}",
+        failures.len()
+    );
     assert!(
         failures.is_empty(),
         "{} of {n} requests failed: {failures:?}",
@@ -657,6 +666,7 @@ health_deadline = "8s"
     wait_balancer(&cp, &up2, true, "after the link is back");
     wait_for_load(&load, 50);
     let (n, failures, _) = load.finish();
+    eprintln!("host 2 cut off: {n} requests, {} failed", failures.len());
     assert!(
         failures.is_empty(),
         "{} of {n} requests failed during the cut: {failures:?}",
@@ -703,6 +713,10 @@ health_deadline = "8s"
     assert!(msg.contains("h2") && msg.contains("rolled back"), "{j}");
     wait_for_load(&load, 50);
     let (n, failures, versions) = load.finish();
+    eprintln!(
+        "roll failing on host 2: {n} requests, {} failed, answers {versions:?}",
+        failures.len()
+    );
     assert!(
         failures.is_empty(),
         "{} of {n} requests failed in the failed roll: {failures:?}",

@@ -164,14 +164,16 @@ fn unauthorized() -> Response {
     )
 }
 
-fn target_of(project: &str, environment: &str) -> Result<(ProjectName, Environment), Response> {
-    let p: ProjectName = project
-        .parse()
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("project: {e}")))?;
+fn target_of(
+    project: &str,
+    environment: &str,
+) -> Result<(ProjectName, Environment, Target), String> {
+    let p: ProjectName = project.parse().map_err(|e| format!("project: {e}"))?;
     let e: Environment = environment
         .parse()
-        .map_err(|e| refuse(StatusCode::BAD_REQUEST, format!("environment: {e}")))?;
-    Ok((p, e))
+        .map_err(|e| format!("environment: {e}"))?;
+    let t = Target::new(p.clone(), e, None).map_err(|e| e.to_string())?;
+    Ok((p, e, t))
 }
 
 /// Writes the target's port into the host's manifest (under its lock) unless it has it.
@@ -219,13 +221,9 @@ async fn deploy(State(a): State<Arc<Agent>>, h: HeaderMap, body: axum::body::Byt
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("deploy request: {e}")),
     };
-    let (project, env) = match target_of(&req.project, &req.environment) {
+    let (project, env, target) = match target_of(&req.project, &req.environment) {
         Ok(t) => t,
-        Err(r) => return r,
-    };
-    let target = match Target::new(project.clone(), env, None) {
-        Ok(t) => t,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, m),
     };
     let loc = a.location();
     for dir in [&a.cfg.state_dir, &loc.quadlet_dir] {
@@ -322,13 +320,9 @@ async fn stop(State(a): State<Arc<Agent>>, h: HeaderMap, body: axum::body::Bytes
         Ok(r) => r,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("stop request: {e}")),
     };
-    let (project, env) = match target_of(&req.project, &req.environment) {
+    let (_, _, target) = match target_of(&req.project, &req.environment) {
         Ok(t) => t,
-        Err(r) => return r,
-    };
-    let target = match Target::new(project, env, None) {
-        Ok(t) => t,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(m) => return refuse(StatusCode::BAD_REQUEST, m),
     };
     let loc = a.location();
     let engine = match Engine::new(loc.clone()).await {

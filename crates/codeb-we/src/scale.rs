@@ -68,7 +68,12 @@ then stops its releases.";
 #[derive(Debug, Args)]
 pub struct AppArgs {
     /// Register a prepared host and put it into service
-    #[arg(long, value_name = "HOST", required_unless_present = "remove", conflicts_with = "remove")]
+    #[arg(
+        long,
+        value_name = "HOST",
+        required_unless_present = "remove",
+        conflicts_with = "remove"
+    )]
     pub add: Option<String>,
     /// Drain a host out of the balancers, then stop its releases
     #[arg(long, value_name = "HOST")]

@@ -270,11 +270,14 @@ impl ControlPlane {
     }
 }
 
+/// What a load loop saw: requests, failures, answers (see [`Load`]).
+type LoadResult = (u64, Vec<String>, Vec<String>);
+
 /// GETs through the balancer until stopped: counts requests and failures; the answers seen
 /// (distinct, in order of first appearance) followed by the last answer.
 struct Load {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<(u64, Vec<String>, Vec<String>)>>,
+    thread: Option<std::thread::JoinHandle<LoadResult>>,
     done: Arc<AtomicU64>,
 }
 
@@ -321,7 +324,7 @@ impl Load {
         self.done.load(Ordering::Relaxed)
     }
 
-    fn finish(mut self) -> (u64, Vec<String>, Vec<String>) {
+    fn finish(mut self) -> LoadResult {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()

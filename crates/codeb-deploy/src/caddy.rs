@@ -714,6 +714,38 @@ fn collect_ids(v: &Value, prefix: &str, out: &mut Vec<String>) {
 mod tests {
     use super::*;
 
+    /// The balancer policy README documents ("The balancer policy") is what Caddy gets.
+    #[test]
+    fn the_balancer_json_carries_the_documented_policy() {
+        let ups = vec!["10.201.3.2:4100".to_owned(), "10.201.3.3:4100".to_owned()];
+        let v = balancer_json(
+            "shop-production",
+            "127.0.0.1",
+            4100,
+            &ups,
+            &BalancerPolicy::new("/api/health"),
+        );
+        assert_eq!(v["@id"], "codeb-lb-shop-production");
+        assert_eq!(v["listen"][0], "127.0.0.1:4100");
+        let h = &v["routes"][0]["handle"][0];
+        assert_eq!(h["@id"], "codeb-lb-shop-production-proxy");
+        assert_eq!(h["upstreams"][1]["dial"], "10.201.3.3:4100");
+        let lb = &h["load_balancing"];
+        assert_eq!(lb["selection_policy"]["policy"], "round_robin");
+        assert_eq!(lb["try_duration"], "15000ms");
+        assert_eq!(lb["try_interval"], "100ms");
+        assert_eq!(h["transport"]["dial_timeout"], "500ms");
+        assert_eq!(h["transport"]["response_header_timeout"], "10000ms");
+        let active = &h["health_checks"]["active"];
+        assert_eq!(active["path"], "/api/health");
+        assert_eq!(active["interval"], "1000ms");
+        assert_eq!(active["timeout"], "800ms");
+        let passive = &h["health_checks"]["passive"];
+        assert_eq!(passive["fail_duration"], "5000ms");
+        assert_eq!(passive["max_fails"], 1);
+        assert_eq!(passive["unhealthy_status"], json!([502, 503, 504]));
+    }
+
     /// Issue 9 #12: any admin URL was accepted, so a deploy would drive an unauthenticated
     /// admin API across the network.
     #[test]

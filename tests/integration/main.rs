@@ -22,6 +22,7 @@ mod install;
 mod port_validate;
 mod previews;
 mod provision;
+mod scale_hosts;
 mod stores;
 mod sudo;
 mod tidy;

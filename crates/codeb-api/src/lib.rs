@@ -54,6 +54,9 @@
 //! | POST | `/api/v1/tokens` | token_create | admin | [`NewToken`] | 201 [`TokenCreated`] (shown once) |
 //! | DELETE | `/api/v1/tokens/{id}` | token_revoke | admin | – | [`TokenInfo`] |
 //! | GET | `/api/v1/scale/status?window=5s` | scale_status | all | [`ScaleQuery`] | [`ScaleStatus`] (the manual's phase-2 thresholds, measured) |
+//! | GET | `/api/v1/scale/hosts` | scale_host_list | all | – | [`scale::HostsReport`] (app hosts, their releases and health, the balancers) |
+//! | POST | `/api/v1/scale/hosts` | scale_host_add | admin | [`scale::HostAdd`] | [`scale::HostChange`] (502 `upstream` when the agent fails; nothing is left half-added) |
+//! | DELETE | `/api/v1/scale/hosts/{host}` | scale_host_remove | admin | – | [`scale::HostChange`] |
 //! | GET | `/api/v1/audit?project=P&since=1d&limit=N` | audit_list | admin | [`AuditQuery`] | `Vec<`[`AuditEntry`]`>` |
 //! | GET | `/api/v1/backups?project=P&limit=N` | backup_list | all | [`BackupsQuery`] | [`BackupsReport`] |
 //! | POST | `/api/v1/projects/{name}/restore` | restore | admin | [`RestoreRequest`] | NDJSON [`RestoreEvent`] |
@@ -113,6 +116,10 @@ pub mod paths {
     pub const AUDIT: &str = "/api/v1/audit";
     pub const BACKUPS: &str = "/api/v1/backups";
     pub const SCALE_STATUS: &str = "/api/v1/scale/status";
+    pub const SCALE_HOSTS: &str = "/api/v1/scale/hosts";
+    pub fn scale_host(host: &str) -> String {
+        format!("/api/v1/scale/hosts/{host}")
+    }
     pub const DOMAINS: &str = "/api/v1/domains";
     pub const DOMAIN_ZONES: &str = "/api/v1/domains/zones";
     pub const TLS_ASK: &str = "/api/v1/tls/ask";

@@ -108,10 +108,16 @@ pub enum Action {
     DomainList,
     /// `we domain zones`: the zones codeb manages.
     DomainZones,
+    /// `we scale status`: the app hosts, their releases and the balancers.
+    ScaleHostList,
+    /// `we scale app --add`: register an app host, deploy every project there, balance it.
+    ScaleHostAdd,
+    /// `we scale app --remove`: drain a host out of the balancers and stop its releases.
+    ScaleHostRemove,
 }
 
 impl Action {
-    pub const ALL: [Action; 38] = [
+    pub const ALL: [Action; 41] = [
         Action::Whoami,
         Action::ProjectList,
         Action::ProjectGet,
@@ -150,6 +156,9 @@ impl Action {
         Action::DomainRemove,
         Action::DomainList,
         Action::DomainZones,
+        Action::ScaleHostList,
+        Action::ScaleHostAdd,
+        Action::ScaleHostRemove,
     ];
 
     /// The name used in the audit log and in error messages.
@@ -193,6 +202,9 @@ impl Action {
             Action::DomainRemove => "domain.remove",
             Action::DomainList => "domain.list",
             Action::DomainZones => "domain.zones",
+            Action::ScaleHostList => "scale.host.list",
+            Action::ScaleHostAdd => "scale.host.add",
+            Action::ScaleHostRemove => "scale.host.remove",
         }
     }
 
@@ -218,6 +230,8 @@ impl Action {
                 | Action::ProjectRemove
                 | Action::DomainSetup
                 | Action::DomainRemove
+                | Action::ScaleHostAdd
+                | Action::ScaleHostRemove
         )
     }
 }
@@ -240,7 +254,7 @@ pub enum Access {
 
 /// The permission table, written once: for each action, the access of admin, developer and
 /// viewer (in [`Role::ALL`] order).
-pub const TABLE: [(Action, [Access; 3]); 38] = {
+pub const TABLE: [(Action, [Access; 3]); 41] = {
     use Access::{Allow as A, Deny as D, Owner as O};
     [
         (Action::Whoami, [A, A, A]),
@@ -281,6 +295,9 @@ pub const TABLE: [(Action, [Access; 3]); 38] = {
         (Action::DomainRemove, [A, D, D]),
         (Action::DomainList, [A, A, A]),
         (Action::DomainZones, [A, A, A]),
+        (Action::ScaleHostList, [A, A, A]),
+        (Action::ScaleHostAdd, [A, D, D]),
+        (Action::ScaleHostRemove, [A, D, D]),
     ]
 };
 
@@ -363,6 +380,21 @@ mod tests {
             for r in Role::ALL {
                 assert_eq!(access(r, a), Access::Allow, "{a} {r}");
             }
+        }
+    }
+
+    #[test]
+    fn only_admins_add_or_remove_app_hosts_and_everyone_lists_them() {
+        for a in [Action::ScaleHostAdd, Action::ScaleHostRemove] {
+            assert!(a.is_write(), "{a}");
+            assert_eq!(access(Role::Admin, a), Access::Allow, "{a}");
+            assert_eq!(access(Role::Developer, a), Access::Deny, "{a}");
+            assert_eq!(access(Role::Viewer, a), Access::Deny, "{a}");
+            assert!(!allowed(Role::Developer, a, true), "{a}");
+        }
+        assert!(!Action::ScaleHostList.is_write());
+        for r in Role::ALL {
+            assert_eq!(access(r, Action::ScaleHostList), Access::Allow, "{r}");
         }
     }
 

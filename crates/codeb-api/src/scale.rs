@@ -167,3 +167,79 @@ mod tests {
         assert_eq!(t[0].exceeded, None);
     }
 }
+
+/// `POST /api/v1/scale/hosts` (`we scale app --add`): register a prepared app host. Its token
+/// is not in the request: the control plane reads it from `<state_dir>/hosts/<host>.token`
+/// (0600, made by `codeb-daemon agent-token`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostAdd {
+    pub host: String,
+    /// The agent's URL, `http://<address>:<port>` (the address is also the balancer's
+    /// upstream address).
+    pub agent_url: String,
+}
+
+/// One release of a project on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRelease {
+    /// `<project>-<environment>`.
+    pub unit: String,
+    pub digest: Option<String>,
+    pub slot: Option<String>,
+    pub public_port: Option<u16>,
+    pub healthy: bool,
+}
+
+/// A registered app host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostView {
+    pub host: String,
+    pub agent_url: String,
+    pub address: String,
+    pub added_ms: i64,
+    pub added_by: String,
+    /// The agent answered just now.
+    pub reachable: bool,
+    pub releases: Vec<HostRelease>,
+    /// Why the agent could not be asked, when it could not.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// One upstream of a balancer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerUpstream {
+    pub address: String,
+    /// Requests in flight through the balancer (Caddy's view).
+    pub in_flight: Option<i64>,
+    /// Recent failures Caddy counted (passive health).
+    pub fails: Option<i64>,
+    /// Caddy's active health check verdict (`caddy_reverse_proxy_upstreams_healthy`).
+    #[serde(default)]
+    pub healthy: Option<bool>,
+}
+
+/// The balancer of one project environment on the control plane's Caddy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalancerView {
+    pub unit: String,
+    pub listen: String,
+    pub upstreams: Vec<BalancerUpstream>,
+}
+
+/// `GET /api/v1/scale/hosts`: the hosts, their releases and health, and the balancers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostsReport {
+    pub hosts: Vec<HostView>,
+    pub balancers: Vec<BalancerView>,
+    pub notes: Vec<String>,
+}
+
+/// What `we scale app --add` or `--remove` did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostChange {
+    pub host: String,
+    /// One line per step, in order (deployed ..., healthy ..., added to the balancer of ...).
+    pub steps: Vec<String>,
+}

@@ -17,10 +17,13 @@
 //! | `deliveries --config FILE [--limit N]` | prints the delivery records as JSON | 0, 2 |
 //! | `sign [--config FILE] [BODY_FILE]` | prints the `X-Hub-Signature-256` of a body (stdin by default) | 0, 1, 2 |
 //! | `bootstrap-admin --config FILE [--name N] [--expires-in D] [--force]` | creates the first admin and prints its token (once) | 0, 1 (an admin exists; `--force` mints another), 2 |
+//! | `agent --host N --listen ADDR --token-sha256-file F --state-dir D --caddy-admin URL --front-host ADDR` | the app-host role ([`agent`]) until SIGTERM/SIGINT | 0, 1 (bad arguments), 2 (bind) |
+//! | `agent-token --out FILE` | mints a host token into FILE (0600, for the control plane) and prints its SHA-256 (for the agent) | 0, 2 |
 //!
 //! The control plane (`/api/v1`, [`api`]) is served beside the intake; its contract is the
 //! `codeb_api` crate.
 
+pub mod agent;
 pub mod api;
 pub mod config;
 pub mod metrics;
@@ -104,6 +107,37 @@ enum Command {
         /// Mint a token even though an admin exists (makes `name` an enabled admin).
         #[arg(long)]
         force: bool,
+    },
+    /// The app-host role: deploy, stop and list releases of this host for the control plane.
+    Agent {
+        /// This host's name (as registered with `we scale app --add`).
+        #[arg(long)]
+        host: String,
+        /// Address to listen on (the host's address on the app network).
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        /// File holding the SHA-256 (hex) that `codeb-daemon agent-token` printed.
+        #[arg(long)]
+        token_sha256_file: PathBuf,
+        /// Manifest, Quadlet units, deploy state and env files of this host.
+        #[arg(long, default_value = "/var/lib/codeb-agent")]
+        state_dir: PathBuf,
+        /// The host's Caddy admin API (its blue-green fronts).
+        #[arg(long, default_value = "unix//run/caddy/admin.sock")]
+        caddy_admin: String,
+        /// Address the host's fronts listen on (the balancer's upstreams); the listen
+        /// address's IP by default.
+        #[arg(long)]
+        front_host: Option<String>,
+        /// podman, systemd or auto.
+        #[arg(long, default_value = "auto")]
+        runtime: String,
+    },
+    /// Mint a host token: written to --out (0600, kept by the control plane); its SHA-256 is
+    /// printed for the agent's --token-sha256-file.
+    AgentToken {
+        #[arg(long)]
+        out: PathBuf,
     },
     Sign {
         /// Take the secret from this config's secret source.
@@ -268,6 +302,49 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 )
             );
             out(&t.token)
+        }
+        Command::Agent {
+            host,
+            listen,
+            token_sha256_file,
+            state_dir,
+            caddy_admin,
+            front_host,
+            runtime,
+        } => {
+            let runtime = match runtime.as_str() {
+                "auto" => codeb_deploy::RuntimeChoice::Auto,
+                "podman" => codeb_deploy::RuntimeChoice::Podman,
+                "systemd" => codeb_deploy::RuntimeChoice::Systemd,
+                other => {
+                    return Err(Failure::Invalid(format!(
+                        "--runtime {other:?}: use auto, podman or systemd"
+                    )));
+                }
+            };
+            let token_sha256 =
+                agent::read_token_hash(&token_sha256_file).map_err(Failure::Invalid)?;
+            std::fs::create_dir_all(&state_dir)
+                .map_err(|e| Failure::Io(format!("cannot create {}: {e}", state_dir.display())))?;
+            init_logging();
+            let cfg = agent::AgentConfig {
+                front_host: front_host.unwrap_or_else(|| listen.ip().to_string()),
+                host,
+                listen,
+                token_sha256,
+                state_dir,
+                caddy_admin,
+                runtime,
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Failure::Io(format!("cannot start the async runtime: {e}")))?;
+            rt.block_on(agent::serve(cfg)).map_err(Failure::Io)
+        }
+        Command::AgentToken { out: file } => {
+            let hex = agent::mint_token(&file).map_err(Failure::Io)?;
+            out(&hex)
         }
         Command::Sign { config: c, body } => {
             let secret = match c {

@@ -266,6 +266,13 @@ fn request(action: Action, project: &str, who: &str) -> (&'static str, String, O
         Action::DomainRemove => ("DELETE", format!("/api/v1/domains/{who}.example.com"), None),
         Action::DomainList => ("GET", "/api/v1/domains".into(), None),
         Action::DomainZones => ("GET", "/api/v1/domains/zones".into(), None),
+        Action::ScaleHostList => ("GET", "/api/v1/scale/hosts".into(), None),
+        Action::ScaleHostAdd => (
+            "POST",
+            "/api/v1/scale/hosts".into(),
+            Some(json!({"host": format!("h-{who}"), "agent_url": "http://127.0.0.1:9"})),
+        ),
+        Action::ScaleHostRemove => ("DELETE", format!("/api/v1/scale/hosts/h-{who}"), None),
     }
 }
 
@@ -291,6 +298,9 @@ fn allowed_status(action: Action) -> &'static [u16] {
         Action::ProjectRemove => &[404],
         // This plane has no [domains] configured: the write is refused after authorization.
         Action::DomainSetup | Action::DomainRemove => &[422],
+        // No token file for the host (`codeb-daemon agent-token`): refused after authorization.
+        Action::ScaleHostAdd => &[422],
+        Action::ScaleHostRemove => &[404],
         _ => &[200],
     }
 }

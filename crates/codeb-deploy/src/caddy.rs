@@ -493,6 +493,178 @@ impl Caddy {
     }
 }
 
+/// How the balancer in front of several app hosts treats its upstreams (README, "The
+/// balancer"): round robin; an active health check of every upstream on the project's health
+/// path every `interval`; passive health (an upstream that failed a request, or answered
+/// 502/503/504, is skipped for `fail_duration`); a request whose upstream cannot be reached
+/// is tried on another for up to `try_duration`, every `try_interval`; so is a GET whose
+/// upstream sends no response headers within `response_header_timeout` (a host that died
+/// with the request in flight; Caddy retries only GETs after a connection was made).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalancerPolicy {
+    pub health_path: String,
+    pub interval: Duration,
+    pub health_timeout: Duration,
+    pub fail_duration: Duration,
+    pub try_duration: Duration,
+    pub try_interval: Duration,
+    pub dial_timeout: Duration,
+    pub response_header_timeout: Duration,
+}
+
+impl BalancerPolicy {
+    /// The documented defaults with `health_path`.
+    pub fn new(health_path: &str) -> Self {
+        Self {
+            health_path: health_path.to_owned(),
+            interval: Duration::from_secs(1),
+            health_timeout: Duration::from_millis(800),
+            fail_duration: Duration::from_secs(5),
+            try_duration: Duration::from_secs(15),
+            try_interval: Duration::from_millis(100),
+            dial_timeout: Duration::from_millis(500),
+            response_header_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+fn go_duration(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+fn balancer_name(unit: &str) -> String {
+    format!("codeb-lb-{unit}")
+}
+
+fn balancer_proxy_id(unit: &str) -> String {
+    format!("codeb-lb-{unit}-proxy")
+}
+
+/// The balancer server of `unit`: listens on `listen_host:public`, proxies to `upstreams`
+/// (`host:port` each) under `policy`.
+pub fn balancer_json(
+    unit: &str,
+    listen_host: &str,
+    public: u16,
+    upstreams: &[String],
+    policy: &BalancerPolicy,
+) -> Value {
+    let ups: Vec<Value> = upstreams.iter().map(|u| json!({ "dial": u })).collect();
+    json!({
+        "@id": balancer_name(unit),
+        "listen": [format!("{listen_host}:{public}")],
+        "automatic_https": { "disable": true },
+        "routes": [{
+            "handle": [{
+                "@id": balancer_proxy_id(unit),
+                "handler": "reverse_proxy",
+                "upstreams": ups,
+                "transport": {
+                    "protocol": "http",
+                    "dial_timeout": go_duration(policy.dial_timeout),
+                    "response_header_timeout": go_duration(policy.response_header_timeout),
+                },
+                "load_balancing": {
+                    "selection_policy": { "policy": "round_robin" },
+                    "try_duration": go_duration(policy.try_duration),
+                    "try_interval": go_duration(policy.try_interval),
+                },
+                "health_checks": {
+                    "active": {
+                        "path": policy.health_path,
+                        "interval": go_duration(policy.interval),
+                        "timeout": go_duration(policy.health_timeout),
+                        "expect_status": 200,
+                    },
+                    "passive": {
+                        "fail_duration": go_duration(policy.fail_duration),
+                        "max_fails": 1,
+                        "unhealthy_status": [502, 503, 504],
+                    },
+                },
+            }]
+        }]
+    })
+}
+
+/// One upstream as the balancer's Caddy sees it (`GET /reverse_proxy/upstreams`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UpstreamView {
+    pub address: String,
+    #[serde(default)]
+    pub num_requests: i64,
+    #[serde(default)]
+    pub fails: i64,
+}
+
+impl Caddy {
+    /// The upstreams (`host:port`) of `unit`'s balancer, `None` when it has none.
+    pub async fn balancer_upstreams(&self, unit: &str) -> Result<Option<Vec<String>>, DeployError> {
+        let path = format!("/id/{}/upstreams", balancer_proxy_id(unit));
+        let (status, text) = self.call(reqwest::Method::GET, &path, None).await?;
+        if status != 200 {
+            return Ok(None);
+        }
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Some(
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|u| u.get("dial").and_then(Value::as_str).map(str::to_owned))
+                .collect(),
+        ))
+    }
+
+    /// Sets the balancer of `unit` to `upstreams`, creating it (listening on
+    /// `listen_host:public`) when missing. An upstream list change is a graceful config
+    /// change: requests in flight to a removed upstream finish.
+    pub async fn balance(
+        &self,
+        unit: &str,
+        listen_host: &str,
+        public: u16,
+        upstreams: &[String],
+        policy: &BalancerPolicy,
+    ) -> Result<(), DeployError> {
+        let _lock = self.lock().await?;
+        let ups: Vec<Value> = upstreams.iter().map(|u| json!({ "dial": u })).collect();
+        if self.balancer_upstreams(unit).await?.is_some() {
+            let path = format!("/id/{}/upstreams", balancer_proxy_id(unit));
+            let (status, text) = self
+                .call(reqwest::Method::PATCH, &path, Some(&Value::Array(ups)))
+                .await?;
+            if status != 200 {
+                return Err(self.err(format!("PATCH {path} answered {status}: {}", text.trim())));
+            }
+            return Ok(());
+        }
+        self.create_server(
+            &balancer_name(unit),
+            balancer_json(unit, listen_host, public, upstreams, policy),
+        )
+        .await
+    }
+
+    /// Removes `unit`'s balancer.
+    pub async fn remove_balancer(&self, unit: &str) -> Result<(), DeployError> {
+        self.remove_id(&balancer_name(unit)).await
+    }
+
+    /// What Caddy knows of every reverse-proxy upstream (requests in flight, recent fails).
+    pub async fn upstream_views(&self) -> Result<Vec<UpstreamView>, DeployError> {
+        let (status, text) = self
+            .call(reqwest::Method::GET, "/reverse_proxy/upstreams", None)
+            .await?;
+        if status != 200 {
+            return Err(self.err(format!(
+                "GET /reverse_proxy/upstreams answered {status}: {}",
+                text.trim()
+            )));
+        }
+        serde_json::from_str(&text).map_err(|e| self.err(format!("upstreams: {e}")))
+    }
+}
+
 fn front_json(unit: &str, listen_host: &str, public: u16, upstream: u16) -> Value {
     json!({
         "@id": server_name(unit),
@@ -541,6 +713,38 @@ fn collect_ids(v: &Value, prefix: &str, out: &mut Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The balancer policy README documents ("The balancer policy") is what Caddy gets.
+    #[test]
+    fn the_balancer_json_carries_the_documented_policy() {
+        let ups = vec!["10.201.3.2:4100".to_owned(), "10.201.3.3:4100".to_owned()];
+        let v = balancer_json(
+            "shop-production",
+            "127.0.0.1",
+            4100,
+            &ups,
+            &BalancerPolicy::new("/api/health"),
+        );
+        assert_eq!(v["@id"], "codeb-lb-shop-production");
+        assert_eq!(v["listen"][0], "127.0.0.1:4100");
+        let h = &v["routes"][0]["handle"][0];
+        assert_eq!(h["@id"], "codeb-lb-shop-production-proxy");
+        assert_eq!(h["upstreams"][1]["dial"], "10.201.3.3:4100");
+        let lb = &h["load_balancing"];
+        assert_eq!(lb["selection_policy"]["policy"], "round_robin");
+        assert_eq!(lb["try_duration"], "15000ms");
+        assert_eq!(lb["try_interval"], "100ms");
+        assert_eq!(h["transport"]["dial_timeout"], "500ms");
+        assert_eq!(h["transport"]["response_header_timeout"], "10000ms");
+        let active = &h["health_checks"]["active"];
+        assert_eq!(active["path"], "/api/health");
+        assert_eq!(active["interval"], "1000ms");
+        assert_eq!(active["timeout"], "800ms");
+        let passive = &h["health_checks"]["passive"];
+        assert_eq!(passive["fail_duration"], "5000ms");
+        assert_eq!(passive["max_fails"], 1);
+        assert_eq!(passive["unhealthy_status"], json!([502, 503, 504]));
+    }
 
     /// Issue 9 #12: any admin URL was accepted, so a deploy would drive an unauthenticated
     /// admin API across the network.

@@ -15,7 +15,7 @@ pub mod restore;
 mod state;
 mod template;
 
-pub use caddy::{AdminAddress, Caddy};
+pub use caddy::{AdminAddress, BalancerPolicy, Caddy, UpstreamView, balancer_json};
 pub use engine::{
     DEFAULT_HEALTH_CMD, DeployOptions, DeployReport, Engine, Outcome, PreviewContainer, Progress,
     RollbackOptions, RuntimeChoice, Strategy, TargetLocation,

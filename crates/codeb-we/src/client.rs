@@ -137,6 +137,22 @@ impl Api {
         self.decode(resp).await
     }
 
+    /// A JSON request that may take up to `timeout` (host adds deploy every project there).
+    pub async fn send_json_slow<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<T, WeError> {
+        let mut req = self.request(method, path).timeout(timeout);
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = self.send(req).await?;
+        self.decode(resp).await.map(|a| a.body)
+    }
+
     pub async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,

@@ -43,9 +43,44 @@ pub enum ScaleCommand {
     /// The Kubernetes target (phase 2): render the manifests, apply them to a cluster
     #[command(subcommand)]
     K8s(K8sCommand),
-    /// The manual's phase-2 thresholds measured on the server (requests in flight and
-    /// request rate from Caddy's metrics, host CPU, deploys in 24 h) and whether phase 2 is due
+    /// The app hosts (their releases and health) and the balancers, then the manual's
+    /// phase-2 thresholds measured on the server (requests in flight and request rate from
+    /// Caddy's metrics, host CPU, deploys in 24 h) and whether phase 2 is due
     Status(StatusArgs),
+    /// Add or remove an app host (phase 1; admins only)
+    #[command(after_help = APP_AFTER_HELP)]
+    App(AppArgs),
+}
+
+pub const APP_AFTER_HELP: &str = "\
+Examples:
+  we scale app --add n1-2 --agent-url http://10.0.1.2:7070
+  we scale app --remove n1-2
+
+Before --add: on the control plane, `codeb-daemon agent-token --out <state_dir>/hosts/n1-2.token`
+(0600) prints a SHA-256; on the host, run `codeb-daemon agent --host n1-2 --listen
+10.0.1.2:7070 --token-sha256-file FILE` (FILE holds that SHA-256) beside podman and Caddy.
+--add deploys the current release of every project there, proves each healthy from the
+balancer's side, then adds the host to each project's balancer; on any failure it stops what
+it started and the host is not added. --remove drains the host out of the balancers first,
+then stops its releases.";
+
+#[derive(Debug, Args)]
+pub struct AppArgs {
+    /// Register a prepared host and put it into service
+    #[arg(
+        long,
+        value_name = "HOST",
+        required_unless_present = "remove",
+        conflicts_with = "remove"
+    )]
+    pub add: Option<String>,
+    /// Drain a host out of the balancers, then stop its releases
+    #[arg(long, value_name = "HOST")]
+    pub remove: Option<String>,
+    /// The host's agent (`http://<address>:<port>`), with --add
+    #[arg(long, value_name = "URL", requires = "add")]
+    pub agent_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -124,7 +159,123 @@ pub async fn scale(cmd: ScaleCommand, api: &Api, out: &Out) -> Result<Exit, WeEr
         ScaleCommand::K8s(K8sCommand::Render(a)) => render(a, api, out).await,
         ScaleCommand::K8s(K8sCommand::Apply(a)) => apply(a, api, out).await,
         ScaleCommand::Status(a) => status(a, api, out).await,
+        ScaleCommand::App(a) => app(a, api, out).await,
     }
+}
+
+async fn app(a: AppArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
+    let change: codeb_api::scale::HostChange = match (a.add, a.remove) {
+        (Some(host), None) => {
+            let agent_url = a.agent_url.ok_or_else(|| {
+                WeError::Usage(format!(
+                    "--add {host} needs --agent-url http://<address>:<port> of the host's agent"
+                ))
+            })?;
+            let _p = out.progress(&format!("adding {host}"));
+            api.send_json_slow(
+                reqwest::Method::POST,
+                paths::SCALE_HOSTS,
+                Some(&codeb_api::scale::HostAdd { host, agent_url }),
+                Duration::from_secs(1800),
+            )
+            .await?
+        }
+        (None, Some(host)) => {
+            let _p = out.progress(&format!("removing {host}"));
+            api.send_json_slow::<(), _>(
+                reqwest::Method::DELETE,
+                &paths::scale_host(&host),
+                None,
+                Duration::from_secs(900),
+            )
+            .await?
+        }
+        _ => return Err(WeError::Usage("give --add HOST or --remove HOST".into())),
+    };
+    if out.json {
+        out.json_line(&change)?;
+    } else {
+        for s in &change.steps {
+            out.line(s)?;
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+async fn hosts_part(
+    api: &Api,
+    out: &Out,
+) -> Result<Option<codeb_api::scale::HostsReport>, WeError> {
+    use crate::output::{Cell, Style};
+    let r: codeb_api::scale::HostsReport = api.get(paths::SCALE_HOSTS, &[]).await?;
+    if out.json {
+        return Ok(Some(r));
+    }
+    if r.hosts.is_empty() {
+        out.line("app hosts: none (one server; `we scale app --add` adds one)")?;
+    } else {
+        let mut rows = Vec::new();
+        for h in &r.hosts {
+            if h.releases.is_empty() {
+                rows.push(vec![
+                    Cell::from(h.host.clone()),
+                    Cell::from(h.address.clone()),
+                    if h.reachable {
+                        Cell::new("reachable", Style::Good)
+                    } else {
+                        Cell::new("unreachable", Style::Bad)
+                    },
+                    Cell::from("-"),
+                    Cell::new(h.error.clone().unwrap_or_default(), Style::Dim),
+                ]);
+            }
+            for rel in &h.releases {
+                rows.push(vec![
+                    Cell::from(h.host.clone()),
+                    Cell::from(h.address.clone()),
+                    if rel.healthy {
+                        Cell::new("healthy", Style::Good)
+                    } else {
+                        Cell::new("unhealthy", Style::Bad)
+                    },
+                    Cell::from(rel.unit.clone()),
+                    Cell::new(
+                        format!(
+                            "{} ({} slot)",
+                            rel.digest.clone().unwrap_or_default(),
+                            rel.slot.clone().unwrap_or_default()
+                        ),
+                        Style::Dim,
+                    ),
+                ]);
+            }
+        }
+        out.table(&["host", "address", "health", "release", "digest"], &rows)?;
+    }
+    for b in &r.balancers {
+        let ups: Vec<String> = b
+            .upstreams
+            .iter()
+            .map(|u| {
+                format!(
+                    "{} ({} in flight, {} fails)",
+                    u.address,
+                    u.in_flight.map_or("-".into(), |v| v.to_string()),
+                    u.fails.map_or("-".into(), |v| v.to_string())
+                )
+            })
+            .collect();
+        out.line(&format!(
+            "balancer {} on {}: {}",
+            b.unit,
+            b.listen,
+            ups.join(", ")
+        ))?;
+    }
+    for n in &r.notes {
+        out.warn(n);
+    }
+    Ok(None)
 }
 
 fn num(v: Option<f64>) -> String {
@@ -150,6 +301,7 @@ async fn status(a: StatusArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
                 a.window
             ))
         })?;
+    let hosts = hosts_part(api, out).await?;
     let s: codeb_api::ScaleStatus = {
         let _p = out.progress(&format!(
             "sampling for {}",
@@ -162,7 +314,19 @@ async fn status(a: StatusArgs, api: &Api, out: &Out) -> Result<Exit, WeError> {
         .await?
     };
     if out.json {
-        out.json_line(&s)?;
+        match hosts {
+            Some(h) => {
+                let mut v = serde_json::to_value(&s).map_err(|e| WeError::Server(e.to_string()))?;
+                if let Some(m) = v.as_object_mut() {
+                    m.insert(
+                        "hosts".into(),
+                        serde_json::to_value(&h).map_err(|e| WeError::Server(e.to_string()))?,
+                    );
+                }
+                out.json_line(&v)?;
+            }
+            None => out.json_line(&s)?,
+        }
         return Ok(Exit::Ok);
     }
     use crate::output::{Cell, Style};

@@ -577,6 +577,10 @@ async fn run_job(api: &Arc<Api>, id: i64) {
     let (name, spec) = project;
     let unit = format!("{name}-{env}");
     let lock_timeout = Duration::from_millis(stored.lock_timeout_ms);
+    if super::hosts::has_hosts(api).await {
+        roll(api, id, &spec, env, &stored, &unit, lock_timeout).await;
+        return;
+    }
     if let Err(m) = wait_for_lock(api, id, &unit, lock_timeout).await {
         finish(
             api,
@@ -703,5 +707,115 @@ async fn run_job(api: &Arc<Api>, id: i64) {
             };
             finish(api, id, JobState::Failed, None, fail(code, e.to_string())).await;
         }
+    }
+}
+
+/// A deploy of a project that runs on app hosts: a rolling deploy ([`super::hosts::rolling`])
+/// under the target's deploy lock on this host.
+async fn roll(
+    api: &Arc<Api>,
+    id: i64,
+    spec: &codeb_api::Project,
+    env: Environment,
+    stored: &Stored,
+    unit: &str,
+    lock_timeout: Duration,
+) {
+    let fail = |code: &str, message: String| JobEventKind::Failed {
+        code: code.to_owned(),
+        message,
+    };
+    if stored.kind == JobKind::Rollback {
+        finish(
+            api,
+            id,
+            JobState::Failed,
+            None,
+            fail(
+                codes::UNPROCESSABLE,
+                format!("{unit} runs on app hosts: roll back by deploying the previous image (we deploy --image ...); a failed roll puts the previous release back by itself"),
+            ),
+        )
+        .await;
+        return;
+    }
+    let image = stored.image.clone().unwrap_or_default();
+    let resolved = match ImageRef::parse(&image) {
+        Ok(r) => match r.digest() {
+            Some(d) => Ok((r.clone(), d.to_string())),
+            None => Resolver::new()
+                .resolve(&r, &Auth::from_env(&r))
+                .await
+                .map(|x| (r.clone(), x.digest.to_string()))
+                .map_err(|e| format!("cannot resolve {r} to a digest: {e}")),
+        },
+        Err(e) => Err(format!("image: {e}")),
+    };
+    let (image_ref, digest) = match resolved {
+        Ok(x) => x,
+        Err(m) => {
+            finish(
+                api,
+                id,
+                JobState::Failed,
+                None,
+                fail(codes::UNPROCESSABLE, m),
+            )
+            .await;
+            return;
+        }
+    };
+    let state_dir = api.state_dir();
+    let _ = codeb_host::lockfile::private_dir(&state_dir);
+    let holder = format!("pid {} (rolling deploy, job {id})", std::process::id());
+    let _lock =
+        match codeb_deploy::TargetLock::acquire(&state_dir, unit, lock_timeout, &holder).await {
+            Ok(l) => l,
+            Err(e) => {
+                finish(
+                    api,
+                    id,
+                    JobState::Failed,
+                    None,
+                    fail(codes::LOCK_TIMEOUT, e.to_string()),
+                )
+                .await;
+                return;
+            }
+        };
+    let release = super::hosts::CurrentRelease {
+        image: image_ref.to_string(),
+        digest: digest.clone(),
+        sha: stored.sha.clone().unwrap_or_default(),
+    };
+    let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
+    let a2 = api.clone();
+    let pump = tokio::spawn(async move {
+        while let Some(m) = prx.recv().await {
+            event(&a2, id, JobEventKind::Progress { message: m }).await;
+        }
+    });
+    let progress = move |m: String| {
+        let _ = ptx.send(m);
+    };
+    let actor = format!("{} via the API, job {id}", stored.actor);
+    let result = super::hosts::rolling(api, spec, env.as_str(), &release, &actor, &progress).await;
+    drop(progress);
+    let _ = pump.await;
+    match result {
+        Ok(msg) => {
+            finish(
+                api,
+                id,
+                JobState::Done,
+                Some(digest.clone()),
+                JobEventKind::Done {
+                    message: msg,
+                    digest: Some(digest),
+                },
+            )
+            .await;
+        }
+        Err(m) => finish(api, id, JobState::Failed, None, fail("deploy_failed", m)).await,
     }
 }

@@ -21,6 +21,7 @@ pub mod db;
 pub mod domain;
 pub mod env;
 pub mod guard;
+pub mod hosts;
 pub mod jobs;
 pub mod logs;
 pub mod provision;
@@ -168,6 +169,8 @@ pub struct Api {
     pub domains: Option<Arc<domain::Domains>>,
     /// The zone part of `[previews] domain_pattern` (after the last placeholder).
     pub preview_domain_suffix: Option<String>,
+    /// The app hosts' tokens (`<state_dir>/hosts/<host>.token`, 0600).
+    pub hosts_dir: PathBuf,
 }
 
 impl Api {
@@ -180,6 +183,7 @@ impl Api {
     ) -> Result<(Arc<Api>, db::Recovered), DbError> {
         let (db, recovered) = Db::open(db_path)?;
         db.blocking(|c| domain::migrate(c))?;
+        db.blocking(|c| hosts::migrate(c))?;
         let domains = cfg
             .domains
             .clone()
@@ -217,6 +221,10 @@ impl Api {
                 events,
                 domains,
                 preview_domain_suffix,
+                hosts_dir: db_path
+                    .parent()
+                    .unwrap_or(std::path::Path::new("."))
+                    .join("hosts"),
             }),
             recovered,
         ))
@@ -613,6 +621,8 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/up", get(registry::up))
         .route("/api/v1/ports", get(registry::ports))
         .route("/api/v1/scale/status", get(scale::status))
+        .route("/api/v1/scale/hosts", get(hosts::list).post(hosts::add))
+        .route("/api/v1/scale/hosts/{host}", delete(hosts::remove))
         .route("/api/v1/ssot/status", get(registry::ssot_status))
         .route("/api/v1/ssot/projects", get(registry::ssot_projects))
         .route("/api/v1/ssot/sync", post(registry::ssot_sync))

@@ -65,6 +65,17 @@ fn to_project(row: ProjectRow, ports: &BTreeMap<(String, String), u16>) -> Proje
     }
 }
 
+/// Every registry project with its manifest ports.
+pub async fn list_projects(api: &Api) -> Result<Vec<Project>, ApiError> {
+    let rows = api
+        .db
+        .run(|c| db::projects(c))
+        .await
+        .map_err(ApiError::internal)?;
+    let ports = manifest_ports(api)?;
+    Ok(rows.into_iter().map(|r| to_project(r, &ports)).collect())
+}
+
 pub async fn list(
     State(api): State<Arc<Api>>,
     h: HeaderMap,

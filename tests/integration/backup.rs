@@ -115,7 +115,8 @@ impl Cluster {
                  repo_path = \"{repo}\"\ndump_dir = \"{base}/n4/dumps\"\nfiles_dir = \"{base}/n4/files\"\n\
                  catalog = \"{base}/catalog.sqlite\"\npgbackrest_conf = \"{base}/pgbackrest.conf\"\n\
                  pgbackrest_var = \"{base}/var\"\nscratch_dir = \"{base}/scratch\"\nprojects = [\"{project}\"]\n\
-                 [state]\nregistry_db = \"{base}/daemon.sqlite\"\npaths = [\"{base}/etc-codeb\"]\n",
+                 [state]\nregistry_db = \"{base}/daemon.sqlite\"\npaths = [\"{base}/etc-codeb\"]\nvolumes = false\n\
+                 [deploy]\nquadlet_dir = \"{base}/quadlet\"\nmanifest = \"{base}/manifest.yaml\"\nhealth_deadline = \"10s\"\n",
                 data = c.data.display(),
                 sock = c.sock.display(),
                 repo = c.repo.display(),
@@ -955,4 +956,421 @@ fn backup_timers_verify_and_run_existing_commands() {
     std::fs::write(&bad, t).expect("write");
     let r = util::run(Command::new("systemd-analyze").arg("verify").arg(&bad));
     assert_ne!(r.code, 0, "{}", r.all());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The restore and the deploy engine: the running app proves the restore, one lock for both
+// ---------------------------------------------------------------------------------------------
+
+/// A short project name unique across processes and tests (a DNS label; its
+/// `<name>_db_restored_<stamp>` fits PostgreSQL's 63 characters).
+fn unique_project() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "bk{:x}n{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// A production port P (4150-4199) that is free and never handed to another test of this
+/// process.
+fn free_public_port() -> u16 {
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let offset = u16::try_from(std::process::id() % 50).unwrap_or(0);
+    let port = (0..50u16)
+        .map(|i| 4150 + (offset + i) % 50)
+        .find(|p| !handed.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 4150-4199");
+    handed.push(port);
+    port
+}
+
+/// The sample app as `project`'s production release, deployed by `codeb-quadlet-update`
+/// (podman runtime, no Caddy front, restart strategy) from a real registry. It reads
+/// `<project>_db` as `<project>_user` through the cluster's socket directory, mounted into
+/// the container at /run/pg by a unit template with one more `Volume=` line: every
+/// `/api/health` runs `SELECT count(*) FROM items` and answers 503 when that fails.
+struct Deployed {
+    podman: crate::infra::Podman,
+    registry: crate::infra::Registry,
+    project: String,
+    quadlet: PathBuf,
+    manifest: PathBuf,
+    templates: PathBuf,
+    env_file: PathBuf,
+    port: u16,
+}
+
+impl Deployed {
+    fn new(c: &Cluster, project: &str) -> Deployed {
+        let podman = crate::infra::Podman::new();
+        let registry = crate::infra::Registry::start();
+        podman.trust_insecure(&registry.host_port());
+        let port = free_public_port();
+        let manifest = c.base.join("manifest.yaml");
+        std::fs::write(
+            &manifest,
+            format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {port}}}\n"),
+        )
+        .expect("manifest");
+        let templates = c.base.join("templates");
+        std::fs::create_dir_all(&templates).expect("templates");
+        let unit = std::fs::read_to_string(util::repo().join("templates/quadlet/app.container.tera"))
+            .expect("the embedded unit template");
+        assert!(unit.contains("\nRunInit=true\n"), "{unit}");
+        std::fs::write(
+            templates.join("app.container.tera"),
+            unit.replace(
+                "\nRunInit=true\n",
+                &format!("\nRunInit=true\nVolume={}:/run/pg\n", c.sock.display()),
+            ),
+        )
+        .expect("template");
+        let env_file = c.base.join("app.env");
+        let under = project.replace('-', "_");
+        std::fs::write(
+            &env_file,
+            format!(
+                "DATABASE_SOCKET=/run/pg/.s.PGSQL.{}\nDATABASE_USER={under}_user\nDATABASE_NAME={under}_db\nDATABASE_QUERY=SELECT count(*) FROM items\n",
+                c.port
+            ),
+        )
+        .expect("env file");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod env file");
+        Deployed {
+            podman,
+            registry,
+            project: project.to_owned(),
+            quadlet: c.base.join("quadlet"),
+            manifest,
+            templates,
+            env_file,
+            port,
+        }
+    }
+
+    /// The sample app with `env`, built as `localhost/codeb-test/sample:<tag>` and pushed.
+    fn image(&self, tag: &str, env: &[(&str, &str)]) -> String {
+        let local = crate::infra::sample_local_name(tag);
+        crate::infra::build_sample_image(&self.podman, &local, env)
+            .unwrap_or_else(|e| panic!("build {local}: {e}"));
+        let reference = format!("{}:{tag}", self.registry.image("codeb/sample"));
+        crate::infra::push_image(&self.podman, &self.registry, &local, &reference)
+            .unwrap_or_else(|e| panic!("push {reference}: {e}"));
+        reference
+    }
+
+    fn deploy(&self, image: &str, lock_timeout: &str) -> Command {
+        let mut c = util::codeb("codeb-quadlet-update");
+        self.podman.configure(&mut c);
+        c.args(["deploy", "--project", &self.project, "--environment", "production"])
+            .args(["--image", image, "--manifest"])
+            .arg(&self.manifest)
+            .arg("--quadlet-dir")
+            .arg(&self.quadlet)
+            .arg("--templates")
+            .arg(&self.templates)
+            .arg("--env-file")
+            .arg(&self.env_file)
+            .args([
+                "--runtime",
+                "podman",
+                "--caddy-admin",
+                "none",
+                "--strategy",
+                "restart",
+                "--health-deadline",
+                "60s",
+                "--health-interval",
+                "250ms",
+                "--health-cmd",
+                "none",
+                "--actor",
+                "codeb-test",
+                "--lock-timeout",
+                lock_timeout,
+            ])
+            .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// `GET /api/health` on the public port: the status and the answer.
+    fn health(&self) -> (u16, serde_json::Value) {
+        match crate::infra::http_get(
+            &format!("http://127.0.0.1:{}/api/health", self.port),
+            Duration::from_secs(5),
+        ) {
+            Ok((s, body)) => (s, serde_json::from_str(&body).unwrap_or_default()),
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    fn holder(&self) -> String {
+        std::fs::read_to_string(
+            self.quadlet
+                .join(".codeb")
+                .join(format!("{}-production.holder", self.project)),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        if let Ok(ids) = self.podman.run(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name=^{}-", self.project),
+            "--format",
+            "{{.ID}}",
+        ]) {
+            let mut args = vec!["rm", "-f", "-t", "0", "--ignore"];
+            args.extend(ids.split_whitespace());
+            if args.len() > 5 {
+                let _ = self.podman.run(&args);
+            }
+        }
+        self.podman.untag_registry(&self.registry.host_port());
+    }
+}
+
+/// A `codeb-backup` run whose progress (stderr) is read line by line while it runs.
+struct Streaming {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Streaming {
+    fn start(c: &Cluster, args: &[&str]) -> Streaming {
+        use std::io::{BufRead, Read};
+        let mut child = util::codeb("codeb-backup")
+            .arg("--config")
+            .arg(&c.config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("codeb-backup");
+        let err = child.stderr.take().expect("stderr");
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Streaming {
+            child,
+            lines,
+            seen: Vec::new(),
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Waits (up to `limit`) for a progress line containing `needle`.
+    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let left = limit.saturating_sub(t0.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no progress line with {needle:?} within {limit:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn finish(mut self) -> Run {
+        let status = self.child.wait().expect("wait");
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        self.seen.extend(self.lines.try_iter());
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.seen.join("\n"),
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_deploy_lock() {
+    let project = unique_project();
+    let db = format!("{project}_db");
+    let role = format!("{project}_user");
+    let c = Cluster::start(&project);
+    next_second();
+    // Before the app's table existed.
+    let (d0, t0) = c.now();
+    next_second();
+    let (date, time) = history(&c, &db);
+    c.sql(&db, &format!("GRANT SELECT ON items TO {role}"));
+
+    // The app's release, reading the live database: 250 rows.
+    let app = Deployed::new(&c, &project);
+    let v1 = app.image("backup-db", &[("VERSION", "db1")]);
+    let slow = app.image(
+        "backup-db-slow",
+        &[("VERSION", "dbslow"), ("STARTUP_DELAY_MS", "5000")],
+    );
+    let r = util::run(&mut app.deploy(&v1, "10s"));
+    assert_eq!(r.code, 0, "deploy: {}", r.all());
+    let (s, h) = app.health();
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["db"], "250", "the app reads its database: {h}");
+
+    // A deploy holds the lock: a restore that may wait 1s refuses, naming that deploy.
+    let mut deploying = app.deploy(&slow, "10s").spawn().expect("slow deploy");
+    let t = Instant::now();
+    while !app
+        .holder()
+        .contains(&format!("pid {} (deploy of {slow}", deploying.id()))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the deploy never took the lock: {:?}",
+            app.holder()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = c.databases();
+    let r = c.backup(&[
+        "restore", &project, "--date", &date, "--time", &time, "--into", &db, "--yes",
+        "--lock-timeout", "1s",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr
+            .contains(&format!("pid {} (deploy of {slow} by codeb-test)", deploying.id()))
+            && r.stderr.contains("no restore was made"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(c.databases(), before, "nothing was restored");
+
+    // A restore that may wait starts only once that deploy is done: when it reports its
+    // first step after the lock, the slow release already answers (it listens only 5 s
+    // after it started, and the deploy holds the lock until it answered).
+    let mut restore = Streaming::start(
+        &c,
+        &[
+            "restore", &project, "--date", &date, "--time", &time, "--into", &db, "--yes",
+            "--lock-timeout", "120s", "--json",
+        ],
+    );
+    restore.wait_for("taking the deploy lock", Duration::from_secs(30));
+    restore.wait_for("pgbackrest check", Duration::from_secs(120));
+    let (s, h) = app.health();
+    assert_eq!(
+        (s, h["version"].as_str()),
+        (200, Some("dbslow")),
+        "the restore went ahead before the deploy finished: {h}"
+    );
+    let d = deploying.wait().expect("deploy");
+    assert!(d.success(), "the slow deploy");
+    let r = restore.finish();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    // The proof: the running release's own health endpoint, before and after.
+    assert_eq!(rep["release"]["image"], slow.as_str(), "{rep}");
+    assert_eq!(
+        rep["release"]["url"],
+        format!("http://127.0.0.1:{}/api/health", app.port),
+        "{rep}"
+    );
+    assert_eq!(rep["health_before"]["healthy"], true, "{rep}");
+    assert_eq!(rep["health"]["healthy"], true, "{rep}");
+    assert_eq!(rep["health"]["status"], 200, "{rep}");
+    assert_eq!(rep["health"]["version"], "dbslow", "{rep}");
+    let (s, h) = app.health();
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["db"], "100", "the app reads the restored database: {h}");
+    let old = rep["replaced"].as_str().expect("replaced").to_owned();
+    assert_eq!(c.sql(&old, "SELECT count(*) FROM items"), "250");
+
+    // A restore to before the app's table existed: the app cannot answer with it, so the
+    // restore puts the previous database back and fails. While it waits for the app, it
+    // holds the lock: a deploy that does not wait refuses, naming the restore.
+    let mut restore = Streaming::start(
+        &c,
+        &[
+            "restore", &project, "--date", &d0, "--time", &t0, "--into", &db, "--yes", "--json",
+        ],
+    );
+    restore.wait_for("to answer healthy with the restored database", Duration::from_secs(180));
+    let r = util::run(&mut app.deploy(&v1, "0s"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all().contains(&format!("codeb-backup restore of {project}")),
+        "the deploy names the restore: {}",
+        r.all()
+    );
+    let r = restore.finish();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("previous database is live again")
+            && r.stderr.contains("HTTP 503")
+            && r.stderr.contains("does not exist"),
+        "the failure names the app's answer: {}",
+        r.all()
+    );
+    let (s, h) = app.health();
+    assert_eq!((s, h["db"].as_str()), (200, Some("100")), "{h}");
+    let kept: Vec<String> = c
+        .databases()
+        .into_iter()
+        .filter(|d| d.starts_with(&format!("{db}_restored_")))
+        .collect();
+    assert_eq!(kept.len(), 1, "the unhealthy copy is kept: {kept:?}");
+    assert_eq!(
+        c.sql(&kept[0], "SELECT to_regclass('items') IS NULL"),
+        "t",
+        "it is the copy from before the table"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&c.backup(&["list", "--json", "--limit", "1"]).stdout).expect("json");
+    assert_eq!(
+        (runs[0]["kind"].as_str(), runs[0]["result"].as_str()),
+        (Some("restore"), Some("failed")),
+        "{runs}"
+    );
 }

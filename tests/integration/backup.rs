@@ -1374,3 +1374,210 @@ fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_de
         "{runs}"
     );
 }
+
+/// Every entry under `root`: its relative path, type, mode, owner, and content (a file's
+/// bytes, a link's target).
+fn tree(root: &Path) -> std::collections::BTreeMap<String, (String, u32, u32, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, (String, u32, u32, u32, Vec<u8>)>,
+    ) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).expect("meta");
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            let (kind, content) = if m.file_type().is_symlink() {
+                (
+                    "link",
+                    std::fs::read_link(&p)
+                        .expect("link")
+                        .display()
+                        .to_string()
+                        .into_bytes(),
+                )
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                ("dir", Vec::new())
+            } else {
+                ("file", std::fs::read(&p).expect("read"))
+            };
+            out.insert(
+                rel,
+                (kind.to_owned(), m.mode() & 0o7777, m.uid(), m.gid(), content),
+            );
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_byte_identical() {
+    let podman = crate::infra::Podman::new();
+    let image = crate::infra::sample_local_images(&podman)[0].clone();
+    let id = unique_project();
+    let labelled = format!("{id}-uploads");
+    let mounted = format!("{id}-cache");
+    let other = format!("{id}-notcodeb");
+    let container = format!("{id}-production-blue");
+    struct Cleanup(crate::infra::Podman, Vec<String>, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["rm", "-f", "-t", "0", "--ignore", &self.2]);
+            for v in &self.1 {
+                let _ = self.0.run(&["volume", "rm", "-f", v]);
+            }
+        }
+    }
+    let _cleanup = Cleanup(
+        podman.clone(),
+        vec![
+            labelled.clone(),
+            mounted.clone(),
+            other.clone(),
+            format!("{mounted}-copy"),
+        ],
+        container.clone(),
+    );
+    podman
+        .run(&["volume", "create", "--label", &format!("codeb.project={id}"), &labelled])
+        .expect("labelled volume");
+    podman.run(&["volume", "create", &mounted]).expect("volume");
+    podman.run(&["volume", "create", &other]).expect("volume");
+    // A project container (not running) that mounts the unlabelled volume.
+    podman
+        .run(&[
+            "create",
+            "--name",
+            &container,
+            "--label",
+            &format!("codeb.project={id}"),
+            "-v",
+            &format!("{mounted}:/data"),
+            &image,
+        ])
+        .expect("project container");
+    let mountpoint = |v: &str| {
+        PathBuf::from(
+            podman
+                .run(&["volume", "inspect", "--format", "{{.Mountpoint}}", v])
+                .expect("inspect"),
+        )
+    };
+    // Files of every kind: incompressible bytes, a private file of another owner, a link,
+    // nested and empty directories.
+    for v in [&labelled, &mounted, &other] {
+        let mp = mountpoint(v);
+        std::fs::create_dir_all(mp.join("a/b/empty")).expect("dirs");
+        let bytes: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ v.len() as u8)
+            .collect();
+        std::fs::write(mp.join("a/b/blob.bin"), &bytes).expect("blob");
+        std::fs::write(mp.join("secret.txt"), format!("{v} only\n")).expect("secret");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(mp.join("secret.txt"), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        std::os::unix::fs::lchown(mp.join("secret.txt"), Some(999), Some(998)).expect("chown");
+        std::os::unix::fs::symlink("a/b/blob.bin", mp.join("link")).expect("symlink");
+    }
+    let want_labelled = tree(&mountpoint(&labelled));
+    let want_mounted = tree(&mountpoint(&mounted));
+    assert!(want_labelled.len() >= 6, "{:?}", want_labelled.keys());
+
+    let dir = util::tempdir();
+    let base = dir.path();
+    std::fs::create_dir_all(base.join("etc-codeb")).expect("etc");
+    std::fs::write(base.join("etc-codeb/daemon.toml"), "x = 1\n").expect("etc file");
+    let config = base.join("backup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pg_data = \"{b}/pg\"\nrepo_path = \"{b}/n4/pgbackrest\"\ndump_dir = \"{b}/n4/dumps\"\n\
+             files_dir = \"{b}/n4/files\"\ncatalog = \"{b}/catalog.sqlite\"\n\
+             [state]\nregistry_db = \"{b}/daemon.sqlite\"\npaths = [\"{b}/etc-codeb\"]\n",
+            b = base.display()
+        ),
+    )
+    .expect("config");
+    rusqlite::Connection::open(base.join("daemon.sqlite"))
+        .and_then(|c| c.execute_batch("CREATE TABLE projects (name TEXT);"))
+        .expect("registry");
+    let backup = |args: &[&str]| {
+        let mut c = util::codeb("codeb-backup");
+        podman.configure(&mut c);
+        util::run(c.arg("--config").arg(&config).args(args))
+    };
+    let r = backup(&["files"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let out = PathBuf::from(r.stdout.trim());
+    let listed: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("volumes.json")).expect("volumes.json"))
+            .expect("json");
+    let ours: Vec<(&str, &str)> = listed
+        .iter()
+        .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with(&id)))
+        .map(|v| (v["name"].as_str().unwrap_or(""), v["project"].as_str().unwrap_or("")))
+        .collect();
+    let mut want = vec![(mounted.as_str(), id.as_str()), (labelled.as_str(), id.as_str())];
+    want.sort();
+    assert_eq!(ours, want, "the project's volumes, not the other one");
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).expect("sums");
+    assert!(
+        sums.contains(&format!("  volumes/{labelled}.tar\n"))
+            && sums.contains("daemon.toml")
+            && !sums.contains(&other),
+        "{sums}"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&backup(&["list", "--json", "--limit", "1"]).stdout).expect("json");
+    assert!(
+        runs[0]["message"].as_str().unwrap_or("").contains(&labelled),
+        "{runs}"
+    );
+
+    // The labelled volume is lost, then put back: byte-identical, with its label.
+    podman.run(&["volume", "rm", &labelled]).expect("rm");
+    let r = backup(&["restore-volume", &labelled, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(tree(&mountpoint(&labelled)), want_labelled);
+    assert_eq!(
+        podman
+            .run(&["volume", "inspect", "--format", "{{index .Labels \"codeb.project\"}}", &labelled])
+            .expect("labels"),
+        id
+    );
+    // The mounted one into a new volume beside it; the live one holds data and is refused.
+    let r = backup(&["restore-volume", &mounted]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("holds data"), "{}", r.all());
+    let copy = format!("{mounted}-copy");
+    let r = backup(&["restore-volume", &mounted, "--into", &copy]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(tree(&mountpoint(&copy)), want_mounted);
+    // A volume the backup does not hold, and a tar that does not match its sum.
+    let r = backup(&["restore-volume", &other]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("holds no volume"), "{}", r.all());
+    let tar = out.join(format!("volumes/{mounted}.tar"));
+    let mut bytes = std::fs::read(&tar).expect("tar");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&tar, &bytes).expect("corrupt");
+    let r = backup(&["restore-volume", &mounted, "--into", &format!("{mounted}-bad")]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("checksum mismatch"), "{}", r.all());
+    assert!(
+        podman
+            .run(&["volume", "exists", &format!("{mounted}-bad")])
+            .is_err(),
+        "nothing was created"
+    );
+}

@@ -1019,8 +1019,10 @@ impl Deployed {
         .expect("manifest");
         let templates = c.base.join("templates");
         std::fs::create_dir_all(&templates).expect("templates");
-        let unit = std::fs::read_to_string(util::repo().join("templates/quadlet/app.container.tera"))
-            .expect("the embedded unit template");
+        std::fs::create_dir_all(c.base.join("quadlet")).expect("quadlet dir");
+        let unit =
+            std::fs::read_to_string(util::repo().join("templates/quadlet/app.container.tera"))
+                .expect("the embedded unit template");
         assert!(unit.contains("\nRunInit=true\n"), "{unit}");
         std::fs::write(
             templates.join("app.container.tera"),
@@ -1069,34 +1071,40 @@ impl Deployed {
     fn deploy(&self, image: &str, lock_timeout: &str) -> Command {
         let mut c = util::codeb("codeb-quadlet-update");
         self.podman.configure(&mut c);
-        c.args(["deploy", "--project", &self.project, "--environment", "production"])
-            .args(["--image", image, "--manifest"])
-            .arg(&self.manifest)
-            .arg("--quadlet-dir")
-            .arg(&self.quadlet)
-            .arg("--templates")
-            .arg(&self.templates)
-            .arg("--env-file")
-            .arg(&self.env_file)
-            .args([
-                "--runtime",
-                "podman",
-                "--caddy-admin",
-                "none",
-                "--strategy",
-                "restart",
-                "--health-deadline",
-                "60s",
-                "--health-interval",
-                "250ms",
-                "--health-cmd",
-                "none",
-                "--actor",
-                "codeb-test",
-                "--lock-timeout",
-                lock_timeout,
-            ])
-            .stdin(std::process::Stdio::null());
+        c.args([
+            "deploy",
+            "--project",
+            &self.project,
+            "--environment",
+            "production",
+        ])
+        .args(["--image", image, "--manifest"])
+        .arg(&self.manifest)
+        .arg("--quadlet-dir")
+        .arg(&self.quadlet)
+        .arg("--templates")
+        .arg(&self.templates)
+        .arg("--env-file")
+        .arg(&self.env_file)
+        .args([
+            "--runtime",
+            "podman",
+            "--caddy-admin",
+            "none",
+            "--strategy",
+            "restart",
+            "--health-deadline",
+            "60s",
+            "--health-interval",
+            "250ms",
+            "--health-cmd",
+            "none",
+            "--actor",
+            "codeb-test",
+            "--lock-timeout",
+            lock_timeout,
+        ])
+        .stdin(std::process::Stdio::null());
         c
     }
 
@@ -1259,7 +1267,13 @@ fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_de
     assert_eq!(h["db"], "250", "the app reads its database: {h}");
 
     // A deploy holds the lock: a restore that may wait 1s refuses, naming that deploy.
-    let mut deploying = app.deploy(&slow, "10s").spawn().expect("slow deploy");
+    let deploy_log = c.base.join("slow-deploy.log");
+    let mut deploying = app
+        .deploy(&slow, "10s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&deploy_log).expect("log"))
+        .spawn()
+        .expect("slow deploy");
     let t = Instant::now();
     while !app
         .holder()
@@ -1274,14 +1288,24 @@ fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_de
     }
     let before = c.databases();
     let r = c.backup(&[
-        "restore", &project, "--date", &date, "--time", &time, "--into", &db, "--yes",
-        "--lock-timeout", "1s",
+        "restore",
+        &project,
+        "--date",
+        &date,
+        "--time",
+        &time,
+        "--into",
+        &db,
+        "--yes",
+        "--lock-timeout",
+        "1s",
     ]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(
-        r.stderr
-            .contains(&format!("pid {} (deploy of {slow} by codeb-test)", deploying.id()))
-            && r.stderr.contains("no restore was made"),
+        r.stderr.contains(&format!(
+            "pid {} (deploy of {slow} by codeb-test)",
+            deploying.id()
+        )) && r.stderr.contains("no restore was made"),
         "{}",
         r.all()
     );
@@ -1293,8 +1317,18 @@ fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_de
     let mut restore = Streaming::start(
         &c,
         &[
-            "restore", &project, "--date", &date, "--time", &time, "--into", &db, "--yes",
-            "--lock-timeout", "120s", "--json",
+            "restore",
+            &project,
+            "--date",
+            &date,
+            "--time",
+            &time,
+            "--into",
+            &db,
+            "--yes",
+            "--lock-timeout",
+            "120s",
+            "--json",
         ],
     );
     restore.wait_for("taking the deploy lock", Duration::from_secs(30));
@@ -1306,7 +1340,11 @@ fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_de
         "the restore went ahead before the deploy finished: {h}"
     );
     let d = deploying.wait().expect("deploy");
-    assert!(d.success(), "the slow deploy");
+    assert!(
+        d.success(),
+        "the slow deploy: {}",
+        std::fs::read_to_string(&deploy_log).unwrap_or_default()
+    );
     let r = restore.finish();
     assert_eq!(r.code, 0, "{}", r.all());
     let rep: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
@@ -1336,11 +1374,15 @@ fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_de
             "restore", &project, "--date", &d0, "--time", &t0, "--into", &db, "--yes", "--json",
         ],
     );
-    restore.wait_for("to answer healthy with the restored database", Duration::from_secs(180));
+    restore.wait_for(
+        "to answer healthy with the restored database",
+        Duration::from_secs(180),
+    );
     let r = util::run(&mut app.deploy(&v1, "0s"));
     assert_ne!(r.code, 0, "{}", r.all());
     assert!(
-        r.all().contains(&format!("codeb-backup restore of {project}")),
+        r.all()
+            .contains(&format!("codeb-backup restore of {project}")),
         "the deploy names the restore: {}",
         r.all()
     );
@@ -1410,7 +1452,13 @@ fn tree(root: &Path) -> std::collections::BTreeMap<String, (String, u32, u32, u3
             };
             out.insert(
                 rel,
-                (kind.to_owned(), m.mode() & 0o7777, m.uid(), m.gid(), content),
+                (
+                    kind.to_owned(),
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    content,
+                ),
             );
         }
     }
@@ -1448,7 +1496,13 @@ fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_by
         container.clone(),
     );
     podman
-        .run(&["volume", "create", "--label", &format!("codeb.project={id}"), &labelled])
+        .run(&[
+            "volume",
+            "create",
+            "--label",
+            &format!("codeb.project={id}"),
+            &labelled,
+        ])
         .expect("labelled volume");
     podman.run(&["volume", "create", &mounted]).expect("volume");
     podman.run(&["volume", "create", &other]).expect("volume");
@@ -1483,8 +1537,11 @@ fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_by
         std::fs::write(mp.join("a/b/blob.bin"), &bytes).expect("blob");
         std::fs::write(mp.join("secret.txt"), format!("{v} only\n")).expect("secret");
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(mp.join("secret.txt"), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
+        std::fs::set_permissions(
+            mp.join("secret.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
         std::os::unix::fs::lchown(mp.join("secret.txt"), Some(999), Some(998)).expect("chown");
         std::os::unix::fs::symlink("a/b/blob.bin", mp.join("link")).expect("symlink");
     }
@@ -1518,15 +1575,24 @@ fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_by
     let r = backup(&["files"]);
     assert_eq!(r.code, 0, "{}", r.all());
     let out = PathBuf::from(r.stdout.trim());
-    let listed: Vec<serde_json::Value> =
-        serde_json::from_str(&std::fs::read_to_string(out.join("volumes.json")).expect("volumes.json"))
-            .expect("json");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("volumes.json")).expect("volumes.json"),
+    )
+    .expect("json");
     let ours: Vec<(&str, &str)> = listed
         .iter()
         .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with(&id)))
-        .map(|v| (v["name"].as_str().unwrap_or(""), v["project"].as_str().unwrap_or("")))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or(""),
+                v["project"].as_str().unwrap_or(""),
+            )
+        })
         .collect();
-    let mut want = vec![(mounted.as_str(), id.as_str()), (labelled.as_str(), id.as_str())];
+    let mut want = vec![
+        (mounted.as_str(), id.as_str()),
+        (labelled.as_str(), id.as_str()),
+    ];
     want.sort();
     assert_eq!(ours, want, "the project's volumes, not the other one");
     let sums = std::fs::read_to_string(out.join("SHA256SUMS")).expect("sums");
@@ -1539,7 +1605,10 @@ fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_by
     let runs: serde_json::Value =
         serde_json::from_str(&backup(&["list", "--json", "--limit", "1"]).stdout).expect("json");
     assert!(
-        runs[0]["message"].as_str().unwrap_or("").contains(&labelled),
+        runs[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&labelled),
         "{runs}"
     );
 
@@ -1550,7 +1619,13 @@ fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_by
     assert_eq!(tree(&mountpoint(&labelled)), want_labelled);
     assert_eq!(
         podman
-            .run(&["volume", "inspect", "--format", "{{index .Labels \"codeb.project\"}}", &labelled])
+            .run(&[
+                "volume",
+                "inspect",
+                "--format",
+                "{{index .Labels \"codeb.project\"}}",
+                &labelled
+            ])
             .expect("labels"),
         id
     );
@@ -1571,7 +1646,12 @@ fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_by
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&tar, &bytes).expect("corrupt");
-    let r = backup(&["restore-volume", &mounted, "--into", &format!("{mounted}-bad")]);
+    let r = backup(&[
+        "restore-volume",
+        &mounted,
+        "--into",
+        &format!("{mounted}-bad"),
+    ]);
     assert_eq!(r.code, 1, "{}", r.all());
     assert!(r.stderr.contains("checksum mismatch"), "{}", r.all());
     assert!(

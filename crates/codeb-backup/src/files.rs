@@ -222,10 +222,7 @@ fn labels_of(v: &serde_json::Value) -> BTreeMap<String, String> {
 /// The project volumes podman knows: labelled `codeb.project`, or mounted by a container
 /// labelled `codeb.project` (any state). Sorted by name.
 pub fn project_volumes() -> Result<Vec<VolumeEntry>, Error> {
-    let vols = podman_json(
-        "podman volume ls",
-        &["volume", "ls", "--format", "json"],
-    )?;
+    let vols = podman_json("podman volume ls", &["volume", "ls", "--format", "json"])?;
     let mut known: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     for v in vols.as_array().into_iter().flatten() {
         if let Some(n) = v["Name"].as_str() {

@@ -212,8 +212,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             json,
         } => {
             let wait = match &lock_timeout {
-                Some(v) => codeb_backup::config::parse_wait("--lock-timeout", v)
-                    .map_err(Error::Usage)?,
+                Some(v) => {
+                    codeb_backup::config::parse_wait("--lock-timeout", v).map_err(Error::Usage)?
+                }
                 None => cfg.lock_timeout(),
             };
             let req = Request {

@@ -253,7 +253,9 @@ fn query(db: &Db) -> Result<String, String> {
                     .map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
                     .unwrap_or(-1);
                 value = Some(match usize::try_from(len) {
-                    Ok(n) => String::from_utf8_lossy(m.get(6..6 + n).unwrap_or_default()).into_owned(),
+                    Ok(n) => {
+                        String::from_utf8_lossy(m.get(6..6 + n).unwrap_or_default()).into_owned()
+                    }
                     Err(_) => String::new(),
                 });
             }

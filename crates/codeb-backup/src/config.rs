@@ -450,5 +450,26 @@ mod tests {
         assert!(e.contains("Bad_Name"), "{e}");
         let e = Config::parse(&MIN.replace("/r", "r")).expect_err("relative");
         assert!(e.contains("repo_path"), "{e}");
+        let e = Config::parse(&format!("{MIN}[deploy]\nhealth_deadline = \"soon\"\n"))
+            .expect_err("deadline");
+        assert!(e.contains("deploy.health_deadline"), "{e}");
+    }
+
+    #[test]
+    fn the_deploy_side_defaults_to_the_engine_s_paths() {
+        let c = Config::parse(MIN).expect("parse");
+        assert_eq!(
+            c.deploy.state_dir(),
+            PathBuf::from("/etc/containers/systemd/.codeb")
+        );
+        assert_eq!(c.lock_timeout(), Duration::from_secs(30));
+        assert_eq!(c.health_deadline(), Duration::from_secs(60));
+        assert!(c.state.volumes);
+        assert_eq!(parse_wait("--lock-timeout", "0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_wait("--lock-timeout", "2m"),
+            Ok(Duration::from_secs(120))
+        );
+        assert!(parse_wait("--lock-timeout", "later").is_err());
     }
 }

@@ -211,3 +211,86 @@ fn probe(url: &str, deadline: Option<Duration>) -> Result<Health, Error> {
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> Config {
+        let mut c = Config::parse(
+            "pg_data = \"/d\"\nrepo_path = \"/r\"\ndump_dir = \"/x\"\nfiles_dir = \"/f\"\ncatalog = \"/c.sqlite\"\n",
+        )
+        .expect("config");
+        c.deploy.quadlet_dir = dir.to_owned();
+        c.deploy.manifest = dir.join("manifest.yaml");
+        c
+    }
+
+    fn history(dir: &Path, front: Option<u16>) {
+        let state = dir.join(".codeb");
+        std::fs::create_dir_all(&state).expect("state");
+        let mut h = codeb_deploy::History::empty("shop-production");
+        h.active = Some(codeb_deploy::Active {
+            slot: codeb_deploy::Slot::Green,
+            image: "r/shop:2".into(),
+            digest: "sha256:x".into(),
+            sha: String::new(),
+            settings: Some(codeb_deploy::Settings {
+                container_port: 3000,
+                health_path: "/healthz".into(),
+                env_file: None,
+                health_cmd: None,
+            }),
+        });
+        h.front = front.map(|upstream| codeb_deploy::Front {
+            listen_host: "127.0.0.1".into(),
+            public: 4301,
+            upstream,
+        });
+        h.save(&state).expect("save");
+    }
+
+    #[test]
+    fn the_running_release_is_found_at_its_slot_or_the_manifest_port() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        assert_eq!(running(&cfg, "shop"), Ok(None), "never deployed");
+        history(dir.path(), Some(24301));
+        let r = running(&cfg, "shop").expect("ok").expect("running");
+        assert_eq!(r.url, "http://127.0.0.1:24301/healthz");
+        assert_eq!((r.image.as_str(), r.slot.as_str()), ("r/shop:2", "green"));
+        // No Caddy front: the manifest's public port, and a clear error without one.
+        history(dir.path(), None);
+        let e = running(&cfg, "shop").expect_err("no port");
+        assert!(e.contains("manifest.yaml"), "{e}");
+        std::fs::write(
+            dir.path().join("manifest.yaml"),
+            "version: 1\nprojects:\n  shop:\n    production: {port: 4301}\n",
+        )
+        .expect("manifest");
+        let r = running(&cfg, "shop").expect("ok").expect("running");
+        assert_eq!(r.url, "http://127.0.0.1:4301/healthz");
+    }
+
+    #[test]
+    fn the_lock_is_the_deploy_engine_s_and_names_its_holder() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = config(dir.path());
+        let held = lock(
+            &cfg,
+            "shop",
+            Duration::ZERO,
+            "pid 7 (deploy of r/shop:3 by ci)",
+        )
+        .expect("free");
+        assert!(dir.path().join(".codeb/shop-production.lock").exists());
+        let e = lock(&cfg, "shop", Duration::from_millis(300), "restore").expect_err("held");
+        assert!(
+            matches!(e, Error::Locked(_))
+                && e.to_string().contains("pid 7 (deploy of r/shop:3 by ci)"),
+            "{e}"
+        );
+        drop(held);
+        lock(&cfg, "shop", Duration::ZERO, "restore").expect("free again");
+    }
+}

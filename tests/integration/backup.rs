@@ -115,7 +115,8 @@ impl Cluster {
                  repo_path = \"{repo}\"\ndump_dir = \"{base}/n4/dumps\"\nfiles_dir = \"{base}/n4/files\"\n\
                  catalog = \"{base}/catalog.sqlite\"\npgbackrest_conf = \"{base}/pgbackrest.conf\"\n\
                  pgbackrest_var = \"{base}/var\"\nscratch_dir = \"{base}/scratch\"\nprojects = [\"{project}\"]\n\
-                 [state]\nregistry_db = \"{base}/daemon.sqlite\"\npaths = [\"{base}/etc-codeb\"]\n",
+                 [state]\nregistry_db = \"{base}/daemon.sqlite\"\npaths = [\"{base}/etc-codeb\"]\nvolumes = false\n\
+                 [deploy]\nquadlet_dir = \"{base}/quadlet\"\nmanifest = \"{base}/manifest.yaml\"\nhealth_deadline = \"10s\"\n",
                 data = c.data.display(),
                 sock = c.sock.display(),
                 repo = c.repo.display(),
@@ -955,4 +956,708 @@ fn backup_timers_verify_and_run_existing_commands() {
     std::fs::write(&bad, t).expect("write");
     let r = util::run(Command::new("systemd-analyze").arg("verify").arg(&bad));
     assert_ne!(r.code, 0, "{}", r.all());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The restore and the deploy engine: the running app proves the restore, one lock for both
+// ---------------------------------------------------------------------------------------------
+
+/// A short project name unique across processes and tests (a DNS label; its
+/// `<name>_db_restored_<stamp>` fits PostgreSQL's 63 characters).
+fn unique_project() -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    format!(
+        "bk{:x}n{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
+
+/// A production port P (4150-4199) that is free and never handed to another test of this
+/// process.
+fn free_public_port() -> u16 {
+    static HANDED: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed = HANDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let offset = u16::try_from(std::process::id() % 50).unwrap_or(0);
+    let port = (0..50u16)
+        .map(|i| 4150 + (offset + i) % 50)
+        .find(|p| !handed.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .expect("a free port in 4150-4199");
+    handed.push(port);
+    port
+}
+
+/// The sample app as `project`'s production release, deployed by `codeb-quadlet-update`
+/// (podman runtime, no Caddy front, restart strategy) from a real registry. It reads
+/// `<project>_db` as `<project>_user` through the cluster's socket directory, mounted into
+/// the container at /run/pg by a unit template with one more `Volume=` line: every
+/// `/api/health` runs `SELECT count(*) FROM items` and answers 503 when that fails.
+struct Deployed {
+    podman: crate::infra::Podman,
+    registry: crate::infra::Registry,
+    project: String,
+    quadlet: PathBuf,
+    manifest: PathBuf,
+    templates: PathBuf,
+    env_file: PathBuf,
+    port: u16,
+}
+
+impl Deployed {
+    fn new(c: &Cluster, project: &str) -> Deployed {
+        let podman = crate::infra::Podman::new();
+        let registry = crate::infra::Registry::start();
+        podman.trust_insecure(&registry.host_port());
+        let port = free_public_port();
+        let manifest = c.base.join("manifest.yaml");
+        std::fs::write(
+            &manifest,
+            format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {port}}}\n"),
+        )
+        .expect("manifest");
+        let templates = c.base.join("templates");
+        std::fs::create_dir_all(&templates).expect("templates");
+        std::fs::create_dir_all(c.base.join("quadlet")).expect("quadlet dir");
+        let unit =
+            std::fs::read_to_string(util::repo().join("templates/quadlet/app.container.tera"))
+                .expect("the embedded unit template");
+        assert!(unit.contains("\nRunInit=true\n"), "{unit}");
+        std::fs::write(
+            templates.join("app.container.tera"),
+            unit.replace(
+                "\nRunInit=true\n",
+                &format!("\nRunInit=true\nVolume={}:/run/pg\n", c.sock.display()),
+            ),
+        )
+        .expect("template");
+        let env_file = c.base.join("app.env");
+        let under = project.replace('-', "_");
+        std::fs::write(
+            &env_file,
+            format!(
+                "DATABASE_SOCKET=/run/pg/.s.PGSQL.{}\nDATABASE_USER={under}_user\nDATABASE_NAME={under}_db\nDATABASE_QUERY=SELECT count(*) FROM items\n",
+                c.port
+            ),
+        )
+        .expect("env file");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&env_file, std::fs::Permissions::from_mode(0o600))
+            .expect("chmod env file");
+        Deployed {
+            podman,
+            registry,
+            project: project.to_owned(),
+            quadlet: c.base.join("quadlet"),
+            manifest,
+            templates,
+            env_file,
+            port,
+        }
+    }
+
+    /// The sample app with `env`, built as `localhost/codeb-test/sample:<tag>` and pushed.
+    fn image(&self, tag: &str, env: &[(&str, &str)]) -> String {
+        let local = crate::infra::sample_local_name(tag);
+        crate::infra::build_sample_image(&self.podman, &local, env)
+            .unwrap_or_else(|e| panic!("build {local}: {e}"));
+        let reference = format!("{}:{tag}", self.registry.image("codeb/sample"));
+        crate::infra::push_image(&self.podman, &self.registry, &local, &reference)
+            .unwrap_or_else(|e| panic!("push {reference}: {e}"));
+        reference
+    }
+
+    fn deploy(&self, image: &str, lock_timeout: &str) -> Command {
+        let mut c = util::codeb("codeb-quadlet-update");
+        self.podman.configure(&mut c);
+        c.args([
+            "deploy",
+            "--project",
+            &self.project,
+            "--environment",
+            "production",
+        ])
+        .args(["--image", image, "--manifest"])
+        .arg(&self.manifest)
+        .arg("--quadlet-dir")
+        .arg(&self.quadlet)
+        .arg("--templates")
+        .arg(&self.templates)
+        .arg("--env-file")
+        .arg(&self.env_file)
+        .args([
+            "--runtime",
+            "podman",
+            "--caddy-admin",
+            "none",
+            "--strategy",
+            "restart",
+            "--health-deadline",
+            "60s",
+            "--health-interval",
+            "250ms",
+            "--health-cmd",
+            "none",
+            "--actor",
+            "codeb-test",
+            "--lock-timeout",
+            lock_timeout,
+        ])
+        .stdin(std::process::Stdio::null());
+        c
+    }
+
+    /// `GET /api/health` on the public port: the status and the answer.
+    fn health(&self) -> (u16, serde_json::Value) {
+        match crate::infra::http_get(
+            &format!("http://127.0.0.1:{}/api/health", self.port),
+            Duration::from_secs(5),
+        ) {
+            Ok((s, body)) => (s, serde_json::from_str(&body).unwrap_or_default()),
+            Err(_) => (0, serde_json::Value::Null),
+        }
+    }
+
+    fn holder(&self) -> String {
+        std::fs::read_to_string(
+            self.quadlet
+                .join(".codeb")
+                .join(format!("{}-production.holder", self.project)),
+        )
+        .unwrap_or_default()
+    }
+}
+
+impl Drop for Deployed {
+    fn drop(&mut self) {
+        if let Ok(ids) = self.podman.run(&[
+            "ps",
+            "-a",
+            "--filter",
+            &format!("name=^{}-", self.project),
+            "--format",
+            "{{.ID}}",
+        ]) {
+            let mut args = vec!["rm", "-f", "-t", "0", "--ignore"];
+            args.extend(ids.split_whitespace());
+            if args.len() > 5 {
+                let _ = self.podman.run(&args);
+            }
+        }
+        self.podman.untag_registry(&self.registry.host_port());
+    }
+}
+
+/// A `codeb-backup` run whose progress (stderr) is read line by line while it runs.
+struct Streaming {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Streaming {
+    fn start(c: &Cluster, args: &[&str]) -> Streaming {
+        use std::io::{BufRead, Read};
+        let mut child = util::codeb("codeb-backup")
+            .arg("--config")
+            .arg(&c.config)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("codeb-backup");
+        let err = child.stderr.take().expect("stderr");
+        let mut out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        let stdout = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        Streaming {
+            child,
+            lines,
+            seen: Vec::new(),
+            stdout: Some(stdout),
+        }
+    }
+
+    /// Waits (up to `limit`) for a progress line containing `needle`.
+    fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let left = limit.saturating_sub(t0.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!(
+                    "no progress line with {needle:?} within {limit:?}:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    fn finish(mut self) -> Run {
+        let status = self.child.wait().expect("wait");
+        let stdout = self
+            .stdout
+            .take()
+            .map(|h| h.join().unwrap_or_default())
+            .unwrap_or_default();
+        self.seen.extend(self.lines.try_iter());
+        while let Ok(l) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(l);
+        }
+        Run {
+            code: status.code().unwrap_or(-1),
+            stdout,
+            stderr: self.seen.join("\n"),
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn a_restore_of_the_live_database_is_proved_by_the_running_app_and_shares_the_deploy_lock() {
+    let project = unique_project();
+    let db = format!("{project}_db");
+    let role = format!("{project}_user");
+    let c = Cluster::start(&project);
+    next_second();
+    // Before the app's table existed.
+    let (d0, t0) = c.now();
+    next_second();
+    let (date, time) = history(&c, &db);
+    c.sql(&db, &format!("GRANT SELECT ON items TO {role}"));
+
+    // The app's release, reading the live database: 250 rows.
+    let app = Deployed::new(&c, &project);
+    let v1 = app.image("backup-db", &[("VERSION", "db1")]);
+    let slow = app.image(
+        "backup-db-slow",
+        &[("VERSION", "dbslow"), ("STARTUP_DELAY_MS", "5000")],
+    );
+    let r = util::run(&mut app.deploy(&v1, "10s"));
+    assert_eq!(r.code, 0, "deploy: {}", r.all());
+    let (s, h) = app.health();
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["db"], "250", "the app reads its database: {h}");
+
+    // A deploy holds the lock: a restore that may wait 1s refuses, naming that deploy.
+    let deploy_log = c.base.join("slow-deploy.log");
+    let mut deploying = app
+        .deploy(&slow, "10s")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&deploy_log).expect("log"))
+        .spawn()
+        .expect("slow deploy");
+    let t = Instant::now();
+    while !app
+        .holder()
+        .contains(&format!("pid {} (deploy of {slow}", deploying.id()))
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the deploy never took the lock: {:?}",
+            app.holder()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = c.databases();
+    let r = c.backup(&[
+        "restore",
+        &project,
+        "--date",
+        &date,
+        "--time",
+        &time,
+        "--into",
+        &db,
+        "--yes",
+        "--lock-timeout",
+        "1s",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains(&format!(
+            "pid {} (deploy of {slow} by codeb-test)",
+            deploying.id()
+        )) && r.stderr.contains("no restore was made"),
+        "{}",
+        r.all()
+    );
+    assert_eq!(c.databases(), before, "nothing was restored");
+
+    // A restore that may wait starts only once that deploy is done: when it reports its
+    // first step after the lock, the slow release already answers (it listens only 5 s
+    // after it started, and the deploy holds the lock until it answered).
+    let mut restore = Streaming::start(
+        &c,
+        &[
+            "restore",
+            &project,
+            "--date",
+            &date,
+            "--time",
+            &time,
+            "--into",
+            &db,
+            "--yes",
+            "--lock-timeout",
+            "120s",
+            "--json",
+        ],
+    );
+    restore.wait_for("taking the deploy lock", Duration::from_secs(30));
+    restore.wait_for("pgbackrest check", Duration::from_secs(120));
+    let (s, h) = app.health();
+    assert_eq!(
+        (s, h["version"].as_str()),
+        (200, Some("dbslow")),
+        "the restore went ahead before the deploy finished: {h}"
+    );
+    let d = deploying.wait().expect("deploy");
+    assert!(
+        d.success(),
+        "the slow deploy: {}",
+        std::fs::read_to_string(&deploy_log).unwrap_or_default()
+    );
+    let r = restore.finish();
+    assert_eq!(r.code, 0, "{}", r.all());
+    let rep: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    // The proof: the running release's own health endpoint, before and after.
+    assert_eq!(rep["release"]["image"], slow.as_str(), "{rep}");
+    assert_eq!(
+        rep["release"]["url"],
+        format!("http://127.0.0.1:{}/api/health", app.port),
+        "{rep}"
+    );
+    assert_eq!(rep["health_before"]["healthy"], true, "{rep}");
+    assert_eq!(rep["health"]["healthy"], true, "{rep}");
+    assert_eq!(rep["health"]["status"], 200, "{rep}");
+    assert_eq!(rep["health"]["version"], "dbslow", "{rep}");
+    let (s, h) = app.health();
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["db"], "100", "the app reads the restored database: {h}");
+    let old = rep["replaced"].as_str().expect("replaced").to_owned();
+    assert_eq!(c.sql(&old, "SELECT count(*) FROM items"), "250");
+
+    // A restore to before the app's table existed: the app cannot answer with it, so the
+    // restore puts the previous database back and fails. While it waits for the app, it
+    // holds the lock: a deploy that does not wait refuses, naming the restore.
+    let mut restore = Streaming::start(
+        &c,
+        &[
+            "restore", &project, "--date", &d0, "--time", &t0, "--into", &db, "--yes", "--json",
+        ],
+    );
+    restore.wait_for(
+        "to answer healthy with the restored database",
+        Duration::from_secs(180),
+    );
+    let r = util::run(&mut app.deploy(&v1, "0s"));
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.all()
+            .contains(&format!("codeb-backup restore of {project}")),
+        "the deploy names the restore: {}",
+        r.all()
+    );
+    let r = restore.finish();
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stderr.contains("previous database is live again")
+            && r.stderr.contains("HTTP 503")
+            && r.stderr.contains("does not exist"),
+        "the failure names the app's answer: {}",
+        r.all()
+    );
+    let (s, h) = app.health();
+    assert_eq!((s, h["db"].as_str()), (200, Some("100")), "{h}");
+    let kept: Vec<String> = c
+        .databases()
+        .into_iter()
+        .filter(|d| d.starts_with(&format!("{db}_restored_")))
+        .collect();
+    assert_eq!(kept.len(), 1, "the unhealthy copy is kept: {kept:?}");
+    assert_eq!(
+        c.sql(&kept[0], "SELECT to_regclass('items') IS NULL"),
+        "t",
+        "it is the copy from before the table"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&c.backup(&["list", "--json", "--limit", "1"]).stdout).expect("json");
+    assert_eq!(
+        (runs[0]["kind"].as_str(), runs[0]["result"].as_str()),
+        (Some("restore"), Some("failed")),
+        "{runs}"
+    );
+}
+
+/// Every entry under `root`: its relative path, type, mode, owner, and content (a file's
+/// bytes, a link's target).
+fn tree(root: &Path) -> std::collections::BTreeMap<String, (String, u32, u32, u32, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    fn walk(
+        root: &Path,
+        dir: &Path,
+        out: &mut std::collections::BTreeMap<String, (String, u32, u32, u32, Vec<u8>)>,
+    ) {
+        for e in std::fs::read_dir(dir).expect("read_dir") {
+            let e = e.expect("entry");
+            let p = e.path();
+            let m = std::fs::symlink_metadata(&p).expect("meta");
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .display()
+                .to_string();
+            let (kind, content) = if m.file_type().is_symlink() {
+                (
+                    "link",
+                    std::fs::read_link(&p)
+                        .expect("link")
+                        .display()
+                        .to_string()
+                        .into_bytes(),
+                )
+            } else if m.is_dir() {
+                walk(root, &p, out);
+                ("dir", Vec::new())
+            } else {
+                ("file", std::fs::read(&p).expect("read"))
+            };
+            out.insert(
+                rel,
+                (
+                    kind.to_owned(),
+                    m.mode() & 0o7777,
+                    m.uid(),
+                    m.gid(),
+                    content,
+                ),
+            );
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn the_weekly_backup_takes_the_project_volumes_podman_knows_and_restores_them_byte_identical() {
+    let podman = crate::infra::Podman::new();
+    let image = crate::infra::sample_local_images(&podman)[0].clone();
+    let id = unique_project();
+    let labelled = format!("{id}-uploads");
+    let mounted = format!("{id}-cache");
+    let other = format!("{id}-notcodeb");
+    let container = format!("{id}-production-blue");
+    struct Cleanup(crate::infra::Podman, Vec<String>, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.run(&["rm", "-f", "-t", "0", "--ignore", &self.2]);
+            for v in &self.1 {
+                let _ = self.0.run(&["volume", "rm", "-f", v]);
+            }
+        }
+    }
+    let _cleanup = Cleanup(
+        podman.clone(),
+        vec![
+            labelled.clone(),
+            mounted.clone(),
+            other.clone(),
+            format!("{mounted}-copy"),
+        ],
+        container.clone(),
+    );
+    podman
+        .run(&[
+            "volume",
+            "create",
+            "--label",
+            &format!("codeb.project={id}"),
+            &labelled,
+        ])
+        .expect("labelled volume");
+    podman.run(&["volume", "create", &mounted]).expect("volume");
+    podman.run(&["volume", "create", &other]).expect("volume");
+    // A project container (not running) that mounts the unlabelled volume.
+    podman
+        .run(&[
+            "create",
+            "--name",
+            &container,
+            "--label",
+            &format!("codeb.project={id}"),
+            "-v",
+            &format!("{mounted}:/data"),
+            &image,
+        ])
+        .expect("project container");
+    let mountpoint = |v: &str| {
+        PathBuf::from(
+            podman
+                .run(&["volume", "inspect", "--format", "{{.Mountpoint}}", v])
+                .expect("inspect"),
+        )
+    };
+    // Files of every kind: incompressible bytes, a private file of another owner, a link,
+    // nested and empty directories.
+    for v in [&labelled, &mounted, &other] {
+        let mp = mountpoint(v);
+        std::fs::create_dir_all(mp.join("a/b/empty")).expect("dirs");
+        let bytes: Vec<u8> = (0..300_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 ^ v.len() as u8)
+            .collect();
+        std::fs::write(mp.join("a/b/blob.bin"), &bytes).expect("blob");
+        std::fs::write(mp.join("secret.txt"), format!("{v} only\n")).expect("secret");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            mp.join("secret.txt"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .expect("chmod");
+        std::os::unix::fs::lchown(mp.join("secret.txt"), Some(999), Some(998)).expect("chown");
+        std::os::unix::fs::symlink("a/b/blob.bin", mp.join("link")).expect("symlink");
+    }
+    let want_labelled = tree(&mountpoint(&labelled));
+    let want_mounted = tree(&mountpoint(&mounted));
+    assert!(want_labelled.len() >= 6, "{:?}", want_labelled.keys());
+
+    let dir = util::tempdir();
+    let base = dir.path();
+    std::fs::create_dir_all(base.join("etc-codeb")).expect("etc");
+    std::fs::write(base.join("etc-codeb/daemon.toml"), "x = 1\n").expect("etc file");
+    let config = base.join("backup.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "pg_data = \"{b}/pg\"\nrepo_path = \"{b}/n4/pgbackrest\"\ndump_dir = \"{b}/n4/dumps\"\n\
+             files_dir = \"{b}/n4/files\"\ncatalog = \"{b}/catalog.sqlite\"\n\
+             [state]\nregistry_db = \"{b}/daemon.sqlite\"\npaths = [\"{b}/etc-codeb\"]\n",
+            b = base.display()
+        ),
+    )
+    .expect("config");
+    rusqlite::Connection::open(base.join("daemon.sqlite"))
+        .and_then(|c| c.execute_batch("CREATE TABLE projects (name TEXT);"))
+        .expect("registry");
+    let backup = |args: &[&str]| {
+        let mut c = util::codeb("codeb-backup");
+        podman.configure(&mut c);
+        util::run(c.arg("--config").arg(&config).args(args))
+    };
+    let r = backup(&["files"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    let out = PathBuf::from(r.stdout.trim());
+    let listed: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("volumes.json")).expect("volumes.json"),
+    )
+    .expect("json");
+    let ours: Vec<(&str, &str)> = listed
+        .iter()
+        .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with(&id)))
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap_or(""),
+                v["project"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        (mounted.as_str(), id.as_str()),
+        (labelled.as_str(), id.as_str()),
+    ];
+    want.sort();
+    assert_eq!(ours, want, "the project's volumes, not the other one");
+    let sums = std::fs::read_to_string(out.join("SHA256SUMS")).expect("sums");
+    assert!(
+        sums.contains(&format!("  volumes/{labelled}.tar\n"))
+            && sums.contains("daemon.toml")
+            && !sums.contains(&other),
+        "{sums}"
+    );
+    let runs: serde_json::Value =
+        serde_json::from_str(&backup(&["list", "--json", "--limit", "1"]).stdout).expect("json");
+    assert!(
+        runs[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains(&labelled),
+        "{runs}"
+    );
+
+    // The labelled volume is lost, then put back: byte-identical, with its label.
+    podman.run(&["volume", "rm", &labelled]).expect("rm");
+    let r = backup(&["restore-volume", &labelled, "--json"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(tree(&mountpoint(&labelled)), want_labelled);
+    assert_eq!(
+        podman
+            .run(&[
+                "volume",
+                "inspect",
+                "--format",
+                "{{index .Labels \"codeb.project\"}}",
+                &labelled
+            ])
+            .expect("labels"),
+        id
+    );
+    // The mounted one into a new volume beside it; the live one holds data and is refused.
+    let r = backup(&["restore-volume", &mounted]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("holds data"), "{}", r.all());
+    let copy = format!("{mounted}-copy");
+    let r = backup(&["restore-volume", &mounted, "--into", &copy]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert_eq!(tree(&mountpoint(&copy)), want_mounted);
+    // A volume the backup does not hold, and a tar that does not match its sum.
+    let r = backup(&["restore-volume", &other]);
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("holds no volume"), "{}", r.all());
+    let tar = out.join(format!("volumes/{mounted}.tar"));
+    let mut bytes = std::fs::read(&tar).expect("tar");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&tar, &bytes).expect("corrupt");
+    let r = backup(&[
+        "restore-volume",
+        &mounted,
+        "--into",
+        &format!("{mounted}-bad"),
+    ]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(r.stderr.contains("checksum mismatch"), "{}", r.all());
+    assert!(
+        podman
+            .run(&["volume", "exists", &format!("{mounted}-bad")])
+            .is_err(),
+        "nothing was created"
+    );
 }

@@ -69,6 +69,44 @@ pub struct Config {
     /// How old the last good backup of each kind may be before health fails.
     #[serde(default)]
     pub max_age: MaxAge,
+    /// Where the deploy engine keeps its state: a restore takes the same per-target lock
+    /// and proves the running release healthy through its health endpoint.
+    #[serde(default)]
+    pub deploy: DeployConfig,
+}
+
+/// The deploy engine's side of a restore.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// Where Quadlet units live; codeb's deploy state (the `<unit>.lock` deploys take, the
+    /// `<unit>.json` history with the active release) is in `<quadlet_dir>/.codeb`.
+    pub quadlet_dir: PathBuf,
+    /// The port manifest: the release's public port when no Caddy front is recorded.
+    pub manifest: PathBuf,
+    /// How long a restore waits for a deploy of the project to finish ("30s").
+    pub lock_timeout: String,
+    /// How long a restore that replaced the live database waits for the running release to
+    /// answer healthy before it puts the old database back ("60s").
+    pub health_deadline: String,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        Self {
+            quadlet_dir: "/etc/containers/systemd".into(),
+            manifest: "/home/codeb/config/port-manifest.yaml".into(),
+            lock_timeout: "30s".into(),
+            health_deadline: "60s".into(),
+        }
+    }
+}
+
+impl DeployConfig {
+    /// `<quadlet_dir>/.codeb`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.quadlet_dir.join(".codeb")
+    }
 }
 
 /// What the weekly file-system backup copies.
@@ -79,8 +117,12 @@ pub struct StateConfig {
     /// online backup API, so a running daemon is never paused or torn.
     pub registry_db: Option<PathBuf>,
     /// Directories and files copied as they are (`/etc/codeb`, the manifest, `.codeb/`
-    /// state, project volume directories).
+    /// state).
     pub paths: Vec<PathBuf>,
+    /// Back up the project volumes podman knows (`podman volume ls`): every volume labelled
+    /// `codeb.project`, and every volume mounted by a container labelled `codeb.project`,
+    /// each with `podman volume export`. Default true.
+    pub volumes: bool,
 }
 
 impl Default for StateConfig {
@@ -88,6 +130,7 @@ impl Default for StateConfig {
         Self {
             registry_db: Some("/var/lib/codeb/daemon.sqlite3".into()),
             paths: vec!["/etc/codeb".into()],
+            volumes: true,
         }
     }
 }
@@ -239,6 +282,8 @@ impl Config {
             self.max_age(k)?;
         }
         parse_duration("archive_timeout", &self.archive_timeout)?;
+        parse_wait("deploy.lock_timeout", &self.deploy.lock_timeout)?;
+        parse_duration("deploy.health_deadline", &self.deploy.health_deadline)?;
         for (k, p) in [
             ("pg_data", &self.pg_data),
             ("repo_path", &self.repo_path),
@@ -264,6 +309,18 @@ impl Config {
             Kind::Restore => return Ok(Duration::MAX),
         };
         parse_duration(key, v)
+    }
+
+    /// `deploy.lock_timeout`.
+    pub fn lock_timeout(&self) -> Duration {
+        parse_wait("deploy.lock_timeout", &self.deploy.lock_timeout)
+            .unwrap_or(Duration::from_secs(30))
+    }
+
+    /// `deploy.health_deadline`.
+    pub fn health_deadline(&self) -> Duration {
+        parse_duration("deploy.health_deadline", &self.deploy.health_deadline)
+            .unwrap_or(Duration::from_secs(60))
     }
 
     /// `archive_command` as PostgreSQL runs it.
@@ -321,10 +378,19 @@ impl Config {
     }
 }
 
-fn parse_duration(key: &str, v: &str) -> Result<Duration, String> {
+/// Parses a duration flag or setting (`"30s"`, `"5m"`, `"2h"`, `"1d"`).
+pub fn parse_duration(key: &str, v: &str) -> Result<Duration, String> {
     humantime_like(v).ok_or_else(|| {
         format!("{key} = {v:?} is not a duration: write e.g. \"26h\", \"8d\", \"30m\"")
     })
+}
+
+/// A wait (`"0s"` allowed: try once), e.g. `--lock-timeout`.
+pub fn parse_wait(key: &str, v: &str) -> Result<Duration, String> {
+    if v.trim().trim_end_matches(['s', 'm', 'h', 'd']) == "0" {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(key, v)
 }
 
 /// `<n>s|m|h|d` (one unit; enough for schedules).
@@ -384,5 +450,26 @@ mod tests {
         assert!(e.contains("Bad_Name"), "{e}");
         let e = Config::parse(&MIN.replace("/r", "r")).expect_err("relative");
         assert!(e.contains("repo_path"), "{e}");
+        let e = Config::parse(&format!("{MIN}[deploy]\nhealth_deadline = \"soon\"\n"))
+            .expect_err("deadline");
+        assert!(e.contains("deploy.health_deadline"), "{e}");
+    }
+
+    #[test]
+    fn the_deploy_side_defaults_to_the_engine_s_paths() {
+        let c = Config::parse(MIN).expect("parse");
+        assert_eq!(
+            c.deploy.state_dir(),
+            PathBuf::from("/etc/containers/systemd/.codeb")
+        );
+        assert_eq!(c.lock_timeout(), Duration::from_secs(30));
+        assert_eq!(c.health_deadline(), Duration::from_secs(60));
+        assert!(c.state.volumes);
+        assert_eq!(parse_wait("--lock-timeout", "0s"), Ok(Duration::ZERO));
+        assert_eq!(
+            parse_wait("--lock-timeout", "2m"),
+            Ok(Duration::from_secs(120))
+        );
+        assert!(parse_wait("--lock-timeout", "later").is_err());
     }
 }

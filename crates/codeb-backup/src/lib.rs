@@ -5,8 +5,10 @@
 //!   `archive_command='pgbackrest ... archive-push %p'`, `archive_timeout=1h`),
 //!   `stanza-create`, `check`, full/diff backups with retention (default 4 full);
 //! - [`dump`]: daily `pg_dump -Fc` per project database with SHA-256 and size;
-//! - [`files`]: weekly copy of codeb's state;
+//! - [`files`]: weekly copy of codeb's state and the project volumes podman knows;
 //! - [`restore`]: a project's database to a point in time through a scratch cluster;
+//! - [`release`]: the deploy lock a restore shares with deploys, and the running release's
+//!   health endpoint that proves the app answers after a restore;
 //! - [`catalog`]: every run recorded (start, end, size, checksum, result);
 //! - [`health`]: the age of the last good backup per kind against its schedule.
 //!
@@ -20,6 +22,7 @@ pub mod files;
 pub mod health;
 pub mod pg;
 pub mod pitr;
+pub mod release;
 pub mod restore;
 
 pub use catalog::Catalog;
@@ -53,6 +56,9 @@ pub enum Error {
     Tool { what: String, message: String },
     #[error("{0}")]
     Failed(String),
+    /// Another deploy or restore of the project holds its deploy lock.
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("the backup catalog: {0}")]

@@ -74,6 +74,26 @@ enum Cmd {
         /// Confirm replacing the live database.
         #[arg(long)]
         yes: bool,
+        /// Wait this long for a deploy of the project to finish (it holds the deploy lock)
+        /// [default: the config's deploy.lock_timeout, 30s]
+        #[arg(long, value_name = "DURATION")]
+        lock_timeout: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put a project volume back from a file-system backup (checksum checked, `podman volume
+    /// import` into a new or empty volume).
+    #[command(
+        after_help = "Examples:\n  codeb-backup restore-volume shop-uploads\n  codeb-backup restore-volume shop-uploads --into shop-uploads-restored --from /srv/n4/files/20241220T030000.000Z"
+    )]
+    RestoreVolume {
+        volume: String,
+        /// The backup directory [default: the newest good file-system backup]
+        #[arg(long, value_name = "DIR")]
+        from: Option<PathBuf>,
+        /// The volume to restore into [default: the same name; it must be absent or empty]
+        #[arg(long, value_name = "VOLUME")]
+        into: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -188,8 +208,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             from,
             dry_run,
             yes,
+            lock_timeout,
             json,
         } => {
+            let wait = match &lock_timeout {
+                Some(v) => {
+                    codeb_backup::config::parse_wait("--lock-timeout", v).map_err(Error::Usage)?
+                }
+                None => cfg.lock_timeout(),
+            };
             let req = Request {
                 project,
                 date,
@@ -202,7 +229,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     From::Dump => Source::Dump,
                 },
             };
-            let r = codeb_backup::restore::restore(&cfg, &catalog, &req, &Stderr)?;
+            let holder = format!(
+                "codeb-backup restore of {} by {} (pid {})",
+                req.project,
+                std::env::var("SUDO_USER")
+                    .or_else(|_| std::env::var("USER"))
+                    .unwrap_or_else(|_| "root".into()),
+                std::process::id()
+            );
+            let r = codeb_backup::restore::restore_locked(
+                &cfg, &catalog, &req, &Stderr, wait, &holder,
+            )?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             } else {
@@ -230,6 +267,41 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 for (t, n) in &r.tables {
                     println!("  {t}: {n} rows");
                 }
+                match (&r.release, &r.health) {
+                    (Some(rel), Some(h)) => println!(
+                        "the running release {} answers {} at {}{}",
+                        rel.image,
+                        if h.healthy { "healthy" } else { "UNHEALTHY" },
+                        h.url,
+                        h.status.map(|s| format!(" (HTTP {s})")).unwrap_or_default()
+                    ),
+                    (Some(rel), None) => println!(
+                        "would prove the running release {} healthy at {}",
+                        rel.image, rel.url
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        Cmd::RestoreVolume {
+            volume,
+            from,
+            into,
+            json,
+        } => {
+            let r = codeb_backup::files::restore_volume(
+                &catalog,
+                &volume,
+                from.as_deref(),
+                into.as_deref(),
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+            } else {
+                println!(
+                    "restored volume {} from {} into {} ({} bytes, sha256 {})",
+                    r.volume, r.backup, r.into, r.size_bytes, r.sha256
+                );
             }
         }
         Cmd::List {

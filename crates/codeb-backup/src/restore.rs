@@ -9,7 +9,16 @@
 //!    post-data; never parallel), each `--single-transaction --exit-on-error`;
 //! 5. verified: the same tables with the same row counts as the scratch copy;
 //! 6. with `--into <project>_db --yes`: the live database's connections are closed and it is
-//!    renamed `<project>_db_old_<stamp>` (kept), the restored one takes its name.
+//!    renamed `<project>_db_old_<stamp>` (kept), the restored one takes its name;
+//! 7. then, when the project has a running release (the deploy history's active slot), the
+//!    app itself must answer: its health endpoint, probed with the deploy engine's health
+//!    checker, gives two healthy answers in a row within `deploy.health_deadline`. If it
+//!    answered healthy before the swap and does not after, the swap is undone (the old
+//!    database is live again, the restored copy kept as `<project>_db_restored_<stamp>`) and
+//!    the restore fails naming the health failure.
+//!
+//! [`restore_locked`] holds the project's deploy lock (the one deploys take) for the whole
+//! run; the daemon takes the same lock itself and calls [`restore`].
 //!
 //! The scratch instance and its directory are removed whatever happens; a failed restore
 //! drops the half-made database and never touches the live one.
@@ -80,6 +89,13 @@ pub struct Report {
     pub dump_bytes: Option<u64>,
     /// The pgBackRest backup or dump the restore starts from.
     pub from: String,
+    /// The running release whose health proves a replaced database (none: not deployed, or
+    /// the live database is not replaced).
+    pub release: Option<crate::release::Running>,
+    /// What its health endpoint answered before the swap.
+    pub health_before: Option<crate::release::Health>,
+    /// What it answered after the swap (healthy: the proof).
+    pub health: Option<crate::release::Health>,
     pub warnings: Vec<String>,
 }
 
@@ -156,6 +172,27 @@ fn valid_db_name(n: &str) -> bool {
         && n.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         && !n.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// [`restore`] while holding the project's deploy lock (waiting up to `lock_timeout` for a
+/// deploy of it to finish, then failing naming the holder); `holder` is what a deploy that
+/// waits for this restore is told.
+pub fn restore_locked(
+    cfg: &Config,
+    catalog: &Catalog,
+    req: &Request,
+    progress: &dyn Progress,
+    lock_timeout: Duration,
+    holder: &str,
+) -> Result<Report, Error> {
+    pg::check_project(&req.project).map_err(Error::Usage)?;
+    progress.step(&format!(
+        "taking the deploy lock of {} (waiting up to {}s)",
+        crate::release::unit(&req.project),
+        lock_timeout.as_secs()
+    ));
+    let _lock = crate::release::lock(cfg, &req.project, lock_timeout, holder)?;
+    restore(cfg, catalog, req, progress)
 }
 
 /// Plans and (unless `dry_run`) runs a restore. The caller holds the project's deploy lock.
@@ -251,6 +288,20 @@ pub fn restore(
         }
     };
     let target = resolve_target(date, time, from_time, now)?;
+    // The release whose health proves a replaced database.
+    let running = if replace {
+        match crate::release::running(cfg, &req.project) {
+            Ok(r) => r,
+            Err(e) => {
+                warnings.push(format!(
+                    "the app's health cannot be checked after the restore: {e}"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
     let mut report = Report {
         project: req.project.clone(),
         source: req.source,
@@ -266,6 +317,9 @@ pub fn restore(
         dump_sha256: None,
         dump_bytes: None,
         from: from_label,
+        release: running.clone(),
+        health_before: None,
+        health: None,
         warnings: Vec::new(),
     };
     // The dump to restore from, for `Source::Dump`: the newest at or before the target.
@@ -288,6 +342,7 @@ pub fn restore(
         }
     }
     if req.dry_run {
+        report.warnings = warnings;
         return Ok(report);
     }
 
@@ -419,10 +474,53 @@ pub fn restore(
         }
         if replace {
             let old = report.replaced.clone().unwrap_or_default();
+            if let Some(r) = &running {
+                progress.step(&format!(
+                    "the running release {} ({} slot): probing {}",
+                    r.image, r.slot, r.url
+                ));
+                report.health_before = Some(crate::release::probe_once(&r.url)?);
+            }
             progress.step(&format!(
                 "closing connections to {source_db}, renaming it {old}, {staging} becomes {source_db}"
             ));
             swap(&tools, &conn, &source_db, &old, &staging)?;
+            if let Some(r) = &running {
+                let deadline = cfg.health_deadline();
+                progress.step(&format!(
+                    "waiting up to {}s for {} to answer healthy with the restored database",
+                    deadline.as_secs(),
+                    r.url
+                ));
+                let after = crate::release::wait_healthy(&r.url, deadline)?;
+                let was_healthy = report.health_before.as_ref().is_some_and(|h| h.healthy);
+                let failure = after.failure.clone().unwrap_or_default();
+                report.health = Some(after.clone());
+                if !after.healthy {
+                    if was_healthy {
+                        progress.step(&format!(
+                            "{} is not healthy ({failure}): putting {old} back as {source_db}",
+                            r.url
+                        ));
+                        swap(&tools, &conn, &source_db, &staging, &old)?;
+                        return Err(Error::Failed(format!(
+                            "the running release {} answered healthy at {} before the restore but not within {}s after it ({failure}); the previous database is live again as {source_db}, the restored copy is kept as {staging}",
+                            r.image,
+                            r.url,
+                            deadline.as_secs()
+                        )));
+                    }
+                    warnings.push(format!(
+                        "the running release {} was not healthy at {} before the restore and is not after it ({failure}); the restored database stays live, the old one is kept as {old}",
+                        r.image, r.url
+                    ));
+                } else {
+                    progress.step(&format!(
+                        "{} answers healthy with the restored database",
+                        r.url
+                    ));
+                }
+            }
         } else if database != staging {
             conn.psql(
                 &tools,

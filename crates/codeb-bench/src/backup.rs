@@ -141,7 +141,7 @@ fn start(mb: u64) -> Result<Bench, String> {
             "stanza = \"bench\"\npg_data = \"{d}\"\npg_port = {port}\npg_socket = \"{s}\"\nrepo_path = \"{base}/n4/repo\"\n\
              dump_dir = \"{base}/dumps\"\nfiles_dir = \"{base}/files\"\ncatalog = \"{base}/catalog.sqlite\"\n\
              pgbackrest_conf = \"{base}/pgbackrest.conf\"\npgbackrest_var = \"{base}/var\"\nscratch_dir = \"{base}/scratch\"\n\
-             dump_retention = 2\nprojects = [\"bench\"]\n",
+             dump_retention = 2\nprojects = [\"bench\"]\n[deploy]\nquadlet_dir = \"{base}/quadlet\"\n",
             d = data.display(),
             s = sock.display(),
             base = base.display()

@@ -210,6 +210,22 @@ async fn restore(a: RestoreArgs, api: &Api, out: &Out) -> Result<Exit, WeError> 
                                 .to_owned()
                                 .into(),
                         ),
+                        (
+                            "the running app",
+                            match (
+                                report["release"]["url"].as_str(),
+                                report["health"]["healthy"].as_bool(),
+                            ) {
+                                (Some(url), Some(true)) => format!("healthy at {url}"),
+                                (Some(url), Some(false)) => format!(
+                                    "NOT healthy at {url}: {}",
+                                    report["health"]["failure"].as_str().unwrap_or("?")
+                                ),
+                                (Some(url), None) => format!("would be probed at {url}"),
+                                _ => "-".to_owned(),
+                            }
+                            .into(),
+                        ),
                     ])?;
                     for t in report["tables"].as_array().into_iter().flatten() {
                         out.line(&format!(

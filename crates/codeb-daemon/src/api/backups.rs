@@ -6,6 +6,9 @@
 //! A restore holds the project's production deploy lock (the same `<unit>.lock` deploys take)
 //! for its whole run: it waits up to `lock_timeout` (default 30 s), then refuses naming the
 //! holder. It is admin-only and audited (`restore`, with the date, time, target database).
+//! The restore's deploy side (the history's running release whose health proves a replaced
+//! database, the manifest) is this daemon's quadlet dir and manifest, whatever the backup
+//! config says.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -290,8 +293,15 @@ pub async fn restore(
             source,
         };
         let ptx = tx.clone();
+        // The deploy side (lock, history, manifest) is this daemon's own.
+        let (quadlet_dir, manifest) = (
+            api2.loc.quadlet_dir.clone(),
+            api2.loc.manifest.path().to_owned(),
+        );
         let r = tokio::task::spawn_blocking(move || {
-            let (cfg, cat) = load(&path).map_err(codeb_backup::Error::Config)?;
+            let (mut cfg, cat) = load(&path).map_err(codeb_backup::Error::Config)?;
+            cfg.deploy.quadlet_dir = quadlet_dir;
+            cfg.deploy.manifest = manifest;
             codeb_backup::restore::restore(&cfg, &cat, &breq, &Channel(ptx))
         })
         .await;

@@ -228,16 +228,14 @@ pub fn killing_relay(upstream: &str, pid: u32, pid_port: u16) -> String {
                             .windows(4)
                             .position(|w| w == b"\r\n\r\n")
                             .unwrap_or(chunk.len());
-                        let head = String::from_utf8_lossy(&chunk[..head_end])
-                            .replace(&own, &upstream_c);
+                        let head =
+                            String::from_utf8_lossy(&chunk[..head_end]).replace(&own, &upstream_c);
                         let mut v = head.into_bytes();
                         v.extend_from_slice(&chunk[head_end..]);
                         chunk = v;
                     }
                     if write && !fired.swap(true, Ordering::SeqCst) {
-                        let _ = Command::new("kill")
-                            .args(["-9", &pid.to_string()])
-                            .status();
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
                         let start = Instant::now();
                         while std::net::TcpStream::connect(("127.0.0.1", pid_port)).is_ok()
                             && start.elapsed() < Duration::from_secs(10)
@@ -1055,7 +1053,8 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
     assert!(
         r.stderr.contains("half-done")
             && r.stderr.contains("rolling the records back failed")
-            && r.stderr.contains("we domain setup app --domain half.codeb.test")
+            && r.stderr
+                .contains("we domain setup app --domain half.codeb.test")
             && r.stderr.contains("we domain remove half.codeb.test")
             && !r.stderr.contains("host not allowed"),
         "{}",

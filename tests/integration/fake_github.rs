@@ -292,7 +292,10 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 .find_map(|kv| kv.strip_prefix("ref="))
                 .unwrap_or("main")
                 .to_owned();
-            match st.files.get(&(repo.clone(), reference.clone(), path.clone())) {
+            match st
+                .files
+                .get(&(repo.clone(), reference.clone(), path.clone()))
+            {
                 Some(text) => (200, content_json(&repo, &reference, &path, text)),
                 None => (
                     404,

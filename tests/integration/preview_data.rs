@@ -18,8 +18,8 @@ use crate::domain::{Pdns, dig};
 use crate::fake_github::{BOT_LOGIN, Pr};
 use crate::infra::CaddyBuild;
 use crate::previews::{
-    Daemon, PREVIEWS, REPO, SECRET, Setup, containers_of, pr_event, publish,
-    serves, setup_full, wait_idle, wait_until,
+    Daemon, PREVIEWS, REPO, SECRET, Setup, containers_of, pr_event, publish, serves, setup_full,
+    wait_idle, wait_until,
 };
 use crate::provision::{env_of, project_dir};
 use crate::stores::{PgCluster, RedisServer, secret_file};
@@ -155,7 +155,9 @@ https_listen = "127.0.0.1:{https}"
         if users.lines().any(|u| u == format!("{p}.pr-{n}")) {
             v.push(format!("ACL user {p}.pr-{n}"));
         }
-        let keys = self.redis.admin(&["--scan", "--pattern", &format!("{p}:pr-{n}:*")]);
+        let keys = self
+            .redis
+            .admin(&["--scan", "--pattern", &format!("{p}:pr-{n}:*")]);
         if !keys.trim().is_empty() {
             v.push(format!("keys {keys}"));
         }
@@ -227,7 +229,10 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
     assert_eq!(r.code, 0, "{}", r.all());
     let staging_key = format!("{}k", staging["REDIS_PREFIX"]);
     assert_eq!(
-        redis_cli(&staging["REDIS_URL"], &["SET", &staging_key, "staging-value"]),
+        redis_cli(
+            &staging["REDIS_URL"],
+            &["SET", &staging_key, "staging-value"]
+        ),
         "OK"
     );
 
@@ -268,10 +273,7 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
     );
     assert_eq!(env["REDIS_PREFIX"], format!("{p}:pr-7:"));
     assert!(env["REDIS_URL"].starts_with(&format!("redis://{p}.pr-7:")));
-    assert_eq!(
-        mode(&w.env_dir.join(format!("{p}-pr-7.secrets"))),
-        0o600
-    );
+    assert_eq!(mode(&w.env_dir.join(format!("{p}-pr-7.secrets"))), 0o600);
     let unit = format!("{p}-pr-7");
     let names = containers_of(s, &unit);
     let container = names.first().expect("the preview's container");
@@ -295,7 +297,12 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
         &env["DATABASE_URL"],
         "CREATE TABLE mine (x int); INSERT INTO items (name) VALUES ('from the app');",
     );
-    assert_eq!(r.code, 0, "the preview writes its own database: {}", r.all());
+    assert_eq!(
+        r.code,
+        0,
+        "the preview writes its own database: {}",
+        r.all()
+    );
     // Its credentials open neither staging nor production.
     for other in [format!("{p}_staging_db"), format!("{p}_db")] {
         let r = psql(&url_for_db(&env["DATABASE_URL"], &other), "SELECT 1");
@@ -314,7 +321,10 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
     );
     // Redis: its prefix only, no admin command, staging's keys out of reach.
     let purl = env["REDIS_URL"].clone();
-    assert_eq!(redis_cli(&purl, &["SET", &format!("{p}:pr-7:x"), "1"]), "OK");
+    assert_eq!(
+        redis_cli(&purl, &["SET", &format!("{p}:pr-7:x"), "1"]),
+        "OK"
+    );
     let got = redis_cli(&purl, &["GET", &staging_key]);
     assert!(got.contains("NOPERM"), "read staging's key: {got}");
     let got = redis_cli(&purl, &["GET", &format!("{p}:k")]);
@@ -334,7 +344,11 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
             .is_some_and(|st| st == "inactive")
     });
     wait_idle(s);
-    assert_eq!(w.leftovers(7), Vec::<String>::new(), "PR 7's data after close");
+    assert_eq!(
+        w.leftovers(7),
+        Vec::<String>::new(),
+        "PR 7's data after close"
+    );
     // Staging and production are untouched.
     let r = psql(&staging["DATABASE_URL"], "SELECT name FROM items");
     assert_eq!(r.stdout.trim(), "staging-only", "{}", r.all());
@@ -345,8 +359,12 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
 
     // A seed that fails: the preview fails, saying why, and nothing of its data is left.
     let bad = "b".repeat(40);
-    s.github
-        .set_file(REPO, &bad, "codeb/seed.sql", "INSERT INTO nosuch VALUES (1);\n");
+    s.github.set_file(
+        REPO,
+        &bad,
+        "codeb/seed.sql",
+        "INSERT INTO nosuch VALUES (1);\n",
+    );
     s.github.set_pr(pr(9, &bad, true));
     publish(s, "v1", "pr-9", &bad);
     daemon.post("pull_request", &pr_event("opened", 9, &bad, REPO, &[]));
@@ -365,7 +383,11 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
         "{}",
         comment.body
     );
-    assert_eq!(w.leftovers(9), Vec::<String>::new(), "a failed seed leaves nothing");
+    assert_eq!(
+        w.leftovers(9),
+        Vec::<String>::new(),
+        "a failed seed leaves nothing"
+    );
     // The next push fixes the seed: the same preview completes.
     let good = "c".repeat(40);
     s.github.set_file(
@@ -376,10 +398,15 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
     );
     s.github.set_pr(pr(9, &good, true));
     publish(s, "v2", "pr-9", &good);
-    daemon.post("pull_request", &pr_event("synchronize", 9, &good, REPO, &[]));
-    wait_until("PR 9's preview to answer v2", Duration::from_secs(90), || {
-        serves(s, &format!("pr-9.{ZONE}"), "v2")
-    });
+    daemon.post(
+        "pull_request",
+        &pr_event("synchronize", 9, &good, REPO, &[]),
+    );
+    wait_until(
+        "PR 9's preview to answer v2",
+        Duration::from_secs(90),
+        || serves(s, &format!("pr-9.{ZONE}"), "v2"),
+    );
     let env9 = w.env(&format!("{p}-pr-9.env"));
     let r = psql(&env9["DATABASE_URL"], "SELECT name FROM items");
     assert_eq!(r.stdout.trim(), "fixed", "{}", r.all());

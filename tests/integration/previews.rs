@@ -40,7 +40,13 @@ fn sign(body: &[u8]) -> String {
 }
 
 /// GitHub's own pull_request example, pointed at our repository, PR number and head.
-pub(crate) fn pr_event(action: &str, pr: u64, sha: &str, head_repo: &str, labels: &[&str]) -> Value {
+pub(crate) fn pr_event(
+    action: &str,
+    pr: u64,
+    sha: &str,
+    head_repo: &str,
+    labels: &[&str],
+) -> Value {
     let mut v = corpus(&format!("pull_request/{action}.payload.json"));
     v["action"] = json!(action);
     v["number"] = json!(pr);

@@ -55,13 +55,14 @@ fn file_text(v: &Value) -> Result<Option<String>, FileError> {
     match v.get("type").and_then(Value::as_str) {
         Some("file") => {}
         Some(other) => {
-            return Err(FileError::Refused(format!(
-                "is a {other}, not a file"
-            )));
+            return Err(FileError::Refused(format!("is a {other}, not a file")));
         }
         None => return Err(FileError::Shape("no `type`".into())),
     }
-    let encoding = v.get("encoding").and_then(Value::as_str).unwrap_or_default();
+    let encoding = v
+        .get("encoding")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if encoding != "base64" {
         return Err(FileError::Refused(format!(
             "GitHub serves it with encoding `{encoding}` (files over 1 MB have no content in the contents API): keep the seed under 1 MB"
@@ -150,7 +151,12 @@ impl GitHub {
 
     /// The text of the file `path` of `repo` at commit `sha` (the contents API), or `None`
     /// when the commit has no such file.
-    pub async fn file(&self, repo: &str, path: &str, sha: &str) -> Result<Option<String>, PreviewError> {
+    pub async fn file(
+        &self,
+        repo: &str,
+        path: &str,
+        sha: &str,
+    ) -> Result<Option<String>, PreviewError> {
         let what = format!("GET {path} of {repo} at {}", crate::short(sha));
         let r: Result<Value, octocrab::Error> = self
             .oc
@@ -168,7 +174,9 @@ impl GitHub {
         };
         file_text(&v).map_err(|d| match d {
             FileError::Shape(d) => unexpected(&what, d),
-            FileError::Refused(d) => PreviewError::DataRefused(format!("{path} at {}: {d}", crate::short(sha))),
+            FileError::Refused(d) => {
+                PreviewError::DataRefused(format!("{path} at {}: {d}", crate::short(sha)))
+            }
         })
     }
 

@@ -8,6 +8,8 @@
 //! revision label says it was built from the PR's head commit; restart strategy; confined by
 //! the repository's sandbox), a Caddy host route `pr-<N>.<domain>` to that port, a GitHub
 //! Deployment for environment `pr-<N>` with statuses, and one PR comment edited in place.
+//! A preview of a provisioned project also gets its own data and env file, and `A`/`AAAA`
+//! records when its host lies in a managed zone (`data.rs`); they go with the preview.
 //! Everything here is idempotent: applying the same intent twice leaves the same state.
 //!
 //! What GitHub's API says is the truth, not the webhook: whether the PR is open or closed,
@@ -696,7 +698,9 @@ impl Previews {
         }
         match self.dns_previews(&projects).await {
             Ok(v) => with_data.extend(v),
-            Err(e) => report.errors.push(format!("listing previews' DNS records: {e}")),
+            Err(e) => report
+                .errors
+                .push(format!("listing previews' DNS records: {e}")),
         }
         let ids = match engine.caddy() {
             Some(c) => c.ids_with_prefix("codeb-").await?,

@@ -111,7 +111,11 @@ pub fn preview_marker(project: &str, pr: u64) -> String {
 pub fn parse_preview_marker(m: &str) -> Option<(String, u64)> {
     let rest = m.strip_prefix("codeb:")?;
     let (project, n) = rest.rsplit_once(":pr-")?;
-    if project.is_empty() || n.is_empty() || n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+    if project.is_empty()
+        || n.is_empty()
+        || n.starts_with('0')
+        || !n.bytes().all(|b| b.is_ascii_digit())
+    {
         return None;
     }
     Some((project.to_owned(), n.parse().ok()?))
@@ -165,7 +169,13 @@ mod tests {
             parse_preview_marker(&p.marker),
             Some(("my-new-app".into(), 7))
         );
-        for bad in ["codeb:my-app", "codeb:my-app:pr-", "codeb:my-app:pr-07", "codeb::pr-1", "x:a:pr-1"] {
+        for bad in [
+            "codeb:my-app",
+            "codeb:my-app:pr-",
+            "codeb:my-app:pr-07",
+            "codeb::pr-1",
+            "x:a:pr-1",
+        ] {
             assert_eq!(parse_preview_marker(bad), None, "{bad}");
         }
         let long = Names::new(&ProjectName::new(&"a".repeat(52)).expect("label")).expect("names");

@@ -77,7 +77,11 @@ pub fn plain_sql(dump: &str) -> Result<String, String> {
 /// The schema of `db` (`pg_dump --schema-only`, without owners, privileges, publications,
 /// subscriptions, security labels or tablespaces), as plain SQL. The admin password reaches
 /// pg_dump through its environment only.
-pub async fn schema_of(pg_dump: &str, admin: &Secret, db: &str) -> Result<String, PreviewDataError> {
+pub async fn schema_of(
+    pg_dump: &str,
+    admin: &Secret,
+    db: &str,
+) -> Result<String, PreviewDataError> {
     let failed = |message: String| PreviewDataError::Dump {
         db: db.to_owned(),
         message,
@@ -201,7 +205,10 @@ async fn ensure_db(
 
 /// Drops the preview's database and role (only codeb's: the role by its marker, the
 /// database by its marker or its owner). Idempotent; returns what was dropped.
-pub async fn remove_pg(admin_url: &Secret, n: &PreviewNames) -> Result<Vec<String>, PreviewDataError> {
+pub async fn remove_pg(
+    admin_url: &Secret,
+    n: &PreviewNames,
+) -> Result<Vec<String>, PreviewDataError> {
     let admin = Pg::connect(admin_url).await?;
     let mut gone = Vec::new();
     if let Some(d) = admin.database(&n.pg).await?

@@ -114,9 +114,10 @@ pub(super) fn without(doc: &Document, target: &Target) -> Result<Option<String>,
     };
     // A project left with no port and no field goes entirely (no empty `name:` entry).
     let emptied = target.pr.is_none()
-        && want.projects.get(&target.project).is_some_and(|p| {
-            p.production.is_none() && p.staging.is_none() && p.fields.is_empty()
-        });
+        && want
+            .projects
+            .get(&target.project)
+            .is_some_and(|p| p.production.is_none() && p.staging.is_none() && p.fields.is_empty());
     if emptied {
         want.projects.remove(&target.project);
     }

@@ -373,7 +373,8 @@ fn releasing_a_projects_last_port_removes_its_entry() {
         "version: 1\nprojects:\n  # the shop\n  beta:\n    production: {port: 4002}\n"
     );
     // A project with a descriptive field keeps its entry.
-    let with_field = "version: 1\nprojects:\n  a:\n    description: shop\n    production: {port: 4000}\n";
+    let with_field =
+        "version: 1\nprojects:\n  a:\n    description: shop\n    production: {port: 4000}\n";
     let t = parse(with_field)
         .without(&target("a", Environment::Production, None))
         .expect("edit")

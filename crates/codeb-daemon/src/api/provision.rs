@@ -1170,12 +1170,14 @@ impl codeb_previews::DataSource for PreviewData {
         };
         let ep = endpoints(&self.cfg, pg_url.as_ref(), redis_url.as_ref());
         Ok(codeb_previews::Stores {
-            pg: pg_url.zip(ep.pg).map(|(admin, (host, port))| codeb_previews::PgAccess {
-                admin,
-                host,
-                port,
-                pg_dump: self.cfg.pg_dump.clone(),
-            }),
+            pg: pg_url
+                .zip(ep.pg)
+                .map(|(admin, (host, port))| codeb_previews::PgAccess {
+                    admin,
+                    host,
+                    port,
+                    pg_dump: self.cfg.pg_dump.clone(),
+                }),
             redis: redis_url
                 .zip(ep.redis)
                 .map(|(admin, (host, port))| codeb_previews::RedisAccess { admin, host, port }),

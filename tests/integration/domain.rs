@@ -162,6 +162,11 @@ impl Pdns {
             .collect()
     }
 
+    /// The pid of `pdns_server` while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -179,6 +184,79 @@ impl Drop for Pdns {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A TCP relay to `upstream` (Caddy's admin API, `host:port`) that kills process `pid`
+/// (PowerDNS) and waits until `pid_port` refuses connections when the first request that is
+/// not a GET passes (a connection may carry several requests: each chunk from the client
+/// is looked at); every byte is passed on unchanged. Returns the relay's URL.
+pub fn killing_relay(upstream: &str, pid: u32, pid_port: u16) -> String {
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let own = l.local_addr().expect("addr").to_string();
+    let url = format!("http://{own}");
+    let fired = Arc::new(AtomicBool::new(false));
+    let upstream = upstream.to_owned();
+    std::thread::spawn(move || {
+        for client in l.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                continue;
+            };
+            let fired = fired.clone();
+            let (own, upstream_c) = (own.clone(), upstream.clone());
+            let (mut c_in, mut s_out) = (
+                client.try_clone().expect("clone"),
+                server.try_clone().expect("clone"),
+            );
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16384];
+                loop {
+                    let n = match c_in.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut chunk = buf[..n].to_vec();
+                    let write = [&b"POST "[..], b"PUT ", b"PATCH ", b"DELETE "]
+                        .iter()
+                        .any(|m| chunk.starts_with(m));
+                    // Caddy's admin API checks the Host header: the request's head names
+                    // Caddy, not the relay (the body, after the head, is left as it is).
+                    if chunk.first().is_some_and(u8::is_ascii_uppercase) {
+                        let head_end = chunk
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .unwrap_or(chunk.len());
+                        let head =
+                            String::from_utf8_lossy(&chunk[..head_end]).replace(&own, &upstream_c);
+                        let mut v = head.into_bytes();
+                        v.extend_from_slice(&chunk[head_end..]);
+                        chunk = v;
+                    }
+                    if write && !fired.swap(true, Ordering::SeqCst) {
+                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        let start = Instant::now();
+                        while std::net::TcpStream::connect(("127.0.0.1", pid_port)).is_ok()
+                            && start.elapsed() < Duration::from_secs(10)
+                        {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                    }
+                    if s_out.write_all(&chunk).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_out.shutdown(std::net::Shutdown::Write);
+            });
+            let (mut s_in, mut c_out) = (server, client);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_in, &mut c_out);
+                let _ = c_out.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    url
 }
 
 /// `dig @127.0.0.1 -p PORT +short NAME TYPE`: the answer lines.
@@ -948,9 +1026,72 @@ fn domain_bad_input_and_failing_services_leave_nothing_behind() {
             .contains("codeb-domain-busy.codeb.test")
     );
     assert_eq!(busy.ask(Some("busy.codeb.test")), 404);
+
+    // The half-done path: Caddy fails after the DNS change and PowerDNS goes down before
+    // the rollback (a relay in front of Caddy's admin API kills pdns_server when the route
+    // request arrives, then passes the request on to the real Caddy, which fails). The
+    // answer says half-done and names the command that finishes it; that command works
+    // once Caddy can take the route.
+    let relay = killing_relay(
+        caddy2.admin_url().trim_start_matches("http://"),
+        pdns.pid().expect("pdns runs"),
+        pdns.web_port,
+    );
+    let half = Plane::start(
+        &scratch.path().join("plane-half"),
+        &pdns.url(),
+        &key,
+        &relay,
+        taken_port,
+        &[("app", production_port())],
+    );
+    let r = half.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "half.codeb.test"],
+    );
+    assert_ne!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stderr.contains("half-done")
+            && r.stderr.contains("rolling the records back failed")
+            && r.stderr
+                .contains("we domain setup app --domain half.codeb.test")
+            && r.stderr.contains("we domain remove half.codeb.test")
+            && !r.stderr.contains("host not allowed"),
+        "{}",
+        r.all()
+    );
+    pdns.restart();
+    assert_eq!(
+        pdns.rrset(ZONE, "half.codeb.test", "A"),
+        ["127.0.0.1"],
+        "half-done: the record stays, as the answer says"
+    );
+    let r = half.we(&home, &["--json", "domain", "list"]);
+    assert!(
+        r.stdout.contains("half.codeb.test"),
+        "the half-done domain is registered, so `we domain remove` can undo it: {}",
+        r.all()
+    );
+    // Caddy can take the route again: the printed command finishes the setup.
+    drop(taken);
+    let r = half.we(
+        &home,
+        &["domain", "setup", "app", "--domain", "half.codeb.test"],
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        caddy2
+            .config()
+            .unwrap_or_default()
+            .contains("codeb-domain-half.codeb.test")
+    );
+    assert_eq!(dig(pdns.dns_port, "half.codeb.test", "A"), ["127.0.0.1"]);
+    let r = half.we(&home, &["domain", "remove", "half.codeb.test"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+    nothing_left(&caddy2, &half, &pdns, "half.codeb.test", "after the remove");
+    drop(half);
     drop(busy);
     drop(caddy2);
-    drop(taken);
 
     // Caddy down: refused before anything changes.
     caddy.kill();

@@ -52,6 +52,8 @@ pub struct State {
     pub settings: Settings,
     /// Repositories whose pull request list answers 500.
     pub failing: std::collections::BTreeSet<String>,
+    /// Files of commits: (repository, commit, path) -> text (the contents API).
+    pub files: BTreeMap<(String, String, String), String>,
     next_id: u64,
 }
 
@@ -129,6 +131,23 @@ impl FakeGitHub {
         id
     }
 
+    /// The requests received (`METHOD target`) that start with `prefix`.
+    pub fn requests_of(&self, prefix: &str) -> Vec<String> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|r| r.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Puts `text` at `path` in commit `sha` of `repo` (served by the contents API).
+    pub fn set_file(&self, repo: &str, sha: &str, path: &str, text: &str) {
+        self.lock()
+            .files
+            .insert((repo.into(), sha.into(), path.into()), text.into());
+    }
+
     pub fn comments(&self, repo: &str, pr: u64) -> Vec<Comment> {
         self.lock()
             .comments
@@ -197,6 +216,41 @@ fn pr_json(p: &Pr) -> Value {
     })
 }
 
+fn content_json(repo: &str, reference: &str, path: &str, text: &str) -> Value {
+    use base64::Engine;
+    use sha2::Digest;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
+    let content: String = b64
+        .as_bytes()
+        .chunks(60)
+        .map(|c| format!("{}\n", String::from_utf8_lossy(c)))
+        .collect();
+    // The fake keeps no git objects: an id of the same form stands for the blob's sha.
+    let sha: String = sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .take(20)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name = path.rsplit('/').next().unwrap_or(path);
+    let api = format!("https://api.github.com/repos/{repo}/contents/{path}?ref={reference}");
+    let html = format!("https://github.com/{repo}/blob/{reference}/{path}");
+    let git = format!("https://api.github.com/repos/{repo}/git/blobs/{sha}");
+    json!({
+        "type": "file",
+        "encoding": "base64",
+        "size": text.len(),
+        "name": name,
+        "path": path,
+        "content": content,
+        "sha": sha,
+        "url": api,
+        "git_url": git,
+        "html_url": html,
+        "download_url": format!("https://raw.githubusercontent.com/{repo}/{reference}/{path}"),
+        "_links": { "git": git, "self": api, "html": html }
+    })
+}
+
 fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) -> (u16, Value) {
     let mut st = state.lock().unwrap_or_else(|e| e.into_inner());
     st.requests.push(format!("{method} {target}"));
@@ -227,6 +281,31 @@ fn route(state: &Arc<Mutex<State>>, method: &str, target: &str, body: &Value) ->
                 .map(pr_json)
                 .collect();
             (200, Value::Array(list))
+        }
+        // "Get repository content" for a file (REST API 2022-11-28): base64 with a line
+        // break every 60 characters, as GitHub sends it; 404 when the commit lacks the path.
+        ("GET", ["repos", o, r, "contents", rest @ ..]) => {
+            let repo = format!("{o}/{r}");
+            let path = rest.join("/");
+            let reference = query
+                .split('&')
+                .find_map(|kv| kv.strip_prefix("ref="))
+                .unwrap_or("main")
+                .to_owned();
+            match st
+                .files
+                .get(&(repo.clone(), reference.clone(), path.clone()))
+            {
+                Some(text) => (200, content_json(&repo, &reference, &path, text)),
+                None => (
+                    404,
+                    json!({
+                        "message": "Not Found",
+                        "documentation_url": "https://docs.github.com/rest/repos/contents#get-repository-content",
+                        "status": "404"
+                    }),
+                ),
+            }
         }
         ("GET", ["repos", o, r, "pulls", n]) => {
             let key = (format!("{o}/{r}"), n.parse().unwrap_or(0));

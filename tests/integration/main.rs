@@ -20,6 +20,7 @@ mod healthcheck;
 mod infra;
 mod install;
 mod port_validate;
+mod preview_data;
 mod previews;
 mod provision;
 mod scale_hosts;

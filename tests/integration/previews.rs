@@ -18,10 +18,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Preview ports come from the shared 5000-5999 range: one preview test at a time.
-static PREVIEWS: Mutex<()> = Mutex::new(());
+pub(crate) static PREVIEWS: Mutex<()> = Mutex::new(());
 
-const SECRET: &str = "preview-test-secret";
-const REPO: &str = "codeb/app";
+pub(crate) const SECRET: &str = "preview-test-secret";
+pub(crate) const REPO: &str = "codeb/app";
 
 fn corpus(rel: &str) -> Value {
     let p = crate::util::repo()
@@ -40,7 +40,13 @@ fn sign(body: &[u8]) -> String {
 }
 
 /// GitHub's own pull_request example, pointed at our repository, PR number and head.
-fn pr_event(action: &str, pr: u64, sha: &str, head_repo: &str, labels: &[&str]) -> Value {
+pub(crate) fn pr_event(
+    action: &str,
+    pr: u64,
+    sha: &str,
+    head_repo: &str,
+    labels: &[&str],
+) -> Value {
     let mut v = corpus(&format!("pull_request/{action}.payload.json"));
     v["action"] = json!(action);
     v["number"] = json!(pr);
@@ -66,7 +72,7 @@ fn pr_event(action: &str, pr: u64, sha: &str, head_repo: &str, labels: &[&str]) 
 }
 
 /// A ghcr.io-shaped `registry_package` published event for tag `tag`.
-fn package_event(tag: &str) -> Value {
+pub(crate) fn package_event(tag: &str) -> Value {
     json!({
         "action": "published",
         "registry_package": {
@@ -87,7 +93,7 @@ fn package_event(tag: &str) -> Value {
     })
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     url: String,
     config: PathBuf,
@@ -96,7 +102,7 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(config: &Path, podman: &Podman, listen: &str) -> Self {
+    pub(crate) fn start(config: &Path, podman: &Podman, listen: &str) -> Self {
         let mut c = scrubbed(bin("codeb-daemon"));
         c.args(["serve", "--config"]).arg(config);
         podman.configure(&mut c);
@@ -134,7 +140,7 @@ impl Daemon {
         }
     }
 
-    fn post(&mut self, event: &str, body: &Value) -> u16 {
+    pub(crate) fn post(&mut self, event: &str, body: &Value) -> u16 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         self.delivery = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let body = body.to_string().into_bytes();
@@ -158,7 +164,7 @@ impl Daemon {
         status
     }
 
-    fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -173,7 +179,7 @@ impl Drop for Daemon {
 }
 
 /// GET through Caddy's preview listener with a Host header.
-fn get_host(listen: &str, host: &str, path: &str) -> Result<(u16, String), String> {
+pub(crate) fn get_host(listen: &str, host: &str, path: &str) -> Result<(u16, String), String> {
     let mut s = TcpStream::connect(listen).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -218,7 +224,7 @@ fn host_state() -> String {
     ) + &run("iptables", &["-t", "nat", "-S"])
 }
 
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+pub(crate) fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
         if start.elapsed() >= timeout {
@@ -228,18 +234,18 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
-struct Setup {
+pub(crate) struct Setup {
     _cleanup: Cleanup,
-    _dir: tempfile::TempDir,
-    podman: Podman,
+    pub(crate) _dir: tempfile::TempDir,
+    pub(crate) podman: Podman,
     registry: Registry,
-    caddy: Caddy,
-    github: FakeGitHub,
-    config: PathBuf,
-    listen: String,
-    routes: String,
-    manifest: PathBuf,
-    project: String,
+    pub(crate) caddy: Caddy,
+    pub(crate) github: FakeGitHub,
+    pub(crate) config: PathBuf,
+    pub(crate) listen: String,
+    pub(crate) routes: String,
+    pub(crate) manifest: PathBuf,
+    pub(crate) project: String,
 }
 
 fn setup() -> Setup {
@@ -247,6 +253,11 @@ fn setup() -> Setup {
 }
 
 fn setup_with(build: CaddyBuild) -> Setup {
+    setup_full(build, &|_| String::new())
+}
+
+/// [`setup_with`], with more of the daemon's config (`extra(dir)`, appended) .
+pub(crate) fn setup_full(build: CaddyBuild, extra: &dyn Fn(&Path) -> String) -> Setup {
     let dir = tempdir();
     let podman = Podman::new();
     let registry = Registry::start();
@@ -292,7 +303,7 @@ image = "{image}"
             quadlet = quadlet.display(),
             pstate = dir.path().join("previews").display(),
             image = registry.image("codeb/app"),
-        ),
+        ) + &extra(dir.path()),
     )
     .expect("config");
     let _cleanup = Cleanup {
@@ -334,7 +345,7 @@ impl Drop for Cleanup {
 
 /// Pushes the sample release `version`, built from commit `sha` (its revision label, as
 /// docker/metadata-action writes it), as `codeb/app:<tag>`.
-fn publish(s: &Setup, version: &str, tag: &str, sha: &str) {
+pub(crate) fn publish(s: &Setup, version: &str, tag: &str, sha: &str) {
     sample_local_images(&s.podman);
     let local = format!("localhost/codeb-test/sample-rev:{version}-{}", &sha[..12]);
     let ctx = tempdir();
@@ -371,7 +382,7 @@ fn publish(s: &Setup, version: &str, tag: &str, sha: &str) {
 }
 
 /// Waits until the daemon has no queued or running job (every delivery so far is handled).
-fn wait_idle(s: &Setup) {
+pub(crate) fn wait_idle(s: &Setup) {
     wait_until(
         "the daemon's jobs to finish",
         Duration::from_secs(90),
@@ -391,12 +402,12 @@ fn wait_idle(s: &Setup) {
     );
 }
 
-fn serves(s: &Setup, host: &str, version: &str) -> bool {
+pub(crate) fn serves(s: &Setup, host: &str, version: &str) -> bool {
     get_host(&s.routes, host, "/api/health")
         .is_ok_and(|(c, b)| c == 200 && version_of(&b) == version)
 }
 
-fn not_served(s: &Setup, host: &str) -> bool {
+pub(crate) fn not_served(s: &Setup, host: &str) -> bool {
     get_host(&s.routes, host, "/")
         .map(|(_, b)| !b.contains("hello from") && !b.contains("version"))
         .unwrap_or(true)
@@ -603,7 +614,7 @@ fn fork_pr(number: u64, sha: &str, labels: &[&str], open: bool, draft: bool) -> 
     }
 }
 
-fn containers_of(s: &Setup, unit: &str) -> Vec<String> {
+pub(crate) fn containers_of(s: &Setup, unit: &str) -> Vec<String> {
     s.podman
         .run(&["ps", "-a", "--format", "{{.Names}}"])
         .unwrap_or_default()

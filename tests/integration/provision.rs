@@ -566,6 +566,8 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     );
     assert!(redis.admin(&["ACL", "USERS"]).lines().all(|u| u != "alpha"));
     assert!(plane.ports_of("alpha").is_empty(), "{}", plane.manifest());
+    // No empty `alpha:` entry is left in the manifest (it was, before).
+    assert!(!plane.manifest().contains("alpha:"), "{}", plane.manifest());
     assert_eq!(plane.ports_of("beta").len(), 2);
     assert!(!prod.exists());
     // Beta is untouched.

@@ -399,8 +399,22 @@ fn serve(config: Config) -> Result<(), Failure> {
         .build()
         .map_err(|e| Failure::Io(format!("cannot start the async runtime: {e}")))?;
     rt.block_on(async move {
-        let previews = Previews::new(config.previews.clone())
+        let mut previews = Previews::new(config.previews.clone())
             .map_err(|e| Failure::Invalid(format!("[previews] cannot be used: {e}")))?;
+        if config.api.enabled
+            && let Some(p) = config.api.provision.clone()
+        {
+            previews = previews.with_data(Arc::new(api::provision::PreviewData::new(
+                config.db_path(),
+                p,
+            )));
+        }
+        if let Some(d) = &config.api.domains
+            && let Some(dns) = api::domain::preview_dns(d, &config.previews)
+                .map_err(|e| Failure::Invalid(format!("[domains] {e}")))?
+        {
+            previews = previews.with_dns(dns);
+        }
         let daemon = Daemon::start(config, Arc::new(previews)).await?;
         daemon.run_until(shutdown_signal()).await
     })

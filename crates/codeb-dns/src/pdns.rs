@@ -184,13 +184,8 @@ impl Pdns {
         })
     }
 
-    /// The enabled contents of `name`'s rrset of `kind` in `zone` (empty when there is none).
-    pub async fn rrset(
-        &self,
-        zone: &str,
-        name: &str,
-        kind: &str,
-    ) -> Result<Vec<String>, PdnsError> {
+    /// Every rrset of `zone`.
+    pub async fn rrsets(&self, zone: &str) -> Result<Vec<RrSet>, PdnsError> {
         let (_, text) = self
             .send(
                 self.client.get(self.zone_url(zone)),
@@ -204,9 +199,20 @@ impl Pdns {
             status: 200,
             message: format!("unreadable answer: {e}"),
         })?;
+        Ok(z.rrsets)
+    }
+
+    /// The enabled contents of `name`'s rrset of `kind` in `zone` (empty when there is none).
+    pub async fn rrset(
+        &self,
+        zone: &str,
+        name: &str,
+        kind: &str,
+    ) -> Result<Vec<String>, PdnsError> {
         let want = canonical(name);
-        let mut out: Vec<String> = z
-            .rrsets
+        let mut out: Vec<String> = self
+            .rrsets(zone)
+            .await?
             .into_iter()
             .filter(|r| r.kind == kind && r.name.eq_ignore_ascii_case(&want))
             .flat_map(|r| r.records)

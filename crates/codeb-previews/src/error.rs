@@ -50,6 +50,17 @@ pub enum PreviewError {
     /// The new release of the preview did not become healthy (the previous one serves).
     #[error("{0}")]
     Unhealthy(String),
+    /// The preview's own data (database, Redis user, env file) could not be made or
+    /// removed; trying again may help (a server down).
+    #[error("the preview's data: {0}")]
+    Data(String),
+    /// The preview's data cannot be made until someone acts (its seed SQL failed, a name
+    /// of someone else's is in the way, a name too long).
+    #[error("the preview's data: {0}")]
+    DataRefused(String),
+    /// The preview's DNS records could not be written or removed.
+    #[error("the preview's DNS records: {0}")]
+    Dns(String),
     /// The allocation succeeded but the manifest has no port for the target (a bug).
     #[error("the manifest has no port for {0} right after allocating one")]
     NoPort(String),
@@ -60,9 +71,11 @@ impl PreviewError {
     /// something (configuration, the manifest, a GitHub permission).
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Config(_) | Self::PoolExhausted(_) | Self::BadState { .. } | Self::NoPort(_) => {
-                true
-            }
+            Self::Config(_)
+            | Self::PoolExhausted(_)
+            | Self::BadState { .. }
+            | Self::NoPort(_)
+            | Self::DataRefused(_) => true,
             // 401/403/404/422 stay so; 429 and 5xx pass.
             Self::GitHub { status, .. } => {
                 matches!(status, Some(s) if (400..500).contains(s) && *s != 429 && *s != 408)
@@ -81,7 +94,9 @@ impl PreviewError {
             | Self::Manifest(_)
             | Self::HostPorts(_)
             | Self::State { .. }
-            | Self::Unhealthy(_) => false,
+            | Self::Unhealthy(_)
+            | Self::Data(_)
+            | Self::Dns(_) => false,
         }
     }
 }

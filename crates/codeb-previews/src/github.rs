@@ -44,6 +44,45 @@ fn err(what: &str, e: octocrab::Error) -> PreviewError {
     }
 }
 
+enum FileError {
+    Shape(String),
+    Refused(String),
+}
+
+/// The text of a contents API answer for one file (`type: file`, base64 `content`).
+fn file_text(v: &Value) -> Result<Option<String>, FileError> {
+    use base64::Engine;
+    match v.get("type").and_then(Value::as_str) {
+        Some("file") => {}
+        Some(other) => {
+            return Err(FileError::Refused(format!("is a {other}, not a file")));
+        }
+        None => return Err(FileError::Shape("no `type`".into())),
+    }
+    let encoding = v
+        .get("encoding")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if encoding != "base64" {
+        return Err(FileError::Refused(format!(
+            "GitHub serves it with encoding `{encoding}` (files over 1 MB have no content in the contents API): keep the seed under 1 MB"
+        )));
+    }
+    let content: String = v
+        .get("content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| FileError::Shape("no `content`".into()))?
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(content)
+        .map_err(|e| FileError::Shape(format!("`content` is not base64: {e}")))?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| FileError::Refused("is not UTF-8 text".into()))
+}
+
 fn unexpected(what: &str, detail: impl Into<String>) -> PreviewError {
     PreviewError::Unexpected {
         what: what.to_owned(),
@@ -108,6 +147,37 @@ impl GitHub {
             .await
             .map_err(|e| err(&what, e))?;
         pull_info(repo, &v).map_err(|d| unexpected(&what, d))
+    }
+
+    /// The text of the file `path` of `repo` at commit `sha` (the contents API), or `None`
+    /// when the commit has no such file.
+    pub async fn file(
+        &self,
+        repo: &str,
+        path: &str,
+        sha: &str,
+    ) -> Result<Option<String>, PreviewError> {
+        let what = format!("GET {path} of {repo} at {}", crate::short(sha));
+        let r: Result<Value, octocrab::Error> = self
+            .oc
+            .get(
+                format!("/repos/{repo}/contents/{path}"),
+                Some(&[("ref", sha)]),
+            )
+            .await;
+        let v = match r {
+            Ok(v) => v,
+            Err(octocrab::Error::GitHub { source, .. }) if source.status_code.as_u16() == 404 => {
+                return Ok(None);
+            }
+            Err(e) => return Err(err(&what, e)),
+        };
+        file_text(&v).map_err(|d| match d {
+            FileError::Shape(d) => unexpected(&what, d),
+            FileError::Refused(d) => {
+                PreviewError::DataRefused(format!("{path} at {}: {d}", crate::short(sha)))
+            }
+        })
     }
 
     /// Numbers of the open pull requests of `repo` (all pages).

@@ -8,6 +8,8 @@
 //! revision label says it was built from the PR's head commit; restart strategy; confined by
 //! the repository's sandbox), a Caddy host route `pr-<N>.<domain>` to that port, a GitHub
 //! Deployment for environment `pr-<N>` with statuses, and one PR comment edited in place.
+//! A preview of a provisioned project also gets its own data and env file, and `A`/`AAAA`
+//! records when its host lies in a managed zone (`data.rs`); they go with the preview.
 //! Everything here is idempotent: applying the same intent twice leaves the same state.
 //!
 //! What GitHub's API says is the truth, not the webhook: whether the PR is open or closed,
@@ -17,11 +19,13 @@
 //! a draft) takes the preview down.
 
 mod config;
+mod data;
 mod error;
 mod github;
 
 pub use codeb_github::Intent;
 pub use config::{PreviewConfig, Repo, RepoConfig, SandboxConfig, Settings};
+pub use data::{DataPlan, DataSource, PgAccess, PreviewDns, RedisAccess, Stores, preview_file};
 pub use error::PreviewError;
 pub use github::{COMMENT_MARKER, GitHub, PullInfo};
 
@@ -34,6 +38,7 @@ use codeb_registry::{Auth, ImageRef, RegistryError, Resolver};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// What applying an intent did.
@@ -86,7 +91,7 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-fn short(sha: &str) -> String {
+pub(crate) fn short(sha: &str) -> String {
     sha.chars().take(7).collect()
 }
 
@@ -98,6 +103,10 @@ pub struct Previews {
     github: GitHub,
     store: ManifestStore,
     resolver: Resolver,
+    /// Provisioning, for previews' own data (none: previews get `env_file` only).
+    data: Option<Arc<dyn DataSource>>,
+    /// The managed zone of preview host names (none: no DNS records).
+    dns: Option<PreviewDns>,
 }
 
 fn progress_log(line: &str) {
@@ -141,6 +150,8 @@ impl Previews {
             github,
             store,
             resolver: Resolver::new(),
+            data: None,
+            dns: None,
         })
     }
 
@@ -442,13 +453,29 @@ impl Previews {
             Err(AllocateError::Store(e)) => return Err(e.into()),
         };
 
+        // Its own data (after the port: the reconciler reads what exists before the
+        // manifest, so data it sees of a preview being made already has its port).
+        let env_file = match self.ensure_data(rc, pr, head).await {
+            Ok(Some(f)) => Some(f),
+            Ok(None) => self.settings.env_file.clone(),
+            Err(e) => {
+                let reason = e.to_string();
+                self.github
+                    .deployment_status(repo, dep, "failure", None, log_url, &reason)
+                    .await?;
+                let text = format!("**Preview of {} failed:** {reason}", short(head));
+                self.comment(&mut record, &text).await?;
+                return Err(e);
+            }
+        };
+
         let opts = DeployOptions {
             project: target.project.clone(),
             environment: Environment::Preview,
             pr: Some(pr),
             image: pinned.clone(),
             container_port: rc.container_port,
-            env_file: self.settings.env_file.clone(),
+            env_file,
             health_path: rc.health_path.clone(),
             strategy: Some(Strategy::Restart),
             health_deadline: self.settings.health_deadline,
@@ -483,6 +510,8 @@ impl Previews {
             self.comment(&mut record, &text).await?;
             return Err(e);
         }
+        // DNS before the route, as `we domain setup` does.
+        self.ensure_dns(&domain).await?;
         if engine.caddy().is_some() {
             // Recorded in `.codeb/` too, so a Caddy reload or restart does not lose it.
             engine
@@ -559,7 +588,16 @@ impl Previews {
         };
         let target = self.target(rc, pr)?;
         if !self.has_preview(&target)? {
-            return Ok(Applied::Skipped("no preview to expire".into()));
+            // No preview: what the reconciler found left of one (data, records) goes.
+            let mut gone = self.remove_data(&rc.project, pr, true).await?;
+            if self.remove_dns(&self.domain(&rc.project, pr)).await? {
+                gone.push(format!("DNS records of {}", self.domain(&rc.project, pr)));
+            }
+            return Ok(Applied::Skipped(if gone.is_empty() {
+                "no preview to expire".into()
+            } else {
+                format!("no preview; removed its leftovers: {}", gone.join(", "))
+            }));
         }
         let info = self.github.pull(repo, pr).await?;
         if !info.open {
@@ -590,6 +628,9 @@ impl Previews {
         let engine = self.engine().await?;
         engine.remove(&target, &progress_log).await?;
         engine.remove_host_route(&route_id(&target)).await?;
+        self.remove_dns(&self.domain(&rc.project, pr)).await?;
+        // The data before the port: while anything of it is left, the preview is known.
+        self.remove_data(&rc.project, pr, false).await?;
         self.store.release(&target)?;
         let mut record = self.load_record(repo, pr)?;
         let why = why.text();
@@ -647,9 +688,20 @@ impl Previews {
             Err(e) => report.errors.push(format!("restoring Caddy routes: {e}")),
         }
         // What runs first, the manifest second: a preview's port is written before its
-        // container starts and its route is added, so anything listed here that belongs to
-        // a preview being made is already in the manifest read below.
+        // container starts, its data is made and its route is added, so anything listed
+        // here that belongs to a preview being made is already in the manifest read below.
         let containers = engine.preview_containers(&projects).await?;
+        let mut with_data = Vec::new();
+        match self.data_previews(&projects).await {
+            Ok(v) => with_data.extend(v),
+            Err(e) => report.errors.push(format!("listing previews' data: {e}")),
+        }
+        match self.dns_previews(&projects).await {
+            Ok(v) => with_data.extend(v),
+            Err(e) => report
+                .errors
+                .push(format!("listing previews' DNS records: {e}")),
+        }
         let ids = match engine.caddy() {
             Some(c) => c.ids_with_prefix("codeb-").await?,
             None => Vec::new(),
@@ -690,6 +742,25 @@ impl Previews {
                         Err(e) => report.errors.push(format!("removing orphan {id}: {e}")),
                     }
                 }
+            }
+        }
+        // Data or records of a preview that no longer exists: removed in its PR's queue.
+        with_data.sort();
+        with_data.dedup();
+        for (project, pr) in with_data {
+            if known.contains(&(project.clone(), pr)) {
+                continue;
+            }
+            if let Some(repo) = self
+                .settings
+                .repos
+                .values()
+                .find(|r| r.project.as_str() == project)
+            {
+                report.expire.push(Intent::ExpirePreview {
+                    repo: repo.name.clone(),
+                    pr,
+                });
             }
         }
         let now = unix_now();

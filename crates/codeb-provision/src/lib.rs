@@ -13,6 +13,8 @@
 //!   same name without it is someone else's and is refused.
 //! - [`redis`]: the `redis` crate on an admin URL: ACL support (`ACL WHOAMI`, `ACL CAT`),
 //!   users (`ACL GETUSER`/`SETUSER`/`DELUSER`), the password sent only as its SHA-256.
+//! - [`preview`]: a pull request preview's own role, database (the staging schema and the
+//!   repository's seed, run as that role) and ACL user; removal and the list of what exists.
 //! - [`secret`]: passwords and keys from the OS CSPRNG (256 bits, URL-safe base64).
 //!
 //! Every operation is idempotent (create if absent, recognise what is codeb's), so a caller
@@ -20,10 +22,11 @@
 
 pub mod names;
 pub mod pg;
+pub mod preview;
 pub mod redis;
 pub mod secret;
 
-pub use names::{NameError, Names};
+pub use names::{NameError, Names, PreviewNames};
 pub use secret::generate;
 
 /// The marker codeb puts on what it made for `project` (a PostgreSQL `COMMENT`).

@@ -69,13 +69,70 @@ impl Names {
         (s.len() <= PG_MAX_IDENT).then_some(s)
     }
 
-    /// A preview's Redis ACL user and key prefix.
+    /// A preview's Redis ACL user and key prefix. The user is `<project>.pr-<N>`: a dot
+    /// never occurs in a project name, so no project's own user (`<project>`, say a
+    /// project called `app-pr-7`) can be taken for a preview's.
     pub fn preview_redis(&self, pr: u64) -> (String, String) {
         (
-            format!("{}-pr-{pr}", self.project.as_str()),
+            format!("{}.pr-{pr}", self.project.as_str()),
             format!("{}pr-{pr}:", self.redis_prefix),
         )
     }
+
+    /// Every name of PR `pr`'s preview data, or the length error.
+    pub fn preview(&self, pr: u64) -> Result<PreviewNames, NameError> {
+        let pg = self.preview_db(pr).ok_or_else(|| {
+            let ident = format!("{}_pr_{pr}", ident_base(&self.project));
+            NameError::TooLong {
+                project: self.project.as_str().to_owned(),
+                len: ident.len(),
+                max: PG_MAX_IDENT - format!("_pr_{pr}").len(),
+                ident,
+            }
+        })?;
+        let (redis_user, redis_prefix) = self.preview_redis(pr);
+        Ok(PreviewNames {
+            project: self.project.as_str().to_owned(),
+            pr,
+            pg,
+            redis_user,
+            redis_prefix,
+            marker: preview_marker(self.project.as_str(), pr),
+        })
+    }
+}
+
+/// The marker comment of a preview's PostgreSQL role and database.
+pub fn preview_marker(project: &str, pr: u64) -> String {
+    format!("codeb:{project}:pr-{pr}")
+}
+
+/// The project and PR of a preview marker (`codeb:<project>:pr-<N>`).
+pub fn parse_preview_marker(m: &str) -> Option<(String, u64)> {
+    let rest = m.strip_prefix("codeb:")?;
+    let (project, n) = rest.rsplit_once(":pr-")?;
+    if project.is_empty()
+        || n.is_empty()
+        || n.starts_with('0')
+        || !n.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((project.to_owned(), n.parse().ok()?))
+}
+
+/// The names of one preview's data: the PostgreSQL role and database (both `<p>_pr_<N>`),
+/// the Redis ACL user `<project>.pr-<N>` and key prefix `<project>:pr-<N>:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviewNames {
+    pub project: String,
+    pub pr: u64,
+    /// The role and the database (separate namespaces in PostgreSQL).
+    pub pg: String,
+    pub redis_user: String,
+    pub redis_prefix: String,
+    /// `codeb:<project>:pr-<N>`, the comment on the role and, once complete, the database.
+    pub marker: String,
 }
 
 /// Whether `s` is an identifier codeb makes: `[a-z_][a-z0-9_]*`, at most 63 bytes.
@@ -103,8 +160,26 @@ mod tests {
         assert_eq!(n.preview_db(7).as_deref(), Some("my_new_app_pr_7"));
         assert_eq!(
             n.preview_redis(7),
-            ("my-new-app-pr-7".into(), "my-new-app:pr-7:".into())
+            ("my-new-app.pr-7".into(), "my-new-app:pr-7:".into())
         );
+        let p = n.preview(7).expect("preview names");
+        assert_eq!(p.pg, "my_new_app_pr_7");
+        assert_eq!(p.marker, "codeb:my-new-app:pr-7");
+        assert_eq!(
+            parse_preview_marker(&p.marker),
+            Some(("my-new-app".into(), 7))
+        );
+        for bad in [
+            "codeb:my-app",
+            "codeb:my-app:pr-",
+            "codeb:my-app:pr-07",
+            "codeb::pr-1",
+            "x:a:pr-1",
+        ] {
+            assert_eq!(parse_preview_marker(bad), None, "{bad}");
+        }
+        let long = Names::new(&ProjectName::new(&"a".repeat(52)).expect("label")).expect("names");
+        assert!(long.preview(12345678901).is_err());
         for i in [&n.role, &n.db, &n.staging_db] {
             assert!(is_plain_ident(i), "{i}");
         }

@@ -33,6 +33,26 @@ fn sql(e: tokio_postgres::Error) -> PgError {
     }
 }
 
+/// Like [`sql`], with the position and detail PostgreSQL gives (for a seed's mistakes).
+fn sql_err_detail(e: tokio_postgres::Error) -> PgError {
+    match e.as_db_error() {
+        Some(d) => {
+            let mut m = format!("{} ({})", d.message(), d.code().code());
+            if let Some(detail) = d.detail() {
+                m.push_str(&format!("; {detail}"));
+            }
+            if let Some(w) = d.where_() {
+                m.push_str(&format!("; where: {w}"));
+            }
+            if let Some(tokio_postgres::error::ErrorPosition::Original(p)) = d.position() {
+                m.push_str(&format!("; at character {p}"));
+            }
+            PgError::Sql(m)
+        }
+        None => PgError::Sql(e.to_string()),
+    }
+}
+
 fn ident(s: &str) -> Result<&str, PgError> {
     if is_plain_ident(s) {
         Ok(s)
@@ -112,6 +132,58 @@ impl Pg {
             let _ = conn.await;
         });
         Ok(Pg { client, task })
+    }
+
+    /// Connects as `user` with `password` to `db` on the admin URL's server (for running a
+    /// preview's schema and seed with that role's privileges only, never the admin's).
+    pub async fn connect_as(
+        admin: &Secret,
+        user: &str,
+        password: &Secret,
+        db: &str,
+    ) -> Result<Pg, PgError> {
+        let mut cfg: tokio_postgres::Config = admin
+            .expose()
+            .parse()
+            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+        cfg.user(user)
+            .password(password.expose())
+            .dbname(db)
+            .connect_timeout(Duration::from_secs(10))
+            .application_name("codeb-daemon");
+        let target = url_target(admin.expose());
+        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
+            target: format!("{target} as {user}"),
+            message: match e.as_db_error() {
+                Some(d) => d.message().to_owned(),
+                None => e.to_string(),
+            },
+        })?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Pg { client, task })
+    }
+
+    /// Runs `sql` (any number of statements, no psql meta-commands) in one simple-protocol
+    /// message: without its own BEGIN/COMMIT it is one implicit transaction, all or nothing.
+    /// Only for connections made with [`Self::connect_as`]: never untrusted SQL as the admin.
+    pub async fn batch(&self, sql: &str) -> Result<(), PgError> {
+        self.client.batch_execute(sql).await.map_err(sql_err_detail)
+    }
+
+    /// Roles whose comment is a preview marker (`codeb:<project>:pr-<N>`): name, comment.
+    pub async fn preview_roles(&self) -> Result<Vec<(String, String)>, PgError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT rolname::text, shobj_description(oid, 'pg_authid') FROM pg_roles \
+                 WHERE shobj_description(oid, 'pg_authid') LIKE 'codeb:%:pr-%' ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(sql)?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 
     pub async fn role(&self, name: &str) -> Result<Option<RoleFacts>, PgError> {

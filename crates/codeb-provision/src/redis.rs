@@ -180,6 +180,15 @@ impl Redis {
         self.persist().await
     }
 
+    /// Every ACL user's name (`ACL USERS`).
+    pub async fn users(&mut self) -> Result<Vec<String>, RedisProvisionError> {
+        redis::cmd("ACL")
+            .arg("USERS")
+            .query_async(&mut self.conn)
+            .await
+            .map_err(cmd_err)
+    }
+
     pub async fn delete_user(&mut self, name: &str) -> Result<(), RedisProvisionError> {
         let _: i64 = redis::cmd("ACL")
             .arg("DELUSER")

@@ -112,6 +112,15 @@ pub(super) fn without(doc: &Document, target: &Target) -> Result<Option<String>,
             target.environment.to_string()
         }
     };
+    // A project left with no port and no field goes entirely (no empty `name:` entry).
+    let emptied = target.pr.is_none()
+        && want
+            .projects
+            .get(&target.project)
+            .is_some_and(|p| p.production.is_none() && p.staging.is_none() && p.fields.is_empty());
+    if emptied {
+        want.projects.remove(&target.project);
+    }
     let expected = render(&want);
     // The entry's port stands on its key's line in the usual `key: {port: N}` form: drop it.
     let mut lines: Vec<String> = doc.text.lines().map(str::to_owned).collect();
@@ -122,6 +131,22 @@ pub(super) fn without(doc: &Document, target: &Target) -> Result<Option<String>,
     });
     if one_line {
         lines.remove(idx);
+        if emptied {
+            // The project's own key line above, past blank and comment lines.
+            let name = format!("{}:", target.project);
+            let mut i = idx;
+            while i > 0 {
+                i -= 1;
+                let t = lines[i].trim();
+                if t.is_empty() || t.starts_with('#') {
+                    continue;
+                }
+                if t == name || t.starts_with(&format!("{name} #")) {
+                    lines.remove(i);
+                }
+                break;
+            }
+        }
         let text = finish(lines);
         if Document::parse(&text).is_ok_and(|d| render(&d.manifest) == expected) {
             return Ok(Some(text));

@@ -350,9 +350,34 @@ fn removing_an_entry_keeps_the_rest_as_written() {
         .expect("edit")
         .expect("was there");
     assert!(
-        parse(&text).manifest.projects[&name("a")]
-            .production
-            .is_none(),
-        "{text}"
+        !parse(&text).manifest.projects.contains_key(&name("a")),
+        "a project left without ports goes: {text}"
     );
+}
+
+/// `we project remove` left `alpha:` behind once both its ports were released.
+#[test]
+fn releasing_a_projects_last_port_removes_its_entry() {
+    let text = "version: 1\nprojects:\n  # the shop\n  alpha:\n    production: {port: 4001}\n    staging: {port: 4501}\n  beta:\n    production: {port: 4002}\n";
+    let t = parse(text)
+        .without(&target("alpha", Environment::Production, None))
+        .expect("edit")
+        .expect("was there");
+    assert!(t.contains("  alpha:\n    staging: {port: 4501}"), "{t}");
+    let t = parse(&t)
+        .without(&target("alpha", Environment::Staging, None))
+        .expect("edit")
+        .expect("was there");
+    assert_eq!(
+        t,
+        "version: 1\nprojects:\n  # the shop\n  beta:\n    production: {port: 4002}\n"
+    );
+    // A project with a descriptive field keeps its entry.
+    let with_field =
+        "version: 1\nprojects:\n  a:\n    description: shop\n    production: {port: 4000}\n";
+    let t = parse(with_field)
+        .without(&target("a", Environment::Production, None))
+        .expect("edit")
+        .expect("was there");
+    assert!(parse(&t).manifest.projects.contains_key(&name("a")), "{t}");
 }

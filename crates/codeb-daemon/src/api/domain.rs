@@ -219,6 +219,36 @@ impl Domains {
     }
 }
 
+/// The DNS of preview host names, when `[previews] domain_pattern`'s zone part (after the
+/// last placeholder) lies in a managed zone: `pr-<N>.<zone part>` records are then written
+/// with each preview and removed with it.
+pub fn preview_dns(
+    d: &DomainSettings,
+    previews: &codeb_previews::PreviewConfig,
+) -> Result<Option<codeb_previews::PreviewDns>, String> {
+    let Some(suffix) = previews
+        .domain_pattern
+        .rsplit_once('}')
+        .map(|(_, rest)| rest.trim_start_matches('.'))
+        .filter(|s| !s.is_empty())
+    else {
+        return Ok(None);
+    };
+    let Ok(suffix) = DomainName::parse(suffix) else {
+        return Ok(None);
+    };
+    let Some(zone) = suffix.zone_in(&d.zones) else {
+        return Ok(None);
+    };
+    Ok(Some(codeb_previews::PreviewDns {
+        pdns: Pdns::new(&d.pdns_url, &d.pdns_server_id, d.key.clone())?,
+        zone: zone.clone(),
+        ipv4: d.ipv4,
+        ipv6: d.ipv6,
+        ttl: d.ttl,
+    }))
+}
+
 // ---------------------------------------------------------------------------------------
 // The registry table
 

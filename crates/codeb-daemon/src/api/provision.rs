@@ -1119,6 +1119,77 @@ fn image_of(cfg: &ProvisionConfig, repository: &str, project: &str) -> String {
 }
 
 // ---------------------------------------------------------------------------------------
+// Previews' own data
+
+/// What previews ask of provisioning: the project's recorded plan (`api_provision`, done
+/// projects only) and the storage servers of `[api.provision]` (admin URL files read at
+/// each use, as init reads them).
+pub struct PreviewData {
+    db_path: PathBuf,
+    cfg: ProvisionConfig,
+}
+
+impl PreviewData {
+    pub fn new(db_path: PathBuf, cfg: ProvisionConfig) -> Self {
+        Self { db_path, cfg }
+    }
+}
+
+impl codeb_previews::DataSource for PreviewData {
+    fn plan(&self, project: &ProjectName) -> Result<Option<codeb_previews::DataPlan>, String> {
+        if !self.db_path.exists() {
+            return Ok(None);
+        }
+        let c = Connection::open(&self.db_path).map_err(|e| e.to_string())?;
+        c.busy_timeout(std::time::Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let Some(r) = row(&c, project.as_str()).map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        match r.state.as_str() {
+            "done" => Ok(Some(codeb_previews::DataPlan {
+                database: r.plan.database,
+                redis: r.plan.redis,
+                redis_db: r.redis_db.unwrap_or(0),
+            })),
+            "removing" => Ok(None),
+            _ => Err(format!(
+                "the init of project `{project}` has not finished, so its previews cannot get their data yet: run `we workflow init {project}` again"
+            )),
+        }
+    }
+
+    fn stores(&self) -> Result<codeb_previews::Stores, String> {
+        let pg_url = match &self.cfg.postgres_admin_url_file {
+            Some(f) => Some(read_secret_file("postgres_admin_url_file", f).map_err(|e| e.message)?),
+            None => None,
+        };
+        let redis_url = match &self.cfg.redis_admin_url_file {
+            Some(f) => Some(read_secret_file("redis_admin_url_file", f).map_err(|e| e.message)?),
+            None => None,
+        };
+        let ep = endpoints(&self.cfg, pg_url.as_ref(), redis_url.as_ref());
+        Ok(codeb_previews::Stores {
+            pg: pg_url
+                .zip(ep.pg)
+                .map(|(admin, (host, port))| codeb_previews::PgAccess {
+                    admin,
+                    host,
+                    port,
+                    pg_dump: self.cfg.pg_dump.clone(),
+                }),
+            redis: redis_url
+                .zip(ep.redis)
+                .map(|(admin, (host, port))| codeb_previews::RedisAccess { admin, host, port }),
+        })
+    }
+
+    fn env_dir(&self) -> PathBuf {
+        self.cfg.env_dir.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Validate
 
 /// Problems `we ssot validate` reports: projects whose init did not finish, with the pieces

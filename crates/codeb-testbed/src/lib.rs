@@ -12,8 +12,8 @@
 //! Test infrastructure, not product code: it spawns processes and panics on a broken host.
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::fs;
+use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,7 +130,8 @@ pub fn http_request(
 ) -> Result<(u16, String), String> {
     let method = reqwest::Method::from_bytes(method.as_bytes())
         .map_err(|e| format!("{method}: not an HTTP method: {e}"))?;
-    let send_body = !body.is_empty() || method == reqwest::Method::POST || method == reqwest::Method::PUT;
+    let send_body =
+        !body.is_empty() || method == reqwest::Method::POST || method == reqwest::Method::PUT;
     let mut request = client()?.request(method, url).timeout(timeout);
     for (name, value) in headers {
         request = request.header(*name, *value);

@@ -17,8 +17,7 @@
 
 #[path = "../integration/fake_github.rs"]
 mod fake_github;
-#[path = "../integration/infra.rs"]
-mod infra;
+use codeb_testbed as infra;
 
 mod daemon;
 mod deploy;

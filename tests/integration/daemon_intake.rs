@@ -65,6 +65,10 @@ fn sign(secret: &str, body: &[u8]) -> String {
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns status and body.
+///
+/// Raw on purpose, not the test bed's client (`crate::infra::http_request`): the daemon may
+/// answer 413 and close while a too-big body is still being written, and the test needs that
+/// answer; an HTTP client reports the broken pipe of the unfinished upload instead.
 fn http(
     port: u16,
     method: &str,

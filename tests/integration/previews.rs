@@ -10,8 +10,6 @@ use crate::util::{bin, scrubbed, tempdir};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
@@ -180,26 +178,13 @@ impl Drop for Daemon {
 
 /// GET through Caddy's preview listener with a Host header.
 pub(crate) fn get_host(listen: &str, host: &str, path: &str) -> Result<(u16, String), String> {
-    let mut s = TcpStream::connect(listen).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    http_request(
+        "GET",
+        &format!("http://{listen}{path}"),
+        &[("host", host)],
+        &[],
+        Duration::from_secs(5),
     )
-    .map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or("no status")?;
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
 }
 
 /// What the host looked like when a wait timed out: every container and the port-forwarding

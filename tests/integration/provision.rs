@@ -4,8 +4,7 @@
 //! password). The generated URLs are proven by logging in with them (psql, redis-cli).
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
@@ -165,18 +164,8 @@ impl Drop for Plane {
 }
 
 fn healthz(listen: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(listen) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut b = String::new();
-    let _ = s.read_to_string(&mut b);
-    b.starts_with("HTTP/1.1 200")
+    crate::infra::http_get(&format!("http://{listen}/healthz"), Duration::from_secs(2))
+        .is_ok_and(|(status, _)| status == 200)
 }
 
 /// A project directory with a git `origin` remote on GitHub (or none).

@@ -6,7 +6,10 @@
 //! - `codeb-core` does no I/O: no I/O crate among its dependencies, no `std::fs`, `std::net`,
 //!   `std::env`, `std::process` or tokio in its sources;
 //! - environment variable names appear as string literals only in
-//!   `crates/codeb-core/src/vars.rs`; everything else uses `codeb_core::vars::NAME`.
+//!   `crates/codeb-core/src/vars.rs`; everything else uses `codeb_core::vars::NAME`;
+//! - the test bed (`codeb-testbed`) is never a normal dependency of a product crate, and the
+//!   test-only containers.conf has one home (`tests/containers.conf`, embedded by the test
+//!   bed as `TEST_CONTAINERS_CONF`): no other source writes its settings.
 //!
 //! "Product crates" are every crate under crates/ except the ones listed in [`NOT_PRODUCT`]
 //! (benchmarks and test infrastructure, which start peers and set their environment). Test
@@ -268,6 +271,56 @@ fn tidy_env_var_names_only_in_vars() {
     report(
         v,
         "ARCHITECTURE.md: every environment variable name lives in codeb_core::vars",
+    );
+}
+
+/// The crate that holds the test infrastructure.
+const TESTBED: &str = "codeb-testbed";
+
+#[test]
+fn tidy_product_crates_do_not_depend_on_the_testbed() {
+    let mut v = Vec::new();
+    for c in crates().iter().filter(|c| product(c)) {
+        if dependencies(c).iter().any(|d| d == TESTBED) {
+            v.push(format!(
+                "{}/Cargo.toml: {} depends on {TESTBED}; test infrastructure is a dev-dependency only (move it to [dev-dependencies])",
+                rel(&c.dir),
+                c.name
+            ));
+        }
+    }
+    report(
+        v,
+        "ARCHITECTURE.md: the test bed is used by tests and codeb-bench, never by the product",
+    );
+}
+
+/// A setting only the test-only containers.conf makes (the product's drop-in never does).
+const TEST_CONF_SETTING: &str = "cgroup_manager = ";
+
+#[test]
+fn tidy_one_test_containers_conf() {
+    let home = repo().join("crates").join(TESTBED);
+    let mut files = sources(&repo().join("crates"));
+    files.extend(sources(&repo().join("tests")));
+    let mut v = Vec::new();
+    for f in files.iter().filter(|f| !f.starts_with(&home)) {
+        let text = fs::read_to_string(f).expect("read source");
+        for (i, line) in text.lines().enumerate() {
+            if code(line).contains(TEST_CONF_SETTING) {
+                v.push(format!(
+                    "{}:{}: writes the test containers.conf's settings; use codeb_testbed::TEST_CONTAINERS_CONF (tests/containers.conf)",
+                    rel(f),
+                    i + 1
+                ));
+            }
+        }
+    }
+    // The rule's own pattern is not a copy.
+    v.retain(|l| !l.starts_with("tests/integration/tidy.rs:"));
+    report(
+        v,
+        "ARCHITECTURE.md: the test-only containers.conf has one home, tests/containers.conf",
     );
 }
 

@@ -4,7 +4,6 @@
 //! and unreachable-cluster errors. No Kubernetes API server can run here: `apply`'s requests
 //! are proven in crates/codeb-k8s/tests/apply.rs against kube-rs's client.
 
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,29 +19,20 @@ const DB_PASSWORD: &str = "pw-9Kq2-xZ7v-scale";
 const API_KEY: &str = "sk_test_4eC39HqLyjWDarjtT1";
 
 fn http(port: u16, method: &str, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the daemon");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
     let body = body.map(Value::to_string).unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).expect("write");
-    s.write_all(body.as_bytes()).expect("write");
-    let mut resp = Vec::new();
-    let _ = s.read_to_end(&mut resp);
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no HTTP answer to {method} {path}: {text:?}"));
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    let authorization = format!("Bearer {token}");
+    let (status, text) = crate::infra::http_request(
+        method,
+        &format!("http://127.0.0.1:{port}{path}"),
+        &[
+            ("authorization", &authorization),
+            ("content-type", "application/json"),
+        ],
+        body.as_bytes(),
+        Duration::from_secs(20),
+    )
+    .unwrap_or_else(|e| panic!("no HTTP answer to {method} {path}: {e}"));
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
 struct Daemon {
@@ -460,16 +450,12 @@ fn we_scale_status_measures_caddy_cpu_and_deploys() {
             .expect("spawn caddy"),
     );
     let get = |port: u16, path: &str| -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n"
+        crate::infra::http_get(
+            &format!("http://127.0.0.1:{port}{path}"),
+            Duration::from_secs(5),
         )
-        .ok()?;
-        let mut out = String::new();
-        s.read_to_string(&mut out).ok()?;
-        Some(out)
+        .ok()
+        .map(|(_, body)| body)
     };
     let deadline = Instant::now() + Duration::from_secs(15);
     while get(site_port, "/").is_none_or(|r| !r.ends_with("ok")) {

@@ -1,5 +1,5 @@
 //! The deploy benchmark: `codeb-quadlet-update deploy` against a real registry, a real Caddy
-//! and real podman (with the test bed's containers.conf), std only.
+//! and real podman (with the test bed's containers.conf: crates/codeb-testbed).
 //!
 //! It prints two tables:
 //! - failed requests seen by a bounded load loop (sequential GETs through the public port,
@@ -11,12 +11,13 @@
 //!
 //! Each deploy run is one A/B pair, interleaved; medians are compared, nothing is asserted.
 
+use codeb_testbed::{Daemon, TEST_CONTAINERS_CONF, free_port, http_get, http_request};
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -24,14 +25,6 @@ use std::time::{Duration, Instant};
 
 /// At most this many deploys per row: each restart deploy alone takes seconds.
 const MAX_RUNS: usize = 3;
-
-const CONTAINERS_CONF: &str = r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"#;
 
 /// Runs the deploy benchmark (`runs` deploys per row, capped at [`MAX_RUNS`]).
 pub fn deploy(runs: usize) -> Result<(), String> {
@@ -50,17 +43,6 @@ pub fn deploy(runs: usize) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // Set-up: scratch dir, podman config, registry, Caddy, images
 // ---------------------------------------------------------------------------------------------
-
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 pub(crate) struct Bench {
     dir: PathBuf,
@@ -81,11 +63,11 @@ impl Bench {
         let write = |name: &str, text: &str| {
             fs::write(dir.join(name), text).map_err(|e| format!("write {name}: {e}"))
         };
-        write("containers.conf", CONTAINERS_CONF)?;
+        write("containers.conf", TEST_CONTAINERS_CONF)?;
         write("auth.json", "{\"auths\":{}}\n")?;
 
         // Registry.
-        let registry_port = free_port()?;
+        let registry_port = free_port();
         write(
             "registry.yml",
             &format!(
@@ -104,11 +86,11 @@ impl Bench {
         let mut daemons = Vec::new();
         let mut cmd = Command::new("docker-registry");
         cmd.arg("serve").arg(dir.join("registry.yml"));
-        daemons.push(spawn_daemon(
+        daemons.push(Daemon::spawn(
             "docker-registry",
             cmd,
-            &dir.join("registry.log"),
-        )?);
+            dir.join("registry.log"),
+        ));
         wait_status(
             &format!("http://127.0.0.1:{registry_port}/v2/"),
             200,
@@ -116,7 +98,7 @@ impl Bench {
         )?;
 
         // Caddy: only its admin API; codeb adds the servers.
-        let admin_port = free_port()?;
+        let admin_port = free_port();
         write(
             "caddy.json",
             &format!(
@@ -130,7 +112,7 @@ impl Bench {
             .env("HOME", &dir)
             .env("XDG_DATA_HOME", dir.join("caddy-data"))
             .env("XDG_CONFIG_HOME", dir.join("caddy-config"));
-        daemons.push(spawn_daemon("caddy", cmd, &dir.join("caddy.log"))?);
+        daemons.push(Daemon::spawn("caddy", cmd, dir.join("caddy.log")));
         let caddy_admin = format!("http://127.0.0.1:{admin_port}");
         wait_status(
             &format!("{caddy_admin}/config/"),
@@ -335,7 +317,7 @@ impl Bench {
             run_ok(&mut self.deploy_cmd(cli, environment, 0, strategy))?;
         }
         // The peer's container: v1 on a plain port, no proxy.
-        let peer_port = free_port()?;
+        let peer_port = free_port();
         let peer_name = format!("{}-peer", self.project);
         let by_digest = |i: usize| {
             let (reference, digest) = &self.images[i];
@@ -512,7 +494,7 @@ impl Bench {
 
     /// `podman run -d` of `image` on a free port, until its first healthy answer of `version`.
     fn bare_start(&self, image: &str, version: &str) -> Result<Duration, String> {
-        let port = free_port()?;
+        let port = free_port();
         let name = format!("{}-bare", self.project);
         let publish = format!("127.0.0.1:{port}:3000");
         let t = Instant::now();
@@ -535,18 +517,6 @@ struct DeployRun {
 // ---------------------------------------------------------------------------------------------
 // Processes
 // ---------------------------------------------------------------------------------------------
-
-fn spawn_daemon(name: &'static str, mut cmd: Command, log: &Path) -> Result<Daemon, String> {
-    let out = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
-    let err = out.try_clone().map_err(|e| e.to_string())?;
-    let child = cmd
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .spawn()
-        .map_err(|e| format!("start {name}: {e} (is it installed?)"))?;
-    Ok(Daemon { child })
-}
 
 /// Runs `cmd` to the end; its duration, or an error with its output.
 fn spawn(cmd: &mut Command) -> Result<Duration, String> {
@@ -581,34 +551,6 @@ fn run_ok(cmd: &mut Command) -> Result<(), String> {
 // ---------------------------------------------------------------------------------------------
 // HTTP and ports
 // ---------------------------------------------------------------------------------------------
-
-/// One `GET` over a fresh connection (HTTP/1.0): `(status, body)`.
-fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
-    let rest = url.strip_prefix("http://").ok_or("http:// only")?;
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let addr: SocketAddr = authority.parse().map_err(|e| format!("{authority}: {e}"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.0\r\nhost: {authority}\r\nconnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("write: {e}"))?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").ok_or("incomplete answer")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or("bad status line")?;
-    Ok((status, body.to_owned()))
-}
 
 fn version_of(body: &str) -> Option<String> {
     body.split("\"version\":\"")
@@ -651,18 +593,6 @@ fn wait_version_every(
         }
         thread::sleep(Duration::from_millis(every_ms));
     }
-}
-
-/// A free port outside 3000-5999 (apps' and codeb's ranges).
-fn free_port() -> Result<u16, String> {
-    for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-        let p = l.local_addr().map_err(|e| e.to_string())?.port();
-        if !(3000..=5999).contains(&p) {
-            return Ok(p);
-        }
-    }
-    Err("no free port".into())
 }
 
 /// A public port P in `range` with P, 10000+P and 20000+P free.
@@ -815,8 +745,8 @@ const PR_SHA: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
 impl Bench {
     fn measure_preview(&self, daemon_bin: &Path, runs: usize) -> Result<(), String> {
         let github = FakeGitHub::start()?;
-        let listen = free_port()?;
-        let routes = free_port()?;
+        let listen = free_port();
+        let routes = free_port();
         let preview_project = format!("{}p", self.project);
         let repo = "bench/app";
         let image_repo = format!("127.0.0.1:{}/codeb/preview", self.registry_port);
@@ -889,7 +819,7 @@ image = "{image_repo}"
             .env("CODEB_WEBHOOK_SECRET", super::webhook::SECRET)
             .env("GITHUB_TOKEN", "bench-token")
             .env("CODEB_LOG", "warn");
-        let _daemon = spawn_daemon("codeb-daemon", cmd, &self.dir.join("daemon.log"))?;
+        let _daemon = Daemon::spawn("codeb-daemon", cmd, self.dir.join("daemon.log"));
         wait_status(
             &format!("http://127.0.0.1:{listen}/healthz"),
             200,
@@ -959,43 +889,36 @@ fn package_event(repo: &str, tag: &str) -> String {
 }
 
 fn post_delivery(port: u16, delivery: &str, signature: &str, body: &[u8]) -> Result<(), String> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "POST /webhook/github HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-type: application/json\r\nx-github-event: registry_package\r\nx-github-delivery: {delivery}\r\nx-github-hook-id: 1\r\nx-hub-signature-256: {signature}\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    )
-    .map_err(|e| e.to_string())?;
-    s.write_all(body).map_err(|e| e.to_string())?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
-    if raw.starts_with("HTTP/1.1 202") {
+    let (status, answer) = http_request(
+        "POST",
+        &format!("http://127.0.0.1:{port}/webhook/github"),
+        &[
+            ("content-type", "application/json"),
+            ("x-github-event", "registry_package"),
+            ("x-github-delivery", delivery),
+            ("x-github-hook-id", "1"),
+            ("x-hub-signature-256", signature),
+        ],
+        body,
+        Duration::from_secs(10),
+    )?;
+    if status == 202 {
         Ok(())
     } else {
-        Err(format!("the delivery was not queued: {raw}"))
+        Err(format!("the delivery was not queued: {status} {answer}"))
     }
 }
 
 /// Polls the preview's health through Caddy (Host header) every 10 ms.
 fn wait_host(port: u16, host: &str, timeout: Duration) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{port}/api/health");
     let deadline = Instant::now() + timeout;
     loop {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-            let _ = write!(
-                s,
-                "GET /api/health HTTP/1.0\r\nhost: {host}\r\nconnection: close\r\n\r\n"
-            );
-            let mut raw = String::new();
-            let _ = s.read_to_string(&mut raw);
-            // Caddy (Go's net/http) answers an HTTP/1.0 request with an `HTTP/1.0` status
-            // line: read the status code, not the protocol version.
-            let status = raw.split_whitespace().nth(1);
-            if status == Some("200") && raw.contains("\"version\"") {
-                return Ok(());
-            }
+        if let Ok((200, body)) =
+            http_request("GET", &url, &[("host", host)], &[], Duration::from_secs(2))
+            && body.contains("\"version\"")
+        {
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(format!("{host} never answered through Caddy"));

@@ -7,6 +7,7 @@
 //!
 //! Only 127.0.0.1 is targeted; the loop is bounded by `runs`.
 
+use codeb_testbed::free_port;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
@@ -24,11 +25,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn spawn(cmd: &mut Command, log: &Path) -> Result<Proc, String> {
@@ -95,7 +91,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
                 "the PowerDNS schema ({schema}; scripts/setup installs pdns-backend-sqlite3): {e}"
             )
         })?;
-    let (dns_port, web_port) = (free_port()?, free_port()?);
+    let (dns_port, web_port) = (free_port(), free_port());
     let _pdns = spawn(
         Command::new("/usr/sbin/pdns_server")
             .arg(format!("--config-dir={}", dir.display()))
@@ -151,7 +147,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
     }
 
     // Caddy with the internal issuer.
-    let (admin, https, http) = (free_port()?, free_port()?, free_port()?);
+    let (admin, https, http) = (free_port(), free_port(), free_port());
     let caddy_json = dir.join("caddy.json");
     std::fs::write(
         &caddy_json,
@@ -190,7 +186,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
     });
 
     // The control plane with [domains].
-    let port = free_port()?;
+    let port = free_port();
     std::fs::create_dir_all(dir.join("quadlet")).map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join("port-manifest.yaml"),
@@ -224,7 +220,7 @@ zones = ["{zone}"]
 ipv4 = "127.0.0.1"
 https_listen = "127.0.0.1:{https}"
 "#,
-            dead = free_port()?,
+            dead = free_port(),
             q = dir.join("quadlet").display(),
             m = dir.join("port-manifest.yaml").display(),
         ),

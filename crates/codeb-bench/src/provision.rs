@@ -10,6 +10,7 @@
 //! Each run provisions a new project (a re-run is a no-op); `--redis-prefix` so that the 16
 //! Redis DB indexes do not run out. Bounded by `runs` (20 to 60).
 
+use codeb_testbed::free_port;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -20,11 +21,6 @@ use codeb_core::vars;
 use crate::{bin, pair, row};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
 
 fn ok(c: &mut Command, what: &str) -> Result<String, String> {
     let o = c.output().map_err(|e| format!("{what}: {e}"))?;
@@ -112,7 +108,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
             .arg(format!("--pwfile={}", pg_dir.join("pw").display())),
         "initdb",
     )?;
-    let pg_port = free_port()?;
+    let pg_port = free_port();
     ok(
         as_pg(&format!("{PG_BIN}/pg_ctl"))
             .arg("-D")
@@ -130,7 +126,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
     let _cluster = Cluster { data: &data };
     let pg_admin = format!("postgresql://postgres:{pg_pw}@127.0.0.1:{pg_port}/postgres");
     // Redis with a password on its default user.
-    let redis_port = free_port()?;
+    let redis_port = free_port();
     let redis_pw = format!("bench-redis-{}", std::process::id());
     let mut children = Killed(vec![
         Command::new("redis-server")
@@ -169,7 +165,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
     let pg_file = secret("pg-admin-url", &pg_admin)?;
     let redis_file = secret("redis-admin-url", &redis_admin)?;
     std::fs::create_dir_all(dir.join("quadlet")).map_err(|e| e.to_string())?;
-    let port = free_port()?;
+    let port = free_port();
     let cfg = dir.join("daemon.toml");
     std::fs::write(
         &cfg,

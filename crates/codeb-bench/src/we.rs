@@ -10,6 +10,7 @@
 //!
 //! Only 127.0.0.1 is targeted; the loops are bounded by `runs` and by count.
 
+use codeb_testbed::free_port;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -29,14 +30,9 @@ impl Drop for Daemon {
     }
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 /// A daemon with a fresh store, its previews pointed at dead local ports.
 fn config(dir: &Path, port: u16) -> Result<std::path::PathBuf, String> {
-    let dead = free_port()?;
+    let dead = free_port();
     std::fs::create_dir_all(dir.join("quadlet")).map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join("port-manifest.yaml"),
@@ -88,7 +84,7 @@ fn measure(dir: &Path, runs: usize) -> Result<(), String> {
                 .join(" ")
         })
         .map_err(|e| format!("curl is not runnable: {e}"))?;
-    let port = free_port()?;
+    let port = free_port();
     let cfg = config(dir, port)?;
     let out = Command::new(&daemon)
         .args(["bootstrap-admin", "--config"])
@@ -282,6 +278,11 @@ fn paced(port: u16, path: &str, auth: Option<&str>) -> Result<Vec<Duration>, Str
 }
 
 /// A keep-alive HTTP/1.1 connection for GETs answered with a Content-Length.
+///
+/// Raw on purpose, not the test bed's client (`codeb_testbed::http_request`): the load loop
+/// measures the server's latency per request, so the client must cost next to nothing and
+/// the same for both peers (one pre-formatted head written on a kept-alive socket per
+/// request, no pool, no client-side runtime thread in the measured path).
 struct Get {
     reader: std::io::BufReader<std::net::TcpStream>,
     writer: std::net::TcpStream,

@@ -12,8 +12,9 @@
 //!
 //! Only 127.0.0.1 is targeted; every loop is bounded by count and time.
 
+use codeb_testbed::free_port;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -206,11 +207,6 @@ pub(crate) fn sign(daemon: &Path, body: &[u8]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
-fn free_port() -> Result<u16, String> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
-}
-
 /// A server process under test; killed on drop.
 struct Server {
     child: Child,
@@ -222,8 +218,8 @@ struct Server {
 impl Server {
     fn daemon(bin: &Path, dir: &Path) -> Result<Server, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let port = free_port()?;
-        let dead = free_port()?;
+        let port = free_port();
+        let dead = free_port();
         // A configured repository, so each delivery is stored with a job (the real path);
         // the preview service points at dead local ports, so jobs end quickly.
         let config = format!(
@@ -267,7 +263,7 @@ image = "ghcr.io/codertocat/hello-world"
 
     fn webhook(dir: &Path) -> Result<Server, String> {
         std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
-        let port = free_port()?;
+        let port = free_port();
         // The documented GitHub rule: payload-hmac-sha256 over the body, secret, header.
         let hooks = format!(
             r#"[{{
@@ -467,6 +463,11 @@ fn paced(port: u16, path: &str, body: &[u8], signature: &str) -> Result<Latency,
 }
 
 /// A keep-alive HTTP/1.1 client connection.
+///
+/// Raw on purpose, not the test bed's client (`codeb_testbed::http_request`): the load loop
+/// measures the server's latency per request, so the client must cost next to nothing and
+/// the same for both peers (one pre-formatted head written on a kept-alive socket per
+/// request, no pool, no client-side runtime thread in the measured path).
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,

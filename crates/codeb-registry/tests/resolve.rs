@@ -622,16 +622,7 @@ fn the_registry_binary_is_there() {
 async fn podman(dir: &Path, args: &[&str]) -> String {
     let conf = dir.join("containers.conf");
     if !conf.exists() {
-        std::fs::write(
-            &conf,
-            "[containers]\n\
-             default_ulimits = [\"nofile=1024:1024\", \"nproc=1000:1000\"]\n\
-             [engine]\n\
-             runtime = \"runc\"\n\
-             cgroup_manager = \"cgroupfs\"\n\
-             events_logger = \"file\"\n",
-        )
-        .expect("write containers.conf");
+        std::fs::write(&conf, codeb_testbed::TEST_CONTAINERS_CONF).expect("write containers.conf");
     }
     let output = tokio::process::Command::new("podman")
         .arg("--root")

@@ -39,9 +39,15 @@ fn config(dir: &Path, port: u16) -> Result<std::path::PathBuf, String> {
         "version: 1\nprojects:\n  bench: {production: {port: 4400}}\n",
     )
     .map_err(|e| e.to_string())?;
+    // The daemon refuses to start without a webhook secret (it serves the intake too).
+    let secret = dir.join("webhook.secret");
+    std::fs::write(&secret, "codeb-bench-we-secret\n").map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
     let text = format!(
         r#"listen = "127.0.0.1:{port}"
 state_dir = "state"
+secret_file = "{s}"
 max_attempts = 1
 shutdown_grace = "2s"
 [previews]
@@ -50,6 +56,7 @@ caddy_admin = "http://127.0.0.1:{dead}"
 quadlet_dir = "{q}"
 manifest = "{m}"
 "#,
+        s = secret.display(),
         q = dir.join("quadlet").display(),
         m = dir.join("port-manifest.yaml").display()
     );

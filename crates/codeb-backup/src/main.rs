@@ -232,8 +232,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let holder = format!(
                 "codeb-backup restore of {} by {} (pid {})",
                 req.project,
-                std::env::var("SUDO_USER")
-                    .or_else(|_| std::env::var("USER"))
+                std::env::var(codeb_core::vars::SUDO_USER)
+                    .or_else(|_| std::env::var(codeb_core::vars::USER))
                     .unwrap_or_else(|_| "root".into()),
                 std::process::id()
             );

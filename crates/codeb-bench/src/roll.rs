@@ -662,7 +662,7 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
     };
 
     println!(
-        "\n## Rolling deploy over 3 hosts vs 3 single-host deploys one after another ({runs} runs, interleaved)\n"
+        "\n## Rolling deploy over 3 hosts vs 3 single-host deploys one after another (runs: {runs}, interleaved)\n"
     );
     let (mut rolls, mut singles) = (Vec::new(), Vec::new());
     let (mut roll_requests, mut roll_failed, mut roll_kept) = (0u64, 0u64, Vec::new());
@@ -743,7 +743,7 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
         "\n| load through the balancer | requests | failed (target 0) |\n|---|---|---|\n| during the rolls | {roll_requests} | {roll_failed} |\n| host 2 cut off (`ip link set down`) and back | {cut_requests} | {cut_failed} |"
     );
     println!(
-        "\nhost cut: balancer saw h2 healthy before: {seen_up}; marked down: {} ; back up after the link returned: {marked_up}",
+        "\nhost cut: balancer saw h2 healthy before: {seen_up}; marked down: {}; back up after the link returned: {marked_up}",
         if marked_down {
             format!(
                 "yes, {:.1} s after the cut (its health gauge lags up to 10 s)",

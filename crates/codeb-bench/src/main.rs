@@ -2,9 +2,10 @@
 //! the figures and ratios. Wall-clock numbers on a shared machine are noisy, so every pair
 //! is interleaved (A, B, A, B, ...) and medians are compared; nothing here asserts a time.
 //!
-//! Usage: `codeb-bench [foundation|deploy|preview|workflows|webhook|init|we|guest|backup|domain]... [--runs N]` (scripts/bench
-//! builds release binaries first; no name runs them all but `guest`, which boots the QEMU
-//! guest of scripts/vm and runs only when named).
+//! Usage: `codeb-bench [foundation|deploy|preview|workflows|webhook|init|we|guest|backup|domain|roll]... [--runs N]`
+//! (scripts/bench builds release binaries first; no name runs them all but `guest`, which
+//! boots the QEMU guest of scripts/vm, and `backup`, `domain` and `roll` (three network-namespace
+//! hosts, root), which run only when named).
 
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a benchmark's job is to print figures
 
@@ -19,18 +20,19 @@ mod deploy;
 mod domain;
 mod guest;
 mod provision;
+mod roll;
 mod we;
 mod webhook;
 mod workflows;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let runs = args
+    let runs_arg: Option<usize> = args
         .iter()
         .position(|a| a == "--runs")
         .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(200);
+        .and_then(|n| n.parse().ok());
+    let runs = runs_arg.unwrap_or(200);
     let which: Vec<&str> = args
         .iter()
         .filter(|a| !a.starts_with("--") && a.parse::<usize>().is_err())
@@ -98,6 +100,13 @@ fn main() -> ExitCode {
     // Only when named: it needs the control plane's /api/v1, which is not built yet.
     if (all || which.contains(&"we"))
         && let Err(e) = we::run(runs)
+    {
+        eprintln!("codeb-bench: {e}");
+        return ExitCode::FAILURE;
+    }
+    // Only when named: three network-namespace hosts (root), the control plane and its balancer.
+    if which.contains(&"roll")
+        && let Err(e) = roll::run(runs_arg.unwrap_or(3))
     {
         eprintln!("codeb-bench: {e}");
         return ExitCode::FAILURE;

@@ -262,9 +262,17 @@ impl Bench {
     }
 
     pub(crate) fn cleanup(&self) {
-        if let Ok(ids) =
-            self.podman(&["ps", "-aq", "--filter", &format!("name=^{}-", self.project)])
-        {
+        // The bench's own containers and its previews' (project `<project>p`, containers
+        // `<project>p-pr-<N>-<slot>`): a preview left running keeps its slot port forwarded
+        // and would refuse the next preview test on this machine.
+        if let Ok(ids) = self.podman(&[
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("name=^{}-", self.project),
+            "--filter",
+            &format!("name=^{}p-", self.project),
+        ]) {
             let mut args = vec!["rm", "-f", "-t", "0", "--ignore"];
             args.extend(ids.lines());
             if args.len() > 5 {

@@ -139,6 +139,8 @@ impl Db {
             "PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=5000; PRAGMA foreign_keys=ON;",
         )
         .map_err(open)?;
+        // Every hot statement stays compiled (rusqlite keeps 16 by default; the API has more).
+        conn.set_prepared_statement_cache_capacity(64);
         let tx = conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(open)?;
@@ -240,21 +242,20 @@ fn role_of(s: &str) -> Role {
 
 pub fn user_by_id(c: &Connection, id: i64) -> Result<Option<User>, DbError> {
     let row = c
-        .query_row(
+        .prepare_cached(
             "SELECT id, name, role, enabled, created_ms, last_seen_ms FROM api_users WHERE id = ?1",
-            [id],
-            |r| {
-                Ok(User {
-                    id: r.get(0)?,
-                    name: r.get(1)?,
-                    role: role_of(&r.get::<_, String>(2)?),
-                    enabled: r.get::<_, i64>(3)? != 0,
-                    created_ms: r.get(4)?,
-                    projects: Vec::new(),
-                    last_seen_ms: r.get(5)?,
-                })
-            },
-        )
+        )?
+        .query_row([id], |r| {
+            Ok(User {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                role: role_of(&r.get::<_, String>(2)?),
+                enabled: r.get::<_, i64>(3)? != 0,
+                created_ms: r.get(4)?,
+                projects: Vec::new(),
+                last_seen_ms: r.get(5)?,
+            })
+        })
         .optional()?;
     match row {
         Some(mut u) => {
@@ -428,10 +429,11 @@ pub fn revoke_token(c: &Connection, id: i64, now: i64) -> Result<(), DbError> {
 
 /// Records use, at most once a minute per token (so reads do not turn into writes).
 pub fn touch_token(c: &Connection, token: i64, user: i64, now: i64) -> Result<(), DbError> {
-    let n = c.execute(
-        "UPDATE api_tokens SET last_used_ms = ?2 WHERE id = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2 - 60000)",
-        params![token, now],
-    )?;
+    let n = c
+        .prepare_cached(
+            "UPDATE api_tokens SET last_used_ms = ?2 WHERE id = ?1 AND (last_used_ms IS NULL OR last_used_ms < ?2 - 60000)",
+        )?
+        .execute(params![token, now])?;
     if n > 0 {
         c.execute(
             "UPDATE api_users SET last_seen_ms = ?2 WHERE id = ?1",
@@ -479,15 +481,39 @@ pub fn project(c: &Connection, name: &str) -> Result<Option<ProjectRow>, DbError
 }
 
 pub fn projects(c: &Connection) -> Result<Vec<ProjectRow>, DbError> {
-    let names: Vec<String> = {
-        let mut s = c.prepare_cached("SELECT name FROM api_projects ORDER BY name")?;
-        s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-    };
-    let mut out = Vec::with_capacity(names.len());
-    for n in names {
-        if let Some(p) = project(c, &n)? {
-            out.push(p);
+    // Two statements whatever the number of projects: the list is the hot read of the API.
+    let mut owners: std::collections::HashMap<String, Vec<String>> = Default::default();
+    {
+        let mut s = c.prepare_cached(
+            "SELECT o.project, u.name FROM api_owners o JOIN api_users u ON u.id = o.user_id ORDER BY o.project, u.name",
+        )?;
+        let rows = s.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        for row in rows {
+            let (project, user) = row?;
+            owners.entry(project).or_default().push(user);
         }
+    }
+    let mut s = c.prepare_cached(
+        "SELECT name, spec, created_ms, updated_ms FROM api_projects ORDER BY name",
+    )?;
+    let rows = s.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (name, spec, created_ms, updated_ms) = row?;
+        let mut spec: ProjectSpec = serde_json::from_str(&spec)?;
+        spec.owners = owners.remove(&name).unwrap_or_default();
+        out.push(ProjectRow {
+            spec,
+            created_ms,
+            updated_ms,
+        });
     }
     Ok(out)
 }

@@ -1059,6 +1059,20 @@ fn blue_green_lifecycle(caddy: CaddyBuild) {
     let text = run(&mut cmd);
     assert_eq!(text.code, 0, "{}", text.all());
     println!("history (text):\n{}", indent(&text.stdout));
+    // The columns line up: every row's image starts under the header's `image`.
+    let lines: Vec<&str> = text.stdout.lines().collect();
+    let at = lines
+        .first()
+        .and_then(|h| h.find("image"))
+        .expect("a header with an image column");
+    for l in &lines[1..] {
+        assert!(
+            l.get(at - 1..at) == Some(" ")
+                && l.get(at..).is_some_and(|x| x.starts_with("127.0.0.1:")),
+            "the history row is out of line with its header:\n{}",
+            text.stdout
+        );
+    }
     assert!(
         report.failures().is_empty(),
         "bonus: rollback without failed requests: {}",

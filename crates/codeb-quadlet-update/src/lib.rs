@@ -451,9 +451,18 @@ async fn history(step: &Step, h: &HistoryArgs) -> Exit {
         Format::Text => {
             if hist.releases.is_empty() {
                 step.result(&format!("{target}: no releases yet"));
+                return Exit::Success;
             }
+            // The actor column is as wide as its longest entry ("alice via the API, job 12").
+            let aw = hist
+                .releases
+                .iter()
+                .map(|r| r.actor.chars().count())
+                .max()
+                .unwrap_or(0)
+                .max(5);
             step.result(&format!(
-                "{:<21} {:<11} {:<6} {:<19} {:<10} {:<12} image",
+                "{:<21} {:<11} {:<6} {:<19} {:<10} {:<aw$} image",
                 "time", "outcome", "slot", "digest", "sha", "actor"
             ));
             for r in &hist.releases {
@@ -464,7 +473,7 @@ async fn history(step: &Step, h: &HistoryArgs) -> Exit {
                 let digest: String = r.digest.chars().take(19).collect();
                 let sha: String = r.sha.chars().take(10).collect();
                 step.result(&format!(
-                    "{:<21} {:<11} {:<6} {:<19} {:<10} {:<12} {}{}",
+                    "{:<21} {:<11} {:<6} {:<19} {:<10} {:<aw$} {}{}",
                     r.time,
                     outcome,
                     r.slot.as_str(),

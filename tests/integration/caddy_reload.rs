@@ -126,7 +126,17 @@ fn measure(build: CaddyBuild, migrate: u8) -> (u64, u64) {
 
     let wrk = ns
         .cmd("wrk")
-        .args(["-t2", "-c16", "-d4s", "-H", "Connection: close"])
+        // wrk's own timeout (2 s) would count a request slowed by a busy machine as a
+        // failure; a reset or refused connection is what a reload causes and what counts.
+        .args([
+            "-t2",
+            "-c16",
+            "-d4s",
+            "--timeout",
+            "10s",
+            "-H",
+            "Connection: close",
+        ])
         .arg("http://127.0.0.1:8080/")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -158,7 +168,12 @@ fn measure(build: CaddyBuild, migrate: u8) -> (u64, u64) {
     let out = wrk.wait_with_output().expect("wrk");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "wrk: {text}");
-    parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's report:\n{text}"))
+    let measured = parse_wrk(&text).unwrap_or_else(|| panic!("cannot read wrk's report:\n{text}"));
+    if measured.1 > 0 {
+        // Which kind of failure (connect, read, write, timeout, status) is the evidence.
+        println!("{build:?} Caddy, tcp_migrate_req={migrate}: wrk reported\n{text}");
+    }
+    measured
 }
 
 /// `N requests in …`, plus `Socket errors: connect A, read B, write C, timeout D` and

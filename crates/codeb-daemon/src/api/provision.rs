@@ -2,19 +2,25 @@
 //! `POST /api/v1/projects/{name}/remove` (`we project remove`).
 //!
 //! Init registers the project, allocates its production and staging ports in the manifest
-//! (the manifest library's allocator and lock), creates its PostgreSQL role and databases and
-//! its Redis ACL user on the storage server (`codeb_provision`), and writes the server-side
-//! env files (0600, atomically) that the deploy engine reads.
+//! (the manifest library's allocator and lock), creates on the storage server
+//! (`codeb_provision`) a PostgreSQL role and database and a Redis ACL user for each of
+//! production and staging (staging's role owns only staging's database, its user reaches only
+//! `<project>:staging:*`), and writes the server-side env files (0600, atomically) that the
+//! deploy engine reads.
 //!
-//! All or nothing, by completion: before changing anything the plan is recorded in
+//! All or nothing: a failure the daemon sees undoes what that run created ([`Undo`]), so a
+//! first init that fails leaves nothing. Against a crash, by completion: before changing
+//! anything the plan is recorded in
 //! `api_provision` (state `provisioning`, the Redis DB index claimed by a UNIQUE column);
 //! every step is create-if-absent and recognises what is codeb's (PostgreSQL objects by the
 //! `codeb:<project>` comment, a database owned by codeb's role as an interrupted creation, the
 //! Redis user by the recorded plan), so running init again after any interruption completes
 //! the project, and `we ssot validate` names a project whose init did not finish. Secrets
 //! live in `<env_dir>/<project>.secrets` (0600) and are written before any role gets them; a
-//! re-run rotates nothing (the SHA-256 of what was set on the role and the ACL user is
-//! recorded) unless `rotate_secrets`.
+//! re-run rotates nothing (the SHA-256 of what was set on each role and ACL user is
+//! recorded) unless `rotate_secrets`, which rotates both environments'. A project provisioned
+//! before staging had its own role and user gets them on a re-run (staging's database and its
+//! contents are moved to staging's role; production is not changed).
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -993,7 +999,7 @@ async fn init_inner(
     // (a server refusing, disk full) leaves the project as it was before this run: nothing,
     // for a first init. A crash cannot undo; the recorded plan lets the next run complete.
     let mut undo = Undo::default();
-    let applied: Result<(Vec<InitStep>, BTreeMap<String, String>, Secrets), ApiError> = async {
+    let applied: Result<Applied, ApiError> = async {
         let mut steps = Vec::new();
 
         // 1. Secrets (written before any role or user gets them).
@@ -1328,6 +1334,10 @@ async fn init_inner(
         warnings,
     })
 }
+
+/// What the steps of an init give back: the steps, production's env values (for `.env`)
+/// and the secrets (to keep them out of warnings).
+type Applied = (Vec<InitStep>, BTreeMap<String, String>, Secrets);
 
 /// What one init run created, in the order it is undone.
 #[derive(Default)]

@@ -215,6 +215,14 @@ fn a_preview_gets_its_own_data_and_dns_and_loses_them_with_the_preview() {
     assert_eq!(r.code, 0, "{}", r.all());
     let prod = w.env(&format!("{p}-production.env"));
     let staging = w.env(&format!("{p}-staging.env"));
+    // Staging's schema is made by staging's own role (the preview's copy is read with the
+    // admin URL and run as the preview's role).
+    let pu = p.replace('-', "_");
+    assert!(
+        staging["DATABASE_URL"].starts_with(&format!("postgresql://{pu}_staging_user:")),
+        "{}",
+        staging["DATABASE_URL"]
+    );
     // Staging's schema with a row of its own; production has data of its own too.
     let r = psql(
         &staging["DATABASE_URL"],

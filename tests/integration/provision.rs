@@ -333,8 +333,21 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     assert_eq!(mode(&prod), 0o600);
     assert_eq!(mode(&staging), 0o600);
     let st = env_of(&staging);
-    assert!(st["DATABASE_URL"].contains("/alpha_staging_db?"), "{st:?}");
+    assert!(
+        st["DATABASE_URL"].starts_with("postgresql://alpha_staging_user:")
+            && st["DATABASE_URL"].contains("/alpha_staging_db?"),
+        "staging has a role of its own: {st:?}"
+    );
     assert_eq!(st["REDIS_PREFIX"], "alpha:staging:");
+    assert!(
+        st["REDIS_URL"].starts_with("redis://alpha.staging:"),
+        "staging has an ACL user of its own: {st:?}"
+    );
+    assert_ne!(password_of(&st["DATABASE_URL"]), password_of(&db_url(&env)));
+    assert_ne!(
+        password_of(&st["REDIS_URL"]),
+        password_of(&env["REDIS_URL"])
+    );
     // Ports in the manifest.
     let m = plane.manifest();
     assert!(
@@ -351,12 +364,59 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
         pg.admin("SELECT pg_get_userbyid(datdba), has_database_privilege('public', 'alpha_db', 'CONNECT') FROM pg_database WHERE datname = 'alpha_db'"),
         "alpha_user|f"
     );
+    // Staging's role likewise, owning only staging's database.
+    assert_eq!(
+        pg.admin("SELECT rolsuper, rolcreatedb, rolcreaterole, rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = 'alpha_staging_user'"),
+        "f|f|f|t|codeb:alpha"
+    );
+    assert_eq!(
+        pg.admin("SELECT pg_get_userbyid(datdba), has_database_privilege('public', 'alpha_staging_db', 'CONNECT') FROM pg_database WHERE datname = 'alpha_staging_db'"),
+        "alpha_staging_user|f"
+    );
+    assert_eq!(
+        pg.admin("SELECT has_database_privilege('alpha_staging_user', 'alpha_db', 'CONNECT'), has_database_privilege('alpha_user', 'alpha_staging_db', 'CONNECT')"),
+        "f|f"
+    );
     // Logging in with the generated URL works, and the app can make its tables.
     let r = PgCluster::psql(&db_url(&env), "CREATE TABLE t (x int); SELECT current_user");
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("alpha_user"));
-    let r = PgCluster::psql(&st["DATABASE_URL"], "SELECT current_database()");
-    assert_eq!(r.stdout.trim(), "alpha_staging_db", "{}", r.all());
+    let r = PgCluster::psql(
+        &st["DATABASE_URL"],
+        "CREATE TABLE s (x int); SELECT current_database(), current_user",
+    );
+    assert_eq!(
+        r.stdout.lines().last(),
+        Some("alpha_staging_db|alpha_staging_user"),
+        "{}",
+        r.all()
+    );
+    // Staging never reaches production's database, nor production staging's: by logging in.
+    let r = PgCluster::psql(
+        &url_for_db(&st["DATABASE_URL"], "alpha_db?schema=public"),
+        "SELECT 1",
+    );
+    assert_ne!(r.code, 0, "staging's URL opened alpha_db: {}", r.all());
+    assert!(
+        r.stderr.contains("permission denied for database"),
+        "{}",
+        r.all()
+    );
+    let r = PgCluster::psql(
+        &url_for_db(&db_url(&env), "alpha_staging_db?schema=public"),
+        "SELECT 1",
+    );
+    assert_ne!(
+        r.code,
+        0,
+        "production's URL opened alpha_staging_db: {}",
+        r.all()
+    );
+    assert!(
+        r.stderr.contains("permission denied for database"),
+        "{}",
+        r.all()
+    );
     // Not a superuser, cannot make databases or roles.
     for sql in [
         "CREATE DATABASE x",
@@ -373,6 +433,39 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
             .stdout
             .trim(),
         "OK"
+    );
+    // Staging's user: its own prefix only; production's keys are out of its reach.
+    let sru = st["REDIS_URL"].clone();
+    assert_eq!(
+        RedisServer::cli(&sru, &["SET", "alpha:staging:k", "s"])
+            .stdout
+            .trim(),
+        "OK"
+    );
+    for cmd in [
+        &["GET", "alpha:k"][..],
+        &["SET", "alpha:k", "from staging"],
+        &["SET", "alpha:new", "x"],
+        &["DEL", "alpha:k"],
+        &["FLUSHDB"],
+    ] {
+        let r = RedisServer::cli(&sru, cmd);
+        assert!(
+            r.stdout.contains("NOPERM"),
+            "staging may not {cmd:?}: {}",
+            r.all()
+        );
+    }
+    // Production's user still works (and, as the project's owner, sees staging's keys).
+    assert_eq!(
+        RedisServer::cli(&ru, &["GET", "alpha:k"]).stdout.trim(),
+        "1"
+    );
+    assert_eq!(
+        RedisServer::cli(&ru, &["GET", "alpha:staging:k"])
+            .stdout
+            .trim(),
+        "s"
     );
 
     // A second project, static, outside any git repository: provisions, warns.
@@ -437,6 +530,7 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     let before = std::fs::read(&env_path).expect("env");
     let bak_before = std::fs::read(&bak).expect("bak");
     let prod_before = std::fs::read(&prod).expect("prod");
+    let staging_before = std::fs::read(&staging).expect("staging");
     let r = plane.we(&[
         "workflow",
         "init",
@@ -461,7 +555,9 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
     assert_eq!(std::fs::read(&env_path).expect("env"), before);
     assert_eq!(std::fs::read(&bak).expect("bak"), bak_before);
     assert_eq!(std::fs::read(&prod).expect("prod"), prod_before);
+    assert_eq!(std::fs::read(&staging).expect("staging"), staging_before);
     assert_eq!(PgCluster::psql(&db_url(&env), "SELECT 1").code, 0);
+    assert_eq!(PgCluster::psql(&st["DATABASE_URL"], "SELECT 1").code, 0);
 
     // --rotate-secrets: the old password stops working, the new .env works.
     let r = plane.we(&[
@@ -499,8 +595,27 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
         prod_before,
         "the server's env file too"
     );
+    // Staging's role and ACL user are rotated as well.
+    let st2 = env_of(&staging);
+    assert_ne!(st2["DATABASE_URL"], st["DATABASE_URL"]);
+    assert_ne!(st2["REDIS_URL"], sru);
+    assert_ne!(PgCluster::psql(&st["DATABASE_URL"], "SELECT 1").code, 0);
+    assert_eq!(PgCluster::psql(&st2["DATABASE_URL"], "SELECT 1").code, 0);
+    assert!(
+        RedisServer::cli(&sru, &["GET", "alpha:staging:k"])
+            .all()
+            .contains("WRONGPASS")
+    );
+    assert_eq!(
+        RedisServer::cli(&st2["REDIS_URL"], &["GET", "alpha:staging:k"])
+            .stdout
+            .trim(),
+        "s"
+    );
     let mut all_secrets = secrets.clone();
     all_secrets.extend(secrets_of(&env2));
+    all_secrets.extend(secrets_of(&st));
+    all_secrets.extend(secrets_of(&st2));
 
     // The registry is valid; the audit log holds no secret.
     let r = plane.we(&["ssot", "validate"]);
@@ -550,10 +665,23 @@ fn we_workflow_init_provisions_isolated_projects_and_a_rerun_changes_nothing() {
         "0"
     );
     assert_eq!(
-        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'alpha_user'"),
+        pg.admin(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('alpha_user', 'alpha_staging_user')"
+        ),
         "0"
     );
-    assert!(redis.admin(&["ACL", "USERS"]).lines().all(|u| u != "alpha"));
+    assert!(
+        redis
+            .admin(&["ACL", "USERS"])
+            .lines()
+            .all(|u| u != "alpha" && u != "alpha.staging")
+    );
+    assert!(
+        dumps.iter().any(|p| p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("alpha_staging_db-"))),
+        "a final dump of staging's database too: {dumps:?}"
+    );
     assert!(plane.ports_of("alpha").is_empty(), "{}", plane.manifest());
     // No empty `alpha:` entry is left in the manifest (it was, before).
     assert!(!plane.manifest().contains("alpha:"), "{}", plane.manifest());
@@ -573,8 +701,18 @@ fn assert_nothing_of(plane: &Plane, pg: &PgCluster, redis: &RedisServer, project
         )),
         "0"
     );
+    assert_eq!(
+        pg.admin(&format!(
+            "SELECT count(*) FROM pg_roles WHERE rolname IN ('{p}_user', '{p}_staging_user') AND shobj_description(oid, 'pg_authid') = 'codeb:{project}'"
+        )),
+        "0"
+    );
+    let staging_user = format!("{project}.staging");
     assert!(
-        redis.admin(&["ACL", "USERS"]).lines().all(|u| u != project) || project == "eps",
+        redis
+            .admin(&["ACL", "USERS"])
+            .lines()
+            .all(|u| (u != project || project == "eps") && u != staging_user),
         "{project}"
     );
     assert!(
@@ -612,10 +750,10 @@ fn we_workflow_init_refuses_bad_input_by_name_and_changes_nothing() {
         assert_eq!(r.code, 2, "{bad}: {}", r.all());
         assert!(r.stderr.contains(bad), "{bad}: {}", r.all());
     }
-    let long = "a".repeat(53);
+    let long = "a".repeat(51);
     let r = init(&[&long, "--type", "node", "--database"]);
     assert_eq!(r.code, 2, "{}", r.all());
-    assert!(r.stderr.contains("at most 52"), "{}", r.all());
+    assert!(r.stderr.contains("at most 50"), "{}", r.all());
     // A type the generator does not know.
     let r = init(&["x", "--type", "cobol", "--database"]);
     assert_eq!(r.code, 2, "{}", r.all());
@@ -913,4 +1051,384 @@ fn a_daemon_killed_between_provisioning_steps_is_completed_by_a_rerun() {
         "refused before any change"
     );
     let _ = dead_port();
+}
+
+fn init_args<'a>(project: &'a str, dir: &'a str) -> Vec<&'a str> {
+    vec![
+        "workflow",
+        "init",
+        project,
+        "--type",
+        "node",
+        "--database",
+        "--redis",
+        "--dir",
+        dir,
+    ]
+}
+
+#[test]
+fn a_project_named_like_another_projects_staging_is_refused_and_changes_nothing() {
+    let pg = PgCluster::start();
+    let redis = RedisServer::start();
+    let plane = Plane::start(Some(&pg), Some(&redis));
+    let d = project_dir(None);
+    let dir = d.path().to_str().expect("utf8");
+    // `x`'s staging role and database are `x_staging_user` and `x_staging_db`, the very
+    // names project `x-staging`'s production would get.
+    let r = plane.we(&init_args("x", dir));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let x_staging = env_of(&plane.env_dir().join("x-staging.env"));
+    let r = plane.we(&init_args("x-staging", dir));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("PostgreSQL role `x_staging_user`")
+            && r.stderr.contains("project `x`")
+            && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_of(&plane, &pg, &redis, "x-staging");
+    assert!(!plane.env_dir().join("x-staging.secrets").exists());
+    // `x`'s staging is untouched: same owner and marker, its URL still logs in.
+    assert_eq!(
+        pg.admin("SELECT pg_get_userbyid(datdba), shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'x_staging_db'"),
+        "x_staging_user|codeb:x"
+    );
+    assert_eq!(
+        PgCluster::psql(&x_staging["DATABASE_URL"], "SELECT 1").code,
+        0
+    );
+
+    // The other order: project `y-staging` first, then `y`, whose staging names it holds.
+    let r = plane.we(&init_args("y-staging", dir));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let r = plane.we(&init_args("y", dir));
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(
+        r.stderr.contains("PostgreSQL role `y_staging_user`")
+            && r.stderr.contains("project `y-staging`")
+            && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.all()
+    );
+    assert_nothing_of(&plane, &pg, &redis, "y");
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname = 'y_user'"),
+        "0"
+    );
+    // Removing `x` leaves `y-staging`'s objects alone; validate is clean.
+    assert_eq!(plane.we(&["project", "remove", "x", "--yes"]).code, 0);
+    assert_eq!(
+        pg.admin("SELECT count(*) FROM pg_roles WHERE rolname IN ('y_staging_user', 'y_staging_staging_user')"),
+        "2"
+    );
+    let r = plane.we(&["ssot", "validate"]);
+    assert_eq!(r.code, 0, "{}", r.all());
+}
+
+#[test]
+fn a_project_provisioned_before_staging_had_its_own_role_gets_one_without_touching_production() {
+    let pg = PgCluster::start();
+    let redis = RedisServer::start();
+    let plane = Plane::start(Some(&pg), Some(&redis));
+    let d = project_dir(None);
+    let dir = d.path().to_str().expect("utf8");
+    let r = plane.we(&init_args("old", dir));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let prod_file = plane.env_dir().join("old-production.env");
+    let staging_file = plane.env_dir().join("old-staging.env");
+    let prod = env_of(&prod_file);
+    let st = env_of(&staging_file);
+    assert_eq!(
+        PgCluster::psql(
+            &db_url(&prod),
+            "CREATE TABLE accounts (email text); INSERT INTO accounts VALUES ('ceo@example.com')"
+        )
+        .code,
+        0
+    );
+    assert_eq!(
+        PgCluster::psql(
+            &st["DATABASE_URL"],
+            "CREATE TABLE items (id serial PRIMARY KEY, name text); INSERT INTO items (name) VALUES ('staged')"
+        )
+        .code,
+        0
+    );
+    // Turn it into what the earlier codeb made: production's role owns both databases and
+    // everything in staging's; one ACL user; a secrets file without staging's passwords.
+    let in_staging = url_for_db(&pg.admin_url(), "old_staging_db");
+    let r = PgCluster::psql(
+        &in_staging,
+        "REASSIGN OWNED BY old_staging_user TO old_user; DROP OWNED BY old_staging_user; GRANT CONNECT, TEMPORARY ON DATABASE old_staging_db TO old_user",
+    );
+    assert_eq!(r.code, 0, "{}", r.all());
+    pg.admin("DROP ROLE old_staging_user");
+    redis.admin(&["ACL", "DELUSER", "old.staging"]);
+    let spath = plane.env_dir().join("old.secrets");
+    let mut secrets: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&spath).expect("secrets")).expect("json");
+    let obj = secrets.as_object_mut().expect("object");
+    obj.remove("staging_pg_password");
+    obj.remove("staging_redis_password");
+    std::fs::write(&spath, secrets.to_string()).expect("secrets");
+    let legacy_staging = std::fs::read_to_string(&staging_file)
+        .expect("staging env")
+        .replace(
+            &password_of(&st["DATABASE_URL"]),
+            &password_of(&db_url(&prod)),
+        )
+        .replace("old_staging_user:", "old_user:")
+        .replace(
+            &password_of(&st["REDIS_URL"]),
+            &password_of(&prod["REDIS_URL"]),
+        )
+        .replace("redis://old.staging:", "redis://old:");
+    std::fs::write(&staging_file, &legacy_staging).expect("staging env");
+    let legacy = env_of(&staging_file);
+    assert_eq!(
+        PgCluster::psql(&legacy["DATABASE_URL"], "SELECT current_user")
+            .stdout
+            .trim(),
+        "old_user",
+        "the old way: staging logs in as production's role"
+    );
+    let prod_acl =
+        "SELECT pg_get_userbyid(datdba), datacl::text FROM pg_database WHERE datname = 'old_db'";
+    let prod_acl_before = pg.admin(prod_acl);
+    let prod_file_before = std::fs::read(&prod_file).expect("prod env");
+    // validate names what staging lacks.
+    let r = plane.we(&["ssot", "validate"]);
+    assert_eq!(r.code, 1, "{}", r.all());
+    assert!(
+        r.stdout.contains("no role old_staging_user")
+            && r.stdout.contains("old_staging_db is owned by old_user")
+            && r.stdout.contains("no ACL user old.staging"),
+        "{}",
+        r.all()
+    );
+
+    // Init again: staging gets its role (owning its database and its tables) and ACL user.
+    let r = plane.we(&[&init_args("old", dir)[..], &["--json"]].concat());
+    assert_eq!(r.code, 0, "{}", r.all());
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
+    let state_of = |step: &str, target: &str| {
+        v["steps"]
+            .as_array()
+            .expect("steps")
+            .iter()
+            .find(|s| s["step"] == step && s["target"] == target)
+            .map(|s| s["state"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        state_of("postgres:role", "old_staging_user").as_deref(),
+        Some("created"),
+        "{v}"
+    );
+    assert_eq!(
+        state_of("postgres:database", "old_staging_db").as_deref(),
+        Some("updated"),
+        "{v}"
+    );
+    assert_eq!(
+        state_of("postgres:role", "old_user").as_deref(),
+        Some("exists"),
+        "{v}"
+    );
+    assert_eq!(
+        state_of("postgres:database", "old_db").as_deref(),
+        Some("exists"),
+        "{v}"
+    );
+    assert_eq!(
+        state_of("redis:user", "old.staging").as_deref(),
+        Some("created"),
+        "{v}"
+    );
+    assert_eq!(
+        state_of("redis:user", "old").as_deref(),
+        Some("exists"),
+        "{v}"
+    );
+    // Production: byte for byte the same env file, owner and ACL; its password still works.
+    assert_eq!(
+        std::fs::read(&prod_file).expect("prod env"),
+        prod_file_before
+    );
+    assert_eq!(pg.admin(prod_acl), prod_acl_before);
+    assert_eq!(
+        PgCluster::psql(&db_url(&prod), "SELECT email FROM accounts")
+            .stdout
+            .trim(),
+        "ceo@example.com"
+    );
+    let st2 = env_of(&staging_file);
+    assert!(
+        st2["DATABASE_URL"].starts_with("postgresql://old_staging_user:"),
+        "{st2:?}"
+    );
+    assert!(
+        st2["REDIS_URL"].starts_with("redis://old.staging:"),
+        "{st2:?}"
+    );
+    assert_eq!(
+        pg.admin(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'old_staging_db'"
+        ),
+        "old_staging_user"
+    );
+    let r = PgCluster::psql(
+        &st2["DATABASE_URL"],
+        "INSERT INTO items (name) VALUES ('after'); SELECT count(*), pg_get_userbyid(relowner) FROM items, pg_class WHERE relname = 'items' GROUP BY 2",
+    );
+    assert_eq!(
+        r.stdout.lines().last(),
+        Some("2|old_staging_user"),
+        "{}",
+        r.all()
+    );
+    // Each role now reaches only its own database.
+    for (url, other) in [
+        (db_url(&prod), "old_staging_db"),
+        (st2["DATABASE_URL"].clone(), "old_db"),
+    ] {
+        let r = PgCluster::psql(&url_for_db(&url, other), "SELECT 1");
+        assert_ne!(r.code, 0, "connected to {other}: {}", r.all());
+        assert!(
+            r.stderr.contains("permission denied for database"),
+            "{}",
+            r.all()
+        );
+    }
+    let r = RedisServer::cli(&st2["REDIS_URL"], &["SET", "old:k", "x"]);
+    assert!(r.stdout.contains("NOPERM"), "{}", r.all());
+    assert_eq!(plane.we(&["ssot", "validate"]).code, 0);
+    // And a further run changes nothing.
+    let r = plane.we(&[&init_args("old", dir)[..], &["--json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(r.stdout.trim()).expect("json");
+    for s in v["steps"].as_array().expect("steps") {
+        assert_eq!(s["state"], "exists", "a re-run changed {s}");
+    }
+}
+
+/// A small tmpfs mounted at `dir` for as long as it lives.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let r = run(std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir));
+        assert_eq!(
+            r.code,
+            0,
+            "mount tmpfs (the tests run as root): {}",
+            r.all()
+        );
+        Tmpfs(dir.to_owned())
+    }
+
+    /// Writes `name` with 4 KiB blocks until the filesystem is full.
+    fn fill(&self, name: &str) {
+        let mut f = std::fs::File::create(self.0.join(name)).expect("filler");
+        let block = [0u8; 4096];
+        loop {
+            match f.write_all(&block).and_then(|()| f.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => return,
+                Err(e) => panic!("filling {}: {e}", self.0.display()),
+            }
+        }
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let r = run(std::process::Command::new("umount").arg(&self.0));
+        if r.code != 0 {
+            let _ = run(std::process::Command::new("umount").arg("-l").arg(&self.0));
+        }
+    }
+}
+
+#[test]
+fn a_full_disk_part_way_through_init_leaves_nothing_and_a_rerun_completes() {
+    let pg = PgCluster::start();
+    let redis = RedisServer::start();
+    let plane = Plane::start(Some(&pg), Some(&redis));
+    let env_dir = plane.env_dir();
+    let disk = Tmpfs::mount(&env_dir, "64k");
+    let d = project_dir(None);
+    let dir = d.path().to_str().expect("utf8");
+    let nothing_left = |why: &str| {
+        assert_nothing_of(&plane, &pg, &redis, "full");
+        assert_eq!(
+            pg.admin("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'full%'")
+                + "|"
+                + &pg.admin("SELECT count(*) FROM pg_database WHERE datname LIKE 'full%'"),
+            "0|0",
+            "{why}"
+        );
+        assert!(!env_dir.join("full.secrets").exists(), "{why}");
+        assert!(!env_dir.join("full-staging.env").exists(), "{why}");
+        assert!(!d.path().join(".env").exists(), "{why}");
+        let r = plane.we(&["ssot", "validate"]);
+        assert_eq!(r.code, 0, "{why}: validate finds something: {}", r.all());
+    };
+    std::fs::write(env_dir.join("reserve"), [0u8; 4096]).expect("reserve");
+    disk.fill("filler");
+
+    // Full from the start: the secrets file (the first write) fails.
+    let r = plane.we(&init_args("full", dir));
+    assert_ne!(r.code, 0, "{}", r.all());
+    let secrets = env_dir.join("full.secrets");
+    assert!(
+        r.stderr.contains(&secrets.display().to_string())
+            && r.stderr.contains("ENOSPC")
+            && r.stderr.contains("Nothing of `full` was kept"),
+        "{}",
+        r.all()
+    );
+    nothing_left("full from the start");
+
+    // One block free: the secrets fit, then roles, databases, ACL users and ports are made,
+    // and the production env file does not fit: all of it is undone.
+    std::fs::remove_file(env_dir.join("reserve")).expect("reserve");
+    let r = plane.we(&init_args("full", dir));
+    assert_ne!(r.code, 0, "{}", r.all());
+    let prod = env_dir.join("full-production.env");
+    assert!(
+        r.stderr.contains(&prod.display().to_string())
+            && r.stderr.contains("ENOSPC")
+            && r.stderr.contains("Nothing of `full` was kept"),
+        "{}",
+        r.all()
+    );
+    // The env files come after the data steps: those ran, and are gone again.
+    assert!(
+        r.stderr.contains("writing the production env file failed"),
+        "{}",
+        r.all()
+    );
+    assert!(!prod.exists());
+    nothing_left("full after the data steps");
+
+    // Space again: the same init completes the project.
+    std::fs::remove_file(env_dir.join("filler")).expect("filler");
+    let r = plane.we(&init_args("full", dir));
+    assert_eq!(r.code, 0, "{}", r.all());
+    let env = env_of(&d.path().join(".env"));
+    assert_eq!(PgCluster::psql(&db_url(&env), "SELECT 1").code, 0);
+    let st = env_of(&env_dir.join("full-staging.env"));
+    assert_eq!(PgCluster::psql(&st["DATABASE_URL"], "SELECT 1").code, 0);
+    assert_eq!(plane.we(&["ssot", "validate"]).code, 0);
+    // `disk` is unmounted (declared after `plane`, dropped before it) even on a failure.
 }

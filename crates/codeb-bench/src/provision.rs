@@ -1,8 +1,8 @@
 //! `we workflow init <p> --type node --database --redis-prefix` end to end (process start,
 //! one authenticated `POST /api/v1/projects/<p>/init`: registry, two ports under the
-//! manifest lock, a role and two databases with markers and REVOKE, an ACL user, three 0600
-//! files on the server; then the workflow and `.env` in the project directory) beside the same
-//! provisioning by hand: one `psql` (CREATE ROLE, 2x CREATE DATABASE, 2x REVOKE), one
+//! manifest lock, two roles and two databases with markers and REVOKE, two ACL users, three
+//! 0600 files on the server; then the workflow and `.env` in the project directory) beside the
+//! same provisioning by hand: one `psql` (2x CREATE ROLE, 2x CREATE DATABASE, 2x REVOKE), two
 //! `redis-cli ACL SETUSER` and writing `.env` and the workflow, interleaved in the same run
 //! against the same PostgreSQL cluster and redis-server (both started here on free loopback
 //! ports, never the machine's shared ones). Target: a median within 1.5x of the hand's.
@@ -271,11 +271,13 @@ backup_dir = "{bk}"
             r#"set -e
 psql -X -q -v ON_ERROR_STOP=1 -d "$ADMIN" \
   -c "CREATE ROLE {p}_user LOGIN PASSWORD '{pw}'" \
+  -c "CREATE ROLE {p}_staging_user LOGIN PASSWORD '{pw}'" \
   -c "CREATE DATABASE {p}_db OWNER {p}_user" \
-  -c "CREATE DATABASE {p}_staging_db OWNER {p}_user" \
+  -c "CREATE DATABASE {p}_staging_db OWNER {p}_staging_user" \
   -c "REVOKE CONNECT ON DATABASE {p}_db FROM PUBLIC" \
   -c "REVOKE CONNECT ON DATABASE {p}_staging_db FROM PUBLIC"
 redis-cli --no-auth-warning -u "$RADMIN" ACL SETUSER {p} on '>{pw}' '~{p}:*' '&{p}:*' +@all -@admin -@dangerous >/dev/null
+redis-cli --no-auth-warning -u "$RADMIN" ACL SETUSER {p}.staging on '>{pw}' '~{p}:staging:*' '&{p}:staging:*' +@all -@admin -@dangerous >/dev/null
 umask 077
 cat > {d}/.env <<EOF
 NODE_ENV=production

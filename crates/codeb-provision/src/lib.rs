@@ -1,8 +1,9 @@
 //! Provisioning of a project's data stores on the storage server, for `we workflow init`:
-//! a PostgreSQL role `<project>_user` (LOGIN only, no superuser, CREATEDB or CREATEROLE) with
-//! a generated password, its databases `<project>_db` and `<project>_staging_db` (owned by
-//! the role, `CONNECT` revoked from `PUBLIC`), and a Redis ACL user limited to the
-//! project's key prefix with no admin or dangerous commands.
+//! for production and for staging each, a PostgreSQL role (`<project>_user`,
+//! `<project>_staging_user`: LOGIN only, no superuser, CREATEDB or CREATEROLE) with a
+//! generated password owning one database (`<project>_db`, `<project>_staging_db`;
+//! `CONNECT` revoked from `PUBLIC`), and a Redis ACL user (`<project>`,
+//! `<project>.staging`) limited to its key prefix with no admin or dangerous commands.
 //!
 //! - [`names`]: the names derived from a project name, checked against PostgreSQL's and
 //!   Redis' limits before anything is sent.

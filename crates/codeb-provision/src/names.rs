@@ -1,6 +1,14 @@
-//! The names of a project's data: `<p>_user`, `<p>_db`, `<p>_staging_db` (the project name
-//! with `-` turned into `_`), the Redis ACL user `<project>` and key prefix `<project>:`, a
-//! preview's `<p>_pr_<N>` and `<project>:pr-<N>:`.
+//! The names of a project's data (the project name with `-` turned into `_`): production's
+//! role `<p>_user` and database `<p>_db`, staging's role `<p>_staging_user` and database
+//! `<p>_staging_db`; the Redis ACL users `<project>` (key prefix `<project>:`) and
+//! `<project>.staging` (`<project>:staging:`); a preview's `<p>_pr_<N>`, `<project>.pr-<N>`
+//! and `<project>:pr-<N>:`.
+//!
+//! Names of different projects can coincide: project `x-staging`'s production role and
+//! database are project `x`'s staging ones (`x_staging_user`, `x_staging_db`). The marker
+//! comment (`codeb:<project>`) tells them apart, and init refuses a role or database whose
+//! marker names another project. Redis users cannot collide: a dot never occurs in a
+//! project name.
 
 use codeb_core::ProjectName;
 
@@ -24,11 +32,27 @@ pub enum NameError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
     pub project: ProjectName,
+    /// Production's role, owning only `db`.
     pub role: String,
     pub db: String,
+    /// Staging's role, owning only `staging_db`.
+    pub staging_role: String,
     pub staging_db: String,
+    /// Production's ACL user (keys and channels `<project>:*`).
     pub redis_user: String,
     pub redis_prefix: String,
+    /// Staging's ACL user (keys and channels `<project>:staging:*` only).
+    pub staging_redis_user: String,
+    staging_prefix: String,
+}
+
+/// One environment's PostgreSQL role and database and Redis user and prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnvNames<'a> {
+    pub role: &'a str,
+    pub db: &'a str,
+    pub redis_user: &'a str,
+    pub redis_prefix: &'a str,
 }
 
 fn ident_base(p: &ProjectName) -> String {
@@ -42,17 +66,20 @@ impl Names {
             project: project.clone(),
             role: format!("{b}_user"),
             db: format!("{b}_db"),
+            staging_role: format!("{b}_staging_user"),
             staging_db: format!("{b}_staging_db"),
             redis_user: project.as_str().to_owned(),
             redis_prefix: format!("{}:", project.as_str()),
+            staging_redis_user: format!("{}.staging", project.as_str()),
+            staging_prefix: format!("{}:staging:", project.as_str()),
         };
-        let longest = &n.staging_db;
+        let longest = &n.staging_role;
         if longest.len() > PG_MAX_IDENT {
             return Err(NameError::TooLong {
                 project: project.as_str().to_owned(),
                 ident: longest.clone(),
                 len: longest.len(),
-                max: PG_MAX_IDENT - "_staging_db".len(),
+                max: PG_MAX_IDENT - "_staging_user".len(),
             });
         }
         Ok(n)
@@ -60,7 +87,26 @@ impl Names {
 
     /// The key prefix staging uses inside the project's prefix.
     pub fn staging_prefix(&self) -> String {
-        format!("{}staging:", self.redis_prefix)
+        self.staging_prefix.clone()
+    }
+
+    /// Production's names (`staging == false`) or staging's.
+    pub fn env(&self, staging: bool) -> EnvNames<'_> {
+        if staging {
+            EnvNames {
+                role: &self.staging_role,
+                db: &self.staging_db,
+                redis_user: &self.staging_redis_user,
+                redis_prefix: &self.staging_prefix,
+            }
+        } else {
+            EnvNames {
+                role: &self.role,
+                db: &self.db,
+                redis_user: &self.redis_user,
+                redis_prefix: &self.redis_prefix,
+            }
+        }
     }
 
     /// A preview's database (`<p>_pr_<N>`); `None` when it would exceed PostgreSQL's limit.
@@ -156,7 +202,12 @@ mod tests {
         assert_eq!(n.role, "my_new_app_user");
         assert_eq!(n.db, "my_new_app_db");
         assert_eq!(n.staging_db, "my_new_app_staging_db");
+        assert_eq!(n.staging_role, "my_new_app_staging_user");
         assert_eq!(n.redis_prefix, "my-new-app:");
+        assert_eq!(n.staging_redis_user, "my-new-app.staging");
+        assert_eq!(n.staging_prefix(), "my-new-app:staging:");
+        assert_eq!(n.env(true).role, "my_new_app_staging_user");
+        assert_eq!(n.env(false).db, "my_new_app_db");
         assert_eq!(n.preview_db(7).as_deref(), Some("my_new_app_pr_7"));
         assert_eq!(
             n.preview_redis(7),
@@ -178,20 +229,25 @@ mod tests {
         ] {
             assert_eq!(parse_preview_marker(bad), None, "{bad}");
         }
-        let long = Names::new(&ProjectName::new(&"a".repeat(52)).expect("label")).expect("names");
+        let long = Names::new(&ProjectName::new(&"a".repeat(50)).expect("label")).expect("names");
         assert!(long.preview(12345678901).is_err());
-        for i in [&n.role, &n.db, &n.staging_db] {
+        for i in [&n.role, &n.db, &n.staging_role, &n.staging_db] {
             assert!(is_plain_ident(i), "{i}");
         }
     }
 
     #[test]
     fn a_name_too_long_for_postgresql_is_refused_naming_the_limit() {
-        let long = "a".repeat(53);
+        // The longest name is staging's role, `<p>_staging_user`.
+        let long = "a".repeat(51);
         let e = Names::new(&ProjectName::new(&long).expect("label")).expect_err("too long");
         let m = e.to_string();
-        assert!(m.contains("at most 52"), "{m}");
-        assert!(Names::new(&ProjectName::new(&"a".repeat(52)).expect("label")).is_ok());
+        assert!(
+            m.contains("at most 50") && m.contains("_staging_user"),
+            "{m}"
+        );
+        let ok = Names::new(&ProjectName::new(&"a".repeat(50)).expect("label")).expect("fits");
+        assert_eq!(ok.staging_role.len(), PG_MAX_IDENT);
         assert!(!is_plain_ident("x\"; DROP"));
         assert!(!is_plain_ident("1x"));
     }

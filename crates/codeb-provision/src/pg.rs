@@ -134,6 +134,29 @@ impl Pg {
         Ok(Pg { client, task })
     }
 
+    /// Connects as the admin to `db` instead of the admin URL's database.
+    pub async fn connect_to(url: &Secret, db: &str) -> Result<Pg, PgError> {
+        let mut cfg: tokio_postgres::Config = url
+            .expose()
+            .parse()
+            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+        cfg.dbname(ident(db)?)
+            .connect_timeout(Duration::from_secs(10))
+            .application_name("codeb-daemon");
+        let target = url_target(url.expose());
+        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
+            target: format!("{target} (database {db})"),
+            message: match e.as_db_error() {
+                Some(d) => d.message().to_owned(),
+                None => e.to_string(),
+            },
+        })?;
+        let task = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Pg { client, task })
+    }
+
     /// Connects as `user` with `password` to `db` on the admin URL's server (for running a
     /// preview's schema and seed with that role's privileges only, never the admin's).
     pub async fn connect_as(
@@ -390,6 +413,49 @@ impl Pg {
             &[],
         )
         .await
+    }
+
+    /// Gives `staging_db`, which `prod_role` owns (a project provisioned before staging had
+    /// a role of its own), and everything in it to `staging_role`, and lets only
+    /// `staging_role` connect to it. `self` must be connected to `staging_db` (REASSIGN
+    /// OWNED works on the current database). Runs as one transaction: REASSIGN OWNED also
+    /// moves the databases `prod_role` owns, so `prod_db` is given back within it and no
+    /// other session ever sees production changed (its ACL comes back as it was, since
+    /// `staging_role` held no privilege on it).
+    pub async fn move_staging_database(
+        &self,
+        staging_db: &str,
+        staging_role: &str,
+        prod_db: &str,
+        prod_role: &str,
+    ) -> Result<(), PgError> {
+        let sdb_srole = [staging_db, staging_role];
+        let prole_srole = [prod_role, staging_role];
+        let pdb_prole = [prod_db, prod_role];
+        let sdb_prole = [staging_db, prod_role];
+        let sdb = [staging_db];
+        let stmts = self
+            .format_many(&[
+                ("ALTER DATABASE %I OWNER TO %I", &sdb_srole, &[]),
+                ("REASSIGN OWNED BY %I TO %I", &prole_srole, &[]),
+                ("ALTER DATABASE %I OWNER TO %I", &pdb_prole, &[]),
+                (
+                    "REVOKE CONNECT, TEMPORARY ON DATABASE %I FROM PUBLIC",
+                    &sdb,
+                    &[],
+                ),
+                ("REVOKE ALL ON DATABASE %I FROM %I", &sdb_prole, &[]),
+                (
+                    "GRANT CONNECT, TEMPORARY ON DATABASE %I TO %I",
+                    &sdb_srole,
+                    &[],
+                ),
+            ])
+            .await?;
+        self.client
+            .batch_execute(&stmts.join("; "))
+            .await
+            .map_err(sql)
     }
 
     /// Drops `db` (disconnecting its sessions) if it exists.

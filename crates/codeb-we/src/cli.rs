@@ -365,9 +365,11 @@ Examples:
   we workflow init my-new-app --type nextjs --database --redis --dry-run
   we workflow init my-new-app --type nextjs --database --redis --rotate-secrets
 
-The database is my_new_app_db (staging: my_new_app_staging_db), owned by the role
-my_new_app_user (LOGIN only; CONNECT revoked from PUBLIC); the Redis ACL user my-new-app may
-touch only keys under `my-new-app:` and no admin or dangerous command. `.env` gets NODE_ENV,
+The database is my_new_app_db, owned by the role my_new_app_user; staging's is
+my_new_app_staging_db, owned by its own role my_new_app_staging_user (both LOGIN only;
+CONNECT revoked from PUBLIC). The Redis ACL user my-new-app may touch only keys under
+`my-new-app:`, staging's my-new-app.staging only `my-new-app:staging:`; no admin or dangerous
+command. `.env` gets NODE_ENV,
 PORT, DATABASE_URL, REDIS_URL, REDIS_PREFIX and the CENTRIFUGO_* keys; keys of your own are
 kept and the previous file is saved as .env.bak (0600).";
 

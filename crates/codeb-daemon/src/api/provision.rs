@@ -2,19 +2,25 @@
 //! `POST /api/v1/projects/{name}/remove` (`we project remove`).
 //!
 //! Init registers the project, allocates its production and staging ports in the manifest
-//! (the manifest library's allocator and lock), creates its PostgreSQL role and databases and
-//! its Redis ACL user on the storage server (`codeb_provision`), and writes the server-side
-//! env files (0600, atomically) that the deploy engine reads.
+//! (the manifest library's allocator and lock), creates on the storage server
+//! (`codeb_provision`) a PostgreSQL role and database and a Redis ACL user for each of
+//! production and staging (staging's role owns only staging's database, its user reaches only
+//! `<project>:staging:*`), and writes the server-side env files (0600, atomically) that the
+//! deploy engine reads.
 //!
-//! All or nothing, by completion: before changing anything the plan is recorded in
+//! All or nothing: a failure the daemon sees undoes what that run created ([`Undo`]), so a
+//! first init that fails leaves nothing. Against a crash, by completion: before changing
+//! anything the plan is recorded in
 //! `api_provision` (state `provisioning`, the Redis DB index claimed by a UNIQUE column);
 //! every step is create-if-absent and recognises what is codeb's (PostgreSQL objects by the
 //! `codeb:<project>` comment, a database owned by codeb's role as an interrupted creation, the
 //! Redis user by the recorded plan), so running init again after any interruption completes
 //! the project, and `we ssot validate` names a project whose init did not finish. Secrets
 //! live in `<env_dir>/<project>.secrets` (0600) and are written before any role gets them; a
-//! re-run rotates nothing (the SHA-256 of what was set on the role and the ACL user is
-//! recorded) unless `rotate_secrets`.
+//! re-run rotates nothing (the SHA-256 of what was set on each role and ACL user is
+//! recorded) unless `rotate_secrets`, which rotates both environments'. A project provisioned
+//! before staging had its own role and user gets them on a re-run (staging's database and its
+//! contents are moved to staging's role; production is not changed).
 
 use std::collections::BTreeMap;
 use std::path::{Path as FsPath, PathBuf};
@@ -111,6 +117,8 @@ CREATE TABLE IF NOT EXISTS api_provision (
     redis_db    INTEGER UNIQUE CHECK (redis_db BETWEEN 0 AND 15),
     pg_secret   TEXT,
     redis_secret TEXT,
+    staging_pg_secret TEXT,
+    staging_redis_secret TEXT,
     created_ms  INTEGER NOT NULL,
     updated_ms  INTEGER NOT NULL
 );
@@ -138,10 +146,25 @@ pub struct Row {
     /// SHA-256 of the password last set on the role / the ACL user.
     pub pg_secret: Option<String>,
     pub redis_secret: Option<String>,
+    /// The same for staging's role and ACL user.
+    pub staging_pg_secret: Option<String>,
+    pub staging_redis_secret: Option<String>,
 }
 
 fn schema(c: &Connection) -> Result<(), DbError> {
     c.execute_batch(SCHEMA)?;
+    // A store made before staging had a role and ACL user of its own.
+    let has = c
+        .prepare(
+            "SELECT 1 FROM pragma_table_info('api_provision') WHERE name = 'staging_pg_secret'",
+        )?
+        .exists([])?;
+    if !has {
+        c.execute_batch(
+            "ALTER TABLE api_provision ADD COLUMN staging_pg_secret TEXT;
+             ALTER TABLE api_provision ADD COLUMN staging_redis_secret TEXT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -149,7 +172,7 @@ fn row(c: &Connection, project: &str) -> Result<Option<Row>, DbError> {
     schema(c)?;
     let r = c
         .query_row(
-            "SELECT project, state, plan, redis_db, pg_secret, redis_secret FROM api_provision WHERE project = ?1",
+            "SELECT project, state, plan, redis_db, pg_secret, redis_secret, staging_pg_secret, staging_redis_secret FROM api_provision WHERE project = ?1",
             [project],
             |r| {
                 let plan: String = r.get(2)?;
@@ -167,6 +190,8 @@ fn row(c: &Connection, project: &str) -> Result<Option<Row>, DbError> {
                         redis_db: db.and_then(|d| u8::try_from(d).ok()),
                         pg_secret: r.get(4)?,
                         redis_secret: r.get(5)?,
+                        staging_pg_secret: r.get(6)?,
+                        staging_redis_secret: r.get(7)?,
                     },
                     plan,
                 ))
@@ -208,6 +233,12 @@ fn held_dbs(c: &Connection) -> Result<BTreeMap<u8, String>, DbError> {
 fn set_secret_hash(c: &Connection, project: &str, column: &str, hash: &str) -> Result<(), DbError> {
     let sql = match column {
         "pg" => "UPDATE api_provision SET pg_secret = ?2, updated_ms = ?3 WHERE project = ?1",
+        "staging_pg" => {
+            "UPDATE api_provision SET staging_pg_secret = ?2, updated_ms = ?3 WHERE project = ?1"
+        }
+        "staging_redis" => {
+            "UPDATE api_provision SET staging_redis_secret = ?2, updated_ms = ?3 WHERE project = ?1"
+        }
         _ => "UPDATE api_provision SET redis_secret = ?2, updated_ms = ?3 WHERE project = ?1",
     };
     c.execute(sql, params![project, hash, now_ms()])?;
@@ -230,31 +261,72 @@ fn sha256_hex(s: &str) -> String {
 // Secrets and env files
 
 /// The generated secrets of one project, kept in `<env_dir>/<project>.secrets` (0600).
+/// `pg_password`/`redis_password` are production's role's and ACL user's, the `staging_`
+/// ones staging's (empty in a file written before staging had its own).
 #[derive(Clone, Serialize, Deserialize)]
 struct Secrets {
     pg_password: String,
     redis_password: String,
     centrifugo_api_key: String,
     centrifugo_secret: String,
+    #[serde(default)]
+    staging_pg_password: String,
+    #[serde(default)]
+    staging_redis_password: String,
+}
+
+fn new_secret() -> String {
+    codeb_provision::generate().expose().to_owned()
 }
 
 impl Secrets {
     fn generate() -> Secrets {
-        let g = || codeb_provision::generate().expose().to_owned();
         Secrets {
-            pg_password: g(),
-            redis_password: g(),
-            centrifugo_api_key: g(),
-            centrifugo_secret: g(),
+            pg_password: new_secret(),
+            redis_password: new_secret(),
+            centrifugo_api_key: new_secret(),
+            centrifugo_secret: new_secret(),
+            staging_pg_password: new_secret(),
+            staging_redis_password: new_secret(),
         }
     }
-    fn values(&self) -> [&str; 4] {
+
+    /// Generates what a file of an older codeb lacks (staging's passwords); true if any.
+    fn complete(&mut self) -> bool {
+        let mut changed = false;
+        for v in [
+            &mut self.staging_pg_password,
+            &mut self.staging_redis_password,
+        ] {
+            if v.is_empty() {
+                *v = new_secret();
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    /// The PostgreSQL and Redis passwords of production (`staging == false`) or staging.
+    fn of(&self, staging: bool) -> (&str, &str) {
+        if staging {
+            (&self.staging_pg_password, &self.staging_redis_password)
+        } else {
+            (&self.pg_password, &self.redis_password)
+        }
+    }
+
+    fn values(&self) -> Vec<&str> {
         [
-            &self.pg_password,
+            self.pg_password.as_str(),
             &self.redis_password,
             &self.centrifugo_api_key,
             &self.centrifugo_secret,
+            &self.staging_pg_password,
+            &self.staging_redis_password,
         ]
+        .into_iter()
+        .filter(|v| !v.is_empty())
+        .collect()
     }
 }
 
@@ -288,7 +360,17 @@ fn write_private(path: &FsPath, text: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     codeb_host::atomic::write(path, text.as_bytes(), 0o600)
         .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                format!(
+                    "cannot write {}: {e} (ENOSPC: the filesystem of {} is full; free space on it)",
+                    path.display(),
+                    dir.display()
+                )
+            } else {
+                format!("cannot write {}: {e}", path.display())
+            }
+        })
 }
 
 /// The one place a secret is read from a file codeb's config names: mode must keep others out.
@@ -366,6 +448,9 @@ fn env_values(
     ep: &Endpoints,
     s: &Secrets,
 ) -> Vec<(String, String)> {
+    let staging = env == Environment::Staging;
+    let en = names.env(staging);
+    let (pg_pw, redis_pw) = s.of(staging);
     let mut v = vec![
         ("NODE_ENV".to_owned(), "production".to_owned()),
         ("PORT".to_owned(), container_port.to_string()),
@@ -373,35 +458,26 @@ fn env_values(
     if plan.database
         && let Some((h, p)) = &ep.pg
     {
-        let db = match env {
-            Environment::Staging => &names.staging_db,
-            _ => &names.db,
-        };
         v.push((
             "DATABASE_URL".into(),
             format!(
-                "postgresql://{}:{}@{h}:{p}/{db}?schema=public",
-                names.role, s.pg_password
+                "postgresql://{}:{pg_pw}@{h}:{p}/{}?schema=public",
+                en.role, en.db
             ),
         ));
     }
     if plan.redis
         && let Some((h, p)) = &ep.redis
     {
-        let prefix = match env {
-            Environment::Staging => names.staging_prefix(),
-            _ => names.redis_prefix.clone(),
-        };
         v.push((
             "REDIS_URL".into(),
             format!(
-                "redis://{}:{}@{h}:{p}/{}",
-                names.redis_user,
-                s.redis_password,
+                "redis://{}:{redis_pw}@{h}:{p}/{}",
+                en.redis_user,
                 redis_db.unwrap_or(0)
             ),
         ));
-        v.push(("REDIS_PREFIX".into(), prefix));
+        v.push(("REDIS_PREFIX".into(), en.redis_prefix.to_owned()));
     }
     v.push(("CENTRIFUGO_URL".into(), cfg.centrifugo_url.clone()));
     v.push(("CENTRIFUGO_API_URL".into(), cfg.centrifugo_api_url.clone()));
@@ -439,8 +515,17 @@ fn failed_step(step: &str, e: impl std::fmt::Display) -> ApiError {
         StatusCode::BAD_GATEWAY,
         codes::INTERNAL,
         format!(
-            "{step} failed: {e}. What was done so far is recorded; run the same init again to complete it (`we ssot validate` lists unfinished projects)"
+            "{step} failed: {e}. What was done so far is recorded; run the same command again to complete it (`we ssot validate` lists unfinished projects)"
         ),
+    )
+}
+
+/// A failed init step; init adds what became of the run (undone, or recorded to complete).
+fn init_failed(step: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        codes::INTERNAL,
+        format!("{step} failed: {e}"),
     )
 }
 
@@ -471,9 +556,18 @@ fn environments(kind: &str) -> Vec<Environment> {
 /// What is found on the storage server before anything changes.
 #[derive(Default)]
 struct Found {
-    role: Option<codeb_provision::pg::RoleFacts>,
+    roles: BTreeMap<String, Option<codeb_provision::pg::RoleFacts>>,
     dbs: BTreeMap<String, Option<codeb_provision::pg::DbFacts>>,
-    redis_user: Option<codeb_provision::redis::UserFacts>,
+    redis_users: BTreeMap<String, Option<codeb_provision::redis::UserFacts>>,
+}
+
+impl Found {
+    fn role(&self, name: &str) -> Option<&codeb_provision::pg::RoleFacts> {
+        self.roles.get(name).and_then(Option::as_ref)
+    }
+    fn redis_user(&self, name: &str) -> Option<&codeb_provision::redis::UserFacts> {
+        self.redis_users.get(name).and_then(Option::as_ref)
+    }
 }
 
 pub async fn init(
@@ -634,38 +728,60 @@ async fn init_inner(
         None => None,
     };
     if let Some(pg) = &pg {
-        let role = pg
-            .role(&names.role)
-            .await
-            .map_err(|e| unprocessable(e.to_string()))?;
-        if let Some(r) = &role
-            && r.comment.as_deref() != Some(marker.as_str())
-        {
-            return Err(ApiError::conflict(format!(
-                "PostgreSQL role `{}` exists and is not codeb's (it lacks the comment `{marker}`); nothing was changed: drop or rename that role, or choose another project name",
-                names.role
-            )));
+        for staging in [false, true] {
+            let rn = names.env(staging).role;
+            let role = pg
+                .role(rn)
+                .await
+                .map_err(|e| unprocessable(e.to_string()))?;
+            if let Some(r) = &role
+                && r.comment.as_deref() != Some(marker.as_str())
+            {
+                let whose = match r.comment.as_deref().and_then(|c| c.strip_prefix("codeb:")) {
+                    Some(other) => format!(" (it is codeb's for the project `{other}`)"),
+                    None => format!(" (it lacks the comment `{marker}`)"),
+                };
+                return Err(ApiError::conflict(format!(
+                    "PostgreSQL role `{rn}` exists and is not codeb's for `{name}`{whose}; nothing was changed: drop or rename that role, or choose another project name"
+                )));
+            }
+            found.roles.insert(rn.to_owned(), role);
         }
-        found.role = role;
-        for dbn in [&names.db, &names.staging_db] {
+        for staging in [false, true] {
+            let en = names.env(staging);
+            let dbn = en.db;
             let d = pg
                 .database(dbn)
                 .await
                 .map_err(|e| unprocessable(e.to_string()))?;
             if let Some(f) = &d {
-                let ours = f.comment.as_deref() == Some(marker.as_str())
-                    || (f.comment.is_none()
-                        && f.owner == names.role
-                        && found.role.is_some()
-                        && claimed);
+                let has_role = |r: &str| found.roles.get(r).is_some_and(Option::is_some);
+                // Staging's database of a project provisioned before staging had a role
+                // of its own is owned by production's role: init moves it.
+                let owner_ok = f.owner == en.role || (staging && f.owner == names.role);
+                let ours = match f.comment.as_deref() {
+                    Some(c) => c == marker && owner_ok,
+                    // An interrupted creation: owned by codeb's marked role of a recorded plan.
+                    None => owner_ok && has_role(&f.owner) && claimed,
+                };
                 if !ours {
+                    let why = match f.comment.as_deref() {
+                        Some(c) if c == marker => format!(
+                            "it has codeb's comment `{marker}` but is owned by `{}`, not `{}`",
+                            f.owner, en.role
+                        ),
+                        Some(c) if c.starts_with("codeb:") => format!(
+                            "it is codeb's for another project (comment `{c}`, owner `{}`)",
+                            f.owner
+                        ),
+                        _ => format!("owner `{}`, no comment `{marker}`", f.owner),
+                    };
                     return Err(ApiError::conflict(format!(
-                        "PostgreSQL database `{dbn}` exists and is not codeb's (owner `{}`, no comment `{marker}`); nothing was changed: drop or rename that database, or choose another project name",
-                        f.owner
+                        "PostgreSQL database `{dbn}` exists and is not codeb's for `{name}` ({why}); nothing was changed: drop or rename that database, or choose another project name"
                     )));
                 }
             }
-            found.dbs.insert(dbn.clone(), d);
+            found.dbs.insert(dbn.to_owned(), d);
         }
     }
     let mut redis = match &redis_url {
@@ -680,18 +796,17 @@ async fn init_inner(
         r.check_acl()
             .await
             .map_err(|e| unprocessable(e.to_string()))?;
-        let u = r
-            .user(&names.redis_user)
-            .await
-            .map_err(|e| unprocessable(e.to_string()))?;
         let ours_recorded = prow.as_ref().is_some_and(|p| p.plan.redis);
-        if u.is_some() && !ours_recorded {
-            return Err(ApiError::conflict(format!(
-                "the Redis ACL user `{}` exists and codeb did not create it; nothing was changed: delete it (`ACL DELUSER {}`) or choose another project name",
-                names.redis_user, names.redis_user
-            )));
+        for staging in [false, true] {
+            let un = names.env(staging).redis_user;
+            let u = r.user(un).await.map_err(|e| unprocessable(e.to_string()))?;
+            if u.is_some() && !ours_recorded {
+                return Err(ApiError::conflict(format!(
+                    "the Redis ACL user `{un}` exists and codeb did not create it; nothing was changed: delete it (`ACL DELUSER {un}`) or choose another project name"
+                )));
+            }
+            found.redis_users.insert(un.to_owned(), u);
         }
-        found.redis_user = u;
     }
     // The Redis DB index: the one held, or the lowest free one.
     let redis_db = if plan.redis && !plan.redis_prefix {
@@ -784,25 +899,37 @@ async fn init_inner(
             },
         ));
         if plan.database {
-            steps.push(step(
-                "postgres:role",
-                &names.role,
-                st(found.role.is_some() && !req.rotate_secrets),
-            ));
-            for d in [&names.db, &names.staging_db] {
+            for staging in [false, true] {
+                let en = names.env(staging);
+                steps.push(step(
+                    "postgres:role",
+                    en.role,
+                    st(found.role(en.role).is_some() && !req.rotate_secrets),
+                ));
+            }
+            for staging in [false, true] {
+                let en = names.env(staging);
+                let f = found.dbs.get(en.db).and_then(Option::as_ref);
                 steps.push(step(
                     "postgres:database",
-                    d,
-                    st(found.dbs.get(d).is_some_and(Option::is_some)),
+                    en.db,
+                    match f {
+                        Some(f) if f.owner != en.role => "update",
+                        Some(_) => "exists",
+                        None => "create",
+                    },
                 ));
             }
         }
         if plan.redis {
-            steps.push(step(
-                "redis:user",
-                &names.redis_user,
-                st(found.redis_user.is_some() && !req.rotate_secrets),
-            ));
+            for staging in [false, true] {
+                let un = names.env(staging).redis_user;
+                steps.push(step(
+                    "redis:user",
+                    un,
+                    st(found.redis_user(un).is_some() && !req.rotate_secrets),
+                ));
+            }
             if let Some(d) = redis_db {
                 steps.push(step(
                     "redis:index",
@@ -868,228 +995,328 @@ async fn init_inner(
             redis_db.unwrap_or(0)
         )));
     }
-    let mut steps = Vec::new();
+    // What this run created: undone when a later step fails, so a failure the daemon sees
+    // (a server refusing, disk full) leaves the project as it was before this run: nothing,
+    // for a first init. A crash cannot undo; the recorded plan lets the next run complete.
+    let mut undo = Undo::default();
+    let applied: Result<Applied, ApiError> = async {
+        let mut steps = Vec::new();
 
-    // 1. Secrets (written before any role or user gets them).
-    let secrets = match (&old_secrets, req.rotate_secrets) {
-        (Some(s), false) => {
-            steps.push(step(
-                "secrets",
-                secrets_path(&cfg, &name).display().to_string(),
-                "exists",
-            ));
-            s.clone()
-        }
-        (old, _) => {
-            let s = Secrets::generate();
-            let text = serde_json::to_string(&s).map_err(ApiError::internal)?;
-            write_private(&secrets_path(&cfg, &name), &text)
-                .map_err(|e| failed_step("writing the secrets", e))?;
-            steps.push(step(
-                "secrets",
-                secrets_path(&cfg, &name).display().to_string(),
-                if old.is_some() { "updated" } else { "created" },
-            ));
-            s
-        }
-    };
-
-    // 2. Ports (the manifest's allocator, under its lock), skipping ports in use.
-    let host = if envs.iter().all(|e| ports.contains_key(e.as_str())) {
-        None
-    } else {
-        tokio::task::spawn_blocking(|| codeb_host::HostPorts::read().ok())
-            .await
-            .map_err(ApiError::internal)?
-            .map(Arc::new)
-    };
-    for e in &envs {
-        let t = super::registry::target(project, *e);
-        let store = api.loc.manifest.clone();
-        let host = host.clone();
-        let (doc, got) = tokio::task::spawn_blocking(move || store.allocate(&t, host.as_deref()))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e2| failed_step(&format!("allocating the {e} port"), e2))?;
-        let port = got.or_else(|| {
-            doc.manifest
-                .assignment(&super::registry::target(project, *e))
-                .map(|a| a.port)
-        });
-        if let Some(p) = port {
-            ports.insert(e.as_str().to_owned(), p);
-        }
-        steps.push(step(
-            &format!("port:{e}"),
-            port.map_or_else(String::new, |p| p.to_string()),
-            if got.is_some() { "created" } else { "exists" },
-        ));
-    }
-
-    // 3. PostgreSQL. The SHA-256 of what was set is recorded with the final commit: a crash
-    // before it makes the next run set the same password again, which is harmless.
-    let mut pg_hash = None;
-    let mut redis_hash = None;
-    if let Some(pg) = &pg {
-        let pw = Secret::new(secrets.pg_password.clone());
-        let want = sha256_hex(&secrets.pg_password);
-        let applied = prow.as_ref().and_then(|r| r.pg_secret.clone());
-        match &found.role {
-            None => {
-                pg.create_role(&names.role, &pw, &marker)
-                    .await
-                    .map_err(|e| failed_step("creating the PostgreSQL role", e))?;
-                steps.push(step("postgres:role", &names.role, "created"));
-            }
-            Some(r) => {
-                let attrs_ok = r.login && !r.superuser && !r.createdb && !r.createrole;
-                if applied.as_deref() != Some(want.as_str()) || !attrs_ok {
-                    pg.set_password(&names.role, &pw)
-                        .await
-                        .map_err(|e| failed_step("setting the PostgreSQL role's password", e))?;
-                    steps.push(step("postgres:role", &names.role, "updated"));
+        // 1. Secrets (written before any role or user gets them).
+        let spath = secrets_path(&cfg, &name);
+        let secrets = match (&old_secrets, req.rotate_secrets) {
+            (Some(s), false) => {
+                let mut s = s.clone();
+                if s.complete() {
+                    // A file from before staging had its own role and user.
+                    let text = serde_json::to_string(&s).map_err(ApiError::internal)?;
+                    write_private(&spath, &text)
+                        .map_err(|e| init_failed("writing the secrets", e))?;
+                    steps.push(step("secrets", spath.display().to_string(), "updated"));
                 } else {
-                    steps.push(step("postgres:role", &names.role, "exists"));
+                    steps.push(step("secrets", spath.display().to_string(), "exists"));
                 }
+                s
+            }
+            (old, _) => {
+                let s = Secrets::generate();
+                let text = serde_json::to_string(&s).map_err(ApiError::internal)?;
+                write_private(&spath, &text).map_err(|e| init_failed("writing the secrets", e))?;
+                if old.is_none() {
+                    undo.secrets_file = Some(spath.clone());
+                }
+                steps.push(step(
+                    "secrets",
+                    spath.display().to_string(),
+                    if old.is_some() { "updated" } else { "created" },
+                ));
+                s
+            }
+        };
+
+        // 2. Ports (the manifest's allocator, under its lock), skipping ports in use.
+        let host = if envs.iter().all(|e| ports.contains_key(e.as_str())) {
+            None
+        } else {
+            tokio::task::spawn_blocking(|| codeb_host::HostPorts::read().ok())
+                .await
+                .map_err(ApiError::internal)?
+                .map(Arc::new)
+        };
+        for e in &envs {
+            let t = super::registry::target(project, *e);
+            let store = api.loc.manifest.clone();
+            let host = host.clone();
+            let (doc, got) =
+                tokio::task::spawn_blocking(move || store.allocate(&t, host.as_deref()))
+                    .await
+                    .map_err(ApiError::internal)?
+                    .map_err(|e2| init_failed(&format!("allocating the {e} port"), e2))?;
+            if got.is_some() {
+                undo.ports.push(*e);
+            }
+            let port = got.or_else(|| {
+                doc.manifest
+                    .assignment(&super::registry::target(project, *e))
+                    .map(|a| a.port)
+            });
+            if let Some(p) = port {
+                ports.insert(e.as_str().to_owned(), p);
+            }
+            steps.push(step(
+                &format!("port:{e}"),
+                port.map_or_else(String::new, |p| p.to_string()),
+                if got.is_some() { "created" } else { "exists" },
+            ));
+        }
+
+        // 3. PostgreSQL: production's role owns only `<p>_db`, staging's only
+        // `<p>_staging_db`. The SHA-256 of what was set is recorded with the final commit: a
+        // crash before it makes the next run set the same password again, which is harmless.
+        if let Some(pg) = &pg {
+            for staging in [false, true] {
+                let en = names.env(staging);
+                let pw = Secret::new(secrets.of(staging).0.to_owned());
+                let want = sha256_hex(pw.expose());
+                let applied = prow.as_ref().and_then(|r| {
+                    if staging {
+                        r.staging_pg_secret.clone()
+                    } else {
+                        r.pg_secret.clone()
+                    }
+                });
+                match found.role(en.role) {
+                    None => {
+                        pg.create_role(en.role, &pw, &marker).await.map_err(|e| {
+                            init_failed(&format!("creating the PostgreSQL role {}", en.role), e)
+                        })?;
+                        undo.roles.push(en.role.to_owned());
+                        steps.push(step("postgres:role", en.role, "created"));
+                    }
+                    Some(r) => {
+                        let attrs_ok = r.login && !r.superuser && !r.createdb && !r.createrole;
+                        if applied.as_deref() != Some(want.as_str()) || !attrs_ok {
+                            pg.set_password(en.role, &pw).await.map_err(|e| {
+                                init_failed(
+                                    &format!(
+                                        "setting the password of the PostgreSQL role {}",
+                                        en.role
+                                    ),
+                                    e,
+                                )
+                            })?;
+                            steps.push(step("postgres:role", en.role, "updated"));
+                        } else {
+                            steps.push(step("postgres:role", en.role, "exists"));
+                        }
+                    }
+                }
+                undo.hashes
+                    .push((if staging { "staging_pg" } else { "pg" }, want));
+            }
+            for staging in [false, true] {
+                let en = names.env(staging);
+                let d = en.db;
+                let f = found.dbs.get(d).cloned().flatten();
+                let create = f.is_none();
+                let mark = f
+                    .as_ref()
+                    .is_some_and(|f| f.comment.as_deref() != Some(marker.as_str()));
+                let restrict = f.as_ref().is_some_and(|f| f.public_connect);
+                // The owner it has (an existing database keeps it until it is moved below).
+                let owner = f.as_ref().map_or(en.role, |f| f.owner.as_str());
+                pg.ensure_database(d, owner, &marker, create, mark, restrict)
+                    .await
+                    .map_err(|e| init_failed(&format!("creating the database {d}"), e))?;
+                if create {
+                    undo.dbs.push(d.to_owned());
+                }
+                let mut state = if create {
+                    "created"
+                } else if mark || restrict {
+                    "updated"
+                } else {
+                    "exists"
+                };
+                if owner != en.role {
+                    // Staging's database of a project provisioned before staging had a role
+                    // of its own: it and everything in it go to staging's role, in one
+                    // transaction that leaves production as it was.
+                    let url = pg_url
+                        .as_ref()
+                        .ok_or_else(|| ApiError::internal("no admin URL"))?;
+                    let in_db = Pg::connect_to(url, d)
+                        .await
+                        .map_err(|e| init_failed(&format!("connecting to {d}"), e))?;
+                    in_db
+                        .move_staging_database(d, en.role, &names.db, &names.role)
+                        .await
+                        .map_err(|e| {
+                            init_failed(&format!("giving {d} to the role {}", en.role), e)
+                        })?;
+                    // The role now owns a database: it is kept whatever fails later.
+                    undo.roles.retain(|r| r != en.role);
+                    state = "updated";
+                }
+                steps.push(step("postgres:database", d, state));
             }
         }
-        pg_hash = Some(want.clone());
-        for d in [&names.db, &names.staging_db] {
-            let f = found.dbs.get(d).cloned().flatten();
-            let create = f.is_none();
-            let mark = f
-                .as_ref()
-                .is_some_and(|f| f.comment.as_deref() != Some(marker.as_str()));
-            let restrict = f.as_ref().is_some_and(|f| f.public_connect);
-            pg.ensure_database(d, &names.role, &marker, create, mark, restrict)
-                .await
-                .map_err(|e| failed_step(&format!("creating the database {d}"), e))?;
-            let state = if create {
-                "created"
-            } else if mark || restrict {
-                "updated"
-            } else {
-                "exists"
-            };
-            steps.push(step("postgres:database", d.as_str(), state));
-        }
-    }
 
-    // 4. Redis.
-    if let Some(r) = redis.as_mut() {
-        let pw = Secret::new(secrets.redis_password.clone());
-        let want = sha256_hex(&secrets.redis_password);
-        let applied = prow.as_ref().and_then(|p| p.redis_secret.clone());
-        let keys_ok = found
-            .redis_user
-            .as_ref()
-            .is_some_and(|u| u.enabled && u.keys == format!("~{}*", names.redis_prefix));
-        if !keys_ok || applied.as_deref() != Some(want.as_str()) {
-            r.set_user(&names.redis_user, &pw, &names.redis_prefix)
-                .await
-                .map_err(|e| failed_step("creating the Redis ACL user", e))?;
-            steps.push(step(
-                "redis:user",
-                &names.redis_user,
-                if found.redis_user.is_some() {
+        // 4. Redis: production's user on `<project>:*`, staging's on `<project>:staging:*`.
+        if let Some(r) = redis.as_mut() {
+            for staging in [false, true] {
+                let en = names.env(staging);
+                let pw = Secret::new(secrets.of(staging).1.to_owned());
+                let want = sha256_hex(pw.expose());
+                let applied = prow.as_ref().and_then(|p| {
+                    if staging {
+                        p.staging_redis_secret.clone()
+                    } else {
+                        p.redis_secret.clone()
+                    }
+                });
+                let had = found.redis_user(en.redis_user);
+                let keys_ok =
+                    had.is_some_and(|u| u.enabled && u.keys == format!("~{}*", en.redis_prefix));
+                if !keys_ok || applied.as_deref() != Some(want.as_str()) {
+                    r.set_user(en.redis_user, &pw, en.redis_prefix)
+                        .await
+                        .map_err(|e| {
+                            init_failed(
+                                &format!("creating the Redis ACL user {}", en.redis_user),
+                                e,
+                            )
+                        })?;
+                    if had.is_none() {
+                        undo.redis_users.push(en.redis_user.to_owned());
+                    }
+                    steps.push(step(
+                        "redis:user",
+                        en.redis_user,
+                        if had.is_some() { "updated" } else { "created" },
+                    ));
+                } else {
+                    steps.push(step("redis:user", en.redis_user, "exists"));
+                }
+                undo.hashes
+                    .push((if staging { "staging_redis" } else { "redis" }, want));
+            }
+            if let Some(d) = redis_db {
+                let had = prow.as_ref().and_then(|p| p.redis_db).is_some();
+                steps.push(step(
+                    "redis:index",
+                    d.to_string(),
+                    if had { "exists" } else { "created" },
+                ));
+            }
+        }
+
+        // 5. Server-side env files.
+        let ep = endpoints(&cfg, pg_url.as_ref(), redis_url.as_ref());
+        let mut local = BTreeMap::new();
+        for e in &envs {
+            let values = env_values(
+                &cfg,
+                &names,
+                *e,
+                &plan,
+                container_port,
+                redis_db,
+                &ep,
+                &secrets,
+            );
+            let path = env_file_path(&cfg, &name, e.as_str());
+            let text = env_text(&values);
+            let same = std::fs::read_to_string(&path).is_ok_and(|t| t == text);
+            if !same {
+                let existed = path.exists();
+                write_private(&path, &text)
+                    .map_err(|m| init_failed(&format!("writing the {e} env file"), m))?;
+                if !existed {
+                    undo.env_files.push(path.clone());
+                }
+                steps.push(step(
+                    &format!("env-file:{e}"),
+                    path.display().to_string(),
+                    if existed { "updated" } else { "created" },
+                ));
+            } else {
+                steps.push(step(
+                    &format!("env-file:{e}"),
+                    path.display().to_string(),
+                    "exists",
+                ));
+            }
+            if *e == Environment::Production {
+                local = values.into_iter().collect();
+            }
+        }
+
+        // 6. The registry row, then done.
+        let same = registered.as_ref() == Some(&spec);
+        let s = spec.clone();
+        let n = name.clone();
+        let hashes = undo.hashes.clone();
+        api.db
+            .run(move |c| {
+                let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                if !same {
+                    let owners: Vec<i64> = s
+                        .owners
+                        .iter()
+                        .filter_map(|o| db::user_by_name(&tx, o).ok().flatten().map(|u| u.id))
+                        .collect();
+                    db::put_project(&tx, &s, &owners, now_ms())?;
+                }
+                for (column, h) in &hashes {
+                    set_secret_hash(&tx, &n, column, h)?;
+                }
+                set_state(&tx, &n, "done")?;
+                tx.commit()?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| init_failed("recording the project in the registry", e))?;
+        steps.insert(
+            0,
+            step(
+                "registry",
+                format!("project:{name}"),
+                if same {
+                    "exists"
+                } else if registered.is_some() {
                     "updated"
                 } else {
                     "created"
                 },
-            ));
-        } else {
-            steps.push(step("redis:user", &names.redis_user, "exists"));
-        }
-        redis_hash = Some(want);
-        if let Some(d) = redis_db {
-            let had = prow.as_ref().and_then(|p| p.redis_db).is_some();
-            steps.push(step(
-                "redis:index",
-                d.to_string(),
-                if had { "exists" } else { "created" },
-            ));
-        }
-    }
-
-    // 5. Server-side env files.
-    let ep = endpoints(&cfg, pg_url.as_ref(), redis_url.as_ref());
-    let mut local = BTreeMap::new();
-    for e in &envs {
-        let values = env_values(
-            &cfg,
-            &names,
-            *e,
-            &plan,
-            container_port,
-            redis_db,
-            &ep,
-            &secrets,
+            ),
         );
-        let path = env_file_path(&cfg, &name, e.as_str());
-        let text = env_text(&values);
-        let same = std::fs::read_to_string(&path).is_ok_and(|t| t == text);
-        if !same {
-            let existed = path.exists();
-            write_private(&path, &text)
-                .map_err(|m| failed_step(&format!("writing the {e} env file"), m))?;
-            steps.push(step(
-                &format!("env-file:{e}"),
-                path.display().to_string(),
-                if existed { "updated" } else { "created" },
-            ));
-        } else {
-            steps.push(step(
-                &format!("env-file:{e}"),
-                path.display().to_string(),
-                "exists",
-            ));
-        }
-        if *e == Environment::Production {
-            local = values.into_iter().collect();
-        }
+        Ok((steps, local, secrets))
     }
-
-    // 6. The registry row, then done.
-    let same = registered.as_ref() == Some(&spec);
-    let s = spec.clone();
-    let n = name.clone();
-    api.db
-        .run(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            if !same {
-                let owners: Vec<i64> = s
-                    .owners
-                    .iter()
-                    .filter_map(|o| db::user_by_name(&tx, o).ok().flatten().map(|u| u.id))
-                    .collect();
-                db::put_project(&tx, &s, &owners, now_ms())?;
-            }
-            if let Some(h) = &pg_hash {
-                set_secret_hash(&tx, &n, "pg", h)?;
-            }
-            if let Some(h) = &redis_hash {
-                set_secret_hash(&tx, &n, "redis", h)?;
-            }
-            set_state(&tx, &n, "done")?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(ApiError::internal)?;
-    steps.insert(
-        0,
-        step(
-            "registry",
-            format!("project:{name}"),
-            if same {
-                "exists"
-            } else if registered.is_some() {
-                "updated"
-            } else {
-                "created"
-            },
-        ),
-    );
+    .await;
+    let (steps, local, secrets) = match applied {
+        Ok(v) => v,
+        Err(mut e) => {
+            let left = undo
+                .run(api, project, pg.as_ref(), redis.as_mut(), prow.is_none())
+                .await;
+            e.message = match left {
+                Ok(true) => format!(
+                    "{}. Nothing of `{name}` was kept (what this run made is undone); fix the cause and run the same init again",
+                    e.message
+                ),
+                Ok(false) => format!(
+                    "{}. What this run made is undone, what earlier runs made is recorded; run the same init again to complete it (`we ssot validate` lists unfinished projects)",
+                    e.message
+                ),
+                Err(u) => format!(
+                    "{}. Undoing this run failed too ({u}); what was done is recorded: run the same init again to complete it, or `we project remove {name} --yes` (`we ssot validate` lists unfinished projects)",
+                    e.message
+                ),
+            };
+            return Err(e);
+        }
+    };
     // Never let a secret reach a warning.
     for w in &mut warnings {
         for v in secrets.values() {
@@ -1106,6 +1333,97 @@ async fn init_inner(
         env: local,
         warnings,
     })
+}
+
+/// What the steps of an init give back: the steps, production's env values (for `.env`)
+/// and the secrets (to keep them out of warnings).
+type Applied = (Vec<InitStep>, BTreeMap<String, String>, Secrets);
+
+/// What one init run created, in the order it is undone.
+#[derive(Default)]
+struct Undo {
+    secrets_file: Option<PathBuf>,
+    ports: Vec<Environment>,
+    roles: Vec<String>,
+    dbs: Vec<String>,
+    redis_users: Vec<String>,
+    env_files: Vec<PathBuf>,
+    /// The SHA-256 of each password set (`api_provision` column, hash), for the final commit.
+    hashes: Vec<(&'static str, String)>,
+}
+
+impl Undo {
+    /// Removes what the run created; for a first init (`fresh`) also the recorded plan.
+    /// `Ok(true)`: nothing of the project is left.
+    async fn run(
+        &self,
+        api: &Api,
+        project: &ProjectName,
+        pg: Option<&Pg>,
+        redis: Option<&mut Redis>,
+        fresh: bool,
+    ) -> Result<bool, String> {
+        let mut failed = Vec::new();
+        for f in &self.env_files {
+            if let Err(e) = std::fs::remove_file(f)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                failed.push(format!("removing {}: {e}", f.display()));
+            }
+        }
+        if let Some(r) = redis {
+            for u in &self.redis_users {
+                if let Err(e) = r.delete_user(u).await {
+                    failed.push(format!("deleting the ACL user {u}: {e}"));
+                }
+            }
+        }
+        if let Some(pg) = pg {
+            for d in &self.dbs {
+                if let Err(e) = pg.drop_database(d).await {
+                    failed.push(format!("dropping {d}: {e}"));
+                }
+            }
+            for r in &self.roles {
+                if let Err(e) = pg.drop_role(r).await {
+                    failed.push(format!("dropping the role {r}: {e}"));
+                }
+            }
+        }
+        for e in &self.ports {
+            let t = super::registry::target(project, *e);
+            let store = api.loc.manifest.clone();
+            match tokio::task::spawn_blocking(move || store.release(&t)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e2)) => failed.push(format!("freeing the {e} port: {e2}")),
+                Err(e2) => failed.push(format!("freeing the {e} port: {e2}")),
+            }
+        }
+        if let Some(f) = &self.secrets_file
+            && let Err(e) = std::fs::remove_file(f)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            failed.push(format!("removing {}: {e}", f.display()));
+        }
+        if !failed.is_empty() {
+            return Err(failed.join("; "));
+        }
+        if !fresh {
+            return Ok(false);
+        }
+        let n = project.as_str().to_owned();
+        api.db
+            .run(move |c| {
+                c.execute(
+                    "DELETE FROM api_provision WHERE project = ?1 AND state = 'provisioning'",
+                    [&n],
+                )?;
+                Ok(())
+            })
+            .await
+            .map_err(|e| format!("forgetting the recorded plan: {e}"))?;
+        Ok(true)
+    }
 }
 
 /// `ghcr.io/<owner>/<repo>` (lowercased), or `ghcr.io/codeb/<project>` without a repository.
@@ -1197,34 +1515,101 @@ impl codeb_previews::DataSource for PreviewData {
 pub async fn problems(api: &Api) -> Result<Vec<ValidateProblem>, ApiError> {
     let all = api.db.run(|c| rows(c)).await.map_err(ApiError::internal)?;
     let mut out = Vec::new();
-    for r in all.into_iter().filter(|r| r.state != "done") {
+    // One connection each, opened when a project needs it (None inside: unreachable).
+    let mut pg: Option<Option<Pg>> = None;
+    let mut rc: Option<Option<Redis>> = None;
+    for r in &all {
         let Ok(p) = ProjectName::new(&r.project) else {
             continue;
         };
         let Ok(names) = Names::new(&p) else { continue };
-        let mut pieces = Vec::new();
-        if let Some(cfg) = api.cfg.provision.as_ref() {
-            if r.plan.database
-                && let Some(f) = &cfg.postgres_admin_url_file
+        let cfg = api.cfg.provision.as_ref();
+        if r.plan.database && pg.is_none() {
+            let mut c = None;
+            if let Some(f) = cfg.and_then(|c| c.postgres_admin_url_file.as_ref())
                 && let Ok(u) = read_secret_file("postgres_admin_url_file", f)
-                && let Ok(pg) = Pg::connect(&u).await
             {
-                if pg.role(&names.role).await.ok().flatten().is_some() {
-                    pieces.push(format!("role {}", names.role));
+                c = Pg::connect(&u).await.ok();
+            }
+            pg = Some(c);
+        }
+        if r.plan.redis && rc.is_none() {
+            let mut c = None;
+            if let Some(f) = cfg.and_then(|c| c.redis_admin_url_file.as_ref())
+                && let Ok(u) = read_secret_file("redis_admin_url_file", f)
+            {
+                c = Redis::connect(&u).await.ok();
+            }
+            rc = Some(c);
+        }
+        let pgc = pg
+            .as_ref()
+            .and_then(Option::as_ref)
+            .filter(|_| r.plan.database);
+        let mut rcc = rc
+            .as_mut()
+            .and_then(Option::as_mut)
+            .filter(|_| r.plan.redis);
+        if r.state == "done" {
+            // A complete project whose staging lacks its own role, database or ACL user
+            // (provisioned before staging had them, or changed by hand).
+            let mut missing = Vec::new();
+            if let Some(pg) = pgc {
+                if pg.role(&names.staging_role).await.ok().flatten().is_none() {
+                    missing.push(format!("no role {}", names.staging_role));
                 }
-                for d in [&names.db, &names.staging_db] {
-                    if pg.database(d).await.ok().flatten().is_some() {
-                        pieces.push(format!("database {d}"));
-                    }
+                match pg.database(&names.staging_db).await.ok().flatten() {
+                    None => missing.push(format!("no database {}", names.staging_db)),
+                    Some(d) if d.owner != names.staging_role => missing.push(format!(
+                        "{} is owned by {}, not {}",
+                        names.staging_db, d.owner, names.staging_role
+                    )),
+                    Some(_) => {}
                 }
             }
-            if r.plan.redis
-                && let Some(f) = &cfg.redis_admin_url_file
-                && let Ok(u) = read_secret_file("redis_admin_url_file", f)
-                && let Ok(mut rc) = Redis::connect(&u).await
-                && rc.user(&names.redis_user).await.ok().flatten().is_some()
+            if let Some(c) = rcc.as_mut()
+                && c.user(&names.staging_redis_user)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_none()
             {
-                pieces.push(format!("ACL user {}", names.redis_user));
+                missing.push(format!("no ACL user {}", names.staging_redis_user));
+            }
+            if !missing.is_empty() {
+                out.push(ValidateProblem {
+                    project: r.project.clone(),
+                    field: "provisioning".into(),
+                    message: format!(
+                        "staging of `{}` does not have its own data: {}; run `we workflow init {}` again with the same flags to make them (production is not changed)",
+                        r.project,
+                        missing.join(", "),
+                        r.project
+                    ),
+                    fix: None,
+                    fixed: false,
+                });
+            }
+            continue;
+        }
+        let mut pieces = Vec::new();
+        if let Some(pg) = pgc {
+            for role in [&names.role, &names.staging_role] {
+                if pg.role(role).await.ok().flatten().is_some() {
+                    pieces.push(format!("role {role}"));
+                }
+            }
+            for d in [&names.db, &names.staging_db] {
+                if pg.database(d).await.ok().flatten().is_some() {
+                    pieces.push(format!("database {d}"));
+                }
+            }
+        }
+        if let Some(c) = rcc.as_mut() {
+            for u in [&names.redis_user, &names.staging_redis_user] {
+                if c.user(u).await.ok().flatten().is_some() {
+                    pieces.push(format!("ACL user {u}"));
+                }
             }
         }
         if let Some(d) = r.redis_db {
@@ -1361,7 +1746,10 @@ async fn remove_inner(
                 .await
                 .map_err(|e| unprocessable(e.to_string()))?
             {
-                if f.comment.as_deref() != Some(marker.as_str()) && f.owner != names.role {
+                if f.comment.as_deref() != Some(marker.as_str())
+                    && f.owner != names.role
+                    && f.owner != names.staging_role
+                {
                     steps.push(step(
                         "postgres:database",
                         d.as_str(),
@@ -1381,16 +1769,18 @@ async fn remove_inner(
                 .map_err(|e| failed_step(&format!("dropping {d}"), e))?;
             steps.push(step("postgres:database", d, "dropped"));
         }
-        if let Some(r) = pg
-            .role(&names.role)
-            .await
-            .map_err(|e| unprocessable(e.to_string()))?
-            && r.comment.as_deref() == Some(marker.as_str())
-        {
-            pg.drop_role(&names.role)
+        for role in [&names.role, &names.staging_role] {
+            if let Some(r) = pg
+                .role(role)
                 .await
-                .map_err(|e| failed_step("dropping the role", e))?;
-            steps.push(step("postgres:role", &names.role, "dropped"));
+                .map_err(|e| unprocessable(e.to_string()))?
+                && r.comment.as_deref() == Some(marker.as_str())
+            {
+                pg.drop_role(role)
+                    .await
+                    .map_err(|e| failed_step(&format!("dropping the role {role}"), e))?;
+                steps.push(step("postgres:role", role.as_str(), "dropped"));
+            }
         }
     }
     if plan.as_ref().is_some_and(|p| p.redis) {
@@ -1413,10 +1803,12 @@ async fn remove_inner(
             format!("{} in DB {db}", names.redis_prefix),
             &format!("deleted {n}"),
         ));
-        r.delete_user(&names.redis_user)
-            .await
-            .map_err(|e| failed_step("deleting the Redis ACL user", e))?;
-        steps.push(step("redis:user", &names.redis_user, "deleted"));
+        for u in [&names.redis_user, &names.staging_redis_user] {
+            r.delete_user(u)
+                .await
+                .map_err(|e| failed_step(&format!("deleting the Redis ACL user {u}"), e))?;
+            steps.push(step("redis:user", u.as_str(), "deleted"));
+        }
     }
     for e in [Environment::Production, Environment::Staging] {
         let t = super::registry::target(project, e);

@@ -743,8 +743,10 @@ async fn run_job(api: &Arc<Api>, id: i64) {
     }
 }
 
-/// A deploy of a project that runs on app hosts: a rolling deploy ([`super::hosts::rolling`])
-/// under the target's deploy lock on this host.
+/// A deploy or rollback of a project that runs on app hosts: a rolling deploy
+/// ([`super::hosts::rolling`]) under the target's deploy lock on this host, of the resolved
+/// image, or for a rollback of the release served before the current one
+/// ([`super::hosts::rollback_plan`], read under the lock).
 async fn roll(
     api: &Arc<Api>,
     id: i64,

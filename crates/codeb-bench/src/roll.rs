@@ -2,11 +2,11 @@
 //! "Performance": the roll's overhead within 1.2x; 0 failed requests during the roll and
 //! during a host cut).
 //!
-//! The hosts are set up as in tests/integration/scale_hosts.rs: three network namespaces on a
-//! bridge (10.203.N.0/24), each running `codeb-daemon agent`, its own Caddy front and real
-//! podman containers with its own container store (images read-only from the machine's store,
-//! as if each host had pulled them); the control plane (`codeb-daemon serve`) with its Caddy as
-//! the balancer in front.
+//! The hosts are the harness `codeb_testbed::netns` (shared with
+//! tests/integration/scale_hosts.rs): three network namespaces on a bridge (10.203.N.0/24),
+//! each running `codeb-daemon agent`, its own Caddy front and real podman containers with its
+//! own container store; the control plane (`codeb-daemon serve`) with its Caddy as the
+//! balancer in front.
 //!
 //! Interleaved `runs` times: (a) one rolling deploy through the control plane
 //! (`POST /api/v1/projects/<p>/deploy`, the path `we deploy` takes: tag resolution, drain, the
@@ -15,201 +15,34 @@
 //! other of two equivalent releases (same binary, different `VERSION`) deployed on each host in
 //! turn through its agent directly (`POST /agent/v1/deploy`, the same engine and the same
 //! drain/health settings), so that every deploy is a real switch. Then host 2 is cut off
-//! (`ip link set down`) under load and brought back.
+//! (`ip link set down`) under load and brought back: printed are the failed requests, how
+//! soon after the cut the balancer stopped sending to the host (the start of the last request
+//! that waited at least the dial timeout) and the requests in flight there that were retried.
 //!
 //! Only addresses on the bench's own bridge and loopback are targeted; every loop is bounded.
-//! Everything (namespaces, links, processes, containers, images, temp dirs) is removed on drop.
+//! Everything (namespaces, links, processes, containers, images, temp dirs) is removed on drop,
+//! also when the bench fails or a testbed helper panics (`run` catches the unwind).
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use codeb_testbed::netns::{
+    ControlPlane, DRAIN_MS, HEALTH_DEADLINE_MS, HEALTH_INTERVAL_MS, Hosts, Load, NetHost,
+    SUCCESSES, free_production_port, scrubbed,
+};
 use codeb_testbed::{
-    Caddy, CaddyBuild, Podman, Registry, ScratchDir, build_sample_image, free_port, http_get,
-    http_request, push_image, wait_http, wait_http_until,
+    Caddy, CaddyBuild, Podman, Registry, ScratchDir, build_sample_image, http_get, http_request,
+    push_image,
 };
 use serde_json::{Value, json};
 
 use crate::{Stats, bin, ms, stats};
 
-const DRAIN_MS: u64 = 1000;
-const HEALTH_INTERVAL_MS: u64 = 200;
-const HEALTH_DEADLINE_MS: u64 = 8000;
-/// The control plane's default `health_successes`.
-const SUCCESSES: u32 = 2;
-
-fn sh(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .map_err(|e| format!("{args:?}: {e}"))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "{}: {}{}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-fn kill(child: Option<Child>) {
-    if let Some(mut c) = child {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-}
-
-struct NetHost {
-    name: String,
-    ns: String,
-    veth: String,
-    address: String,
-    dir: PathBuf,
-    caddy: Option<Child>,
-    agent: Option<Child>,
-    token: String,
-}
-
-impl NetHost {
-    /// A command run inside the host's network namespace (the machine's mounts: `ip netns
-    /// exec` would remount /sys and hide the cgroup mounts from runc).
-    fn cmd(&self, program: &Path) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.ns)).arg(program);
-        c
-    }
-
-    fn storage_conf(&self) -> PathBuf {
-        self.dir.join("storage.conf")
-    }
-
-    fn podman(&self, podman: &Podman, args: &[&str]) -> Result<String, String> {
-        let mut c = self.cmd(Path::new("podman"));
-        podman.configure(&mut c);
-        c.env("CONTAINERS_STORAGE_CONF", self.storage_conf());
-        let out = c.args(args).output().map_err(|e| e.to_string())?;
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    fn agent_url(&self) -> String {
-        format!("http://{}:7070", self.address)
-    }
-
-    fn log(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap_or_default()
-    }
-}
-
-/// The bridge, the namespaces and their veth pairs, each host's processes and containers;
-/// all removed on drop.
-struct Lab {
-    bridge: String,
-    hosts: Vec<NetHost>,
-    podman: Podman,
-}
-
-impl Lab {
-    fn new(n: usize, podman: &Podman) -> Result<Lab, String> {
-        let pid = std::process::id();
-        let subnet = 20 + pid % 200;
-        let tag = pid % 100_000;
-        let bridge = format!("rbb{tag}");
-        let mut lab = Lab {
-            bridge: String::new(),
-            hosts: Vec::new(),
-            podman: podman.clone(),
-        };
-        sh(&["ip", "link", "add", &bridge, "type", "bridge"])?;
-        lab.bridge = bridge.clone();
-        sh(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("10.203.{subnet}.1/24"),
-            "dev",
-            &bridge,
-        ])?;
-        sh(&["ip", "link", "set", &bridge, "up"])?;
-        for k in 1..=n {
-            let ns = format!("rb{tag}-{k}");
-            let veth = format!("rbv{tag}h{k}");
-            let peer = format!("rbp{tag}h{k}");
-            let address = format!("10.203.{subnet}.{}", k + 1);
-            let dir = std::env::temp_dir().join(format!("codeb-bench-roll-{pid}-{k}"));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            sh(&["ip", "netns", "add", &ns])?;
-            lab.hosts.push(NetHost {
-                name: format!("h{k}"),
-                ns: ns.clone(),
-                veth: veth.clone(),
-                address: address.clone(),
-                dir: dir.clone(),
-                caddy: None,
-                agent: None,
-                token: String::new(),
-            });
-            sh(&[
-                "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
-            ])?;
-            sh(&["ip", "link", "set", &peer, "netns", &ns])?;
-            sh(&["ip", "link", "set", &veth, "master", &bridge, "up"])?;
-            let cidr = format!("{address}/24");
-            for args in [
-                ["ip", "addr", "add", cidr.as_str(), "dev", peer.as_str()].as_slice(),
-                &["ip", "link", "set", peer.as_str(), "up"],
-                &["ip", "link", "set", "lo", "up"],
-            ] {
-                let mut a = vec!["ip", "netns", "exec", ns.as_str()];
-                a.extend_from_slice(args);
-                sh(&a)?;
-            }
-            std::fs::write(
-                dir.join("storage.conf"),
-                format!(
-                    "[storage]\ndriver = \"overlay\"\ngraphroot = \"{d}/storage\"\nrunroot = \"{d}/run\"\n[storage.options]\nadditionalimagestores = [\"/var/lib/containers/storage\"]\n",
-                    d = dir.display()
-                ),
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        Ok(lab)
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for h in &mut self.hosts {
-            kill(h.agent.take());
-            kill(h.caddy.take());
-            if let Ok(ids) = h.podman(&self.podman, &["ps", "-aq"]) {
-                for id in ids.split_whitespace() {
-                    let _ = h.podman(&self.podman, &["rm", "-f", "-t", "0", id]);
-                }
-            }
-            let _ = sh(&["ip", "link", "del", &h.veth]);
-            let _ = sh(&["ip", "netns", "del", &h.ns]);
-            let _ = sh(&[
-                "umount",
-                "-R",
-                &h.dir.join("storage/overlay").display().to_string(),
-            ]);
-            let _ = std::fs::remove_dir_all(&h.dir);
-        }
-        if !self.bridge.is_empty() {
-            let _ = sh(&["ip", "link", "del", &self.bridge]);
-        }
-    }
-}
+/// The balancer's active health check interval and timeout and its dial timeout
+/// (`codeb_deploy::BalancerPolicy::new`): a request sent to a cut-off host waits at least the
+/// dial timeout before it is retried elsewhere.
+const LB_INTERVAL: Duration = Duration::from_secs(1);
+const LB_HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
+const LB_DIAL_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Images this bench made in the machine's store; removed on drop (after the lab's containers).
 struct Images {
@@ -225,174 +58,15 @@ impl Drop for Images {
     }
 }
 
-struct ControlPlane {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    admin: String,
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// A deploy of `image` through the control plane, timed from the request to the job's end.
+fn timed_deploy(cp: &ControlPlane, project: &str, image: &str) -> Result<Duration, String> {
+    let start = Instant::now();
+    let j = cp.deploy(project, image)?;
+    if j["state"] == "done" {
+        Ok(start.elapsed())
+    } else {
+        Err(format!("the roll to {image} failed: {j}\n{}", cp.log()))
     }
-}
-
-impl ControlPlane {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
-    }
-
-    fn api(&self, method: &str, path: &str, body: Option<&Value>) -> Result<(u16, Value), String> {
-        let url = format!("http://127.0.0.1:{}{path}", self.port);
-        let body = body.map(Value::to_string).unwrap_or_default();
-        let (s, text) = http_request(
-            method,
-            &url,
-            &[
-                ("authorization", &format!("Bearer {}", self.admin)),
-                ("content-type", "application/json"),
-            ],
-            body.as_bytes(),
-            Duration::from_secs(600),
-        )?;
-        Ok((s, serde_json::from_str(&text).unwrap_or(Value::Null)))
-    }
-
-    /// A deploy of `image` through the control plane, timed from the request to the job's end.
-    fn deploy(&self, project: &str, image: &str) -> Result<Duration, String> {
-        let start = Instant::now();
-        let (s, job) = self.api(
-            "POST",
-            &format!("/api/v1/projects/{project}/deploy"),
-            Some(&json!({"environment": "production", "image": image})),
-        )?;
-        if s != 202 {
-            return Err(format!("deploy {image}: {s} {job}"));
-        }
-        let id = job["id"].as_i64().ok_or(format!("no job id: {job}"))?;
-        let deadline = start + Duration::from_secs(600);
-        loop {
-            let (_, j) = self.api("GET", &format!("/api/v1/jobs/{id}"), None)?;
-            match j["state"].as_str() {
-                Some("done") => return Ok(start.elapsed()),
-                Some("failed") => {
-                    return Err(format!("the roll to {image} failed: {j}\n{}", self.log()));
-                }
-                _ => {}
-            }
-            if Instant::now() > deadline {
-                return Err(format!("job {id} did not end in 600 s: {j}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// The balancer's view of `upstream`.
-    fn balancer_healthy(&self, upstream: &str) -> Option<bool> {
-        let (_, r) = self.api("GET", "/api/v1/scale/hosts", None).ok()?;
-        r["balancers"]
-            .as_array()?
-            .iter()
-            .flat_map(|b| b["upstreams"].as_array().cloned().unwrap_or_default())
-            .find(|u| u["address"] == upstream)
-            .and_then(|u| u["healthy"].as_bool())
-    }
-
-    /// Waits (bounded: 30 s) for the balancer to see `upstream` as `healthy`; whether it did.
-    fn wait_balancer(&self, upstream: &str, healthy: bool) -> bool {
-        for _ in 0..120 {
-            if self.balancer_healthy(upstream) == Some(healthy) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        false
-    }
-}
-
-/// GETs through the balancer until stopped (bounded in count and time): requests and
-/// failures (the first few kept for the report).
-struct Load {
-    stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<(u64, u64, Vec<String>)>>,
-}
-
-impl Load {
-    fn start(url: String) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        let (s2, d2) = (stop.clone(), done.clone());
-        let thread = std::thread::spawn(move || {
-            let (mut failed, mut kept) = (0u64, Vec::new());
-            let started = Instant::now();
-            for _ in 0..200_000 {
-                if s2.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(900) {
-                    break;
-                }
-                let bad = match http_get(&url, Duration::from_secs(30)) {
-                    Ok((200, _)) => None,
-                    Ok((s, body)) => Some(format!("{s} {}", body.trim())),
-                    Err(e) => Some(e),
-                };
-                if let Some(b) = bad {
-                    failed += 1;
-                    if kept.len() < 5 {
-                        kept.push(b);
-                    }
-                }
-                d2.fetch_add(1, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            (d2.load(Ordering::Relaxed), failed, kept)
-        });
-        Load {
-            stop,
-            done,
-            thread: Some(thread),
-        }
-    }
-
-    /// Waits (bounded: 60 s) for `more` requests to complete.
-    fn wait(&self, more: u64) -> Result<(), String> {
-        let start = self.done.load(Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.done.load(Ordering::Relaxed) < start + more {
-            if Instant::now() > deadline {
-                return Err("the load loop stalled".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
-    }
-
-    fn finish(mut self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.take().and_then(|t| t.join().ok()).unwrap_or((
-            0,
-            0,
-            vec!["the load thread panicked".into()],
-        ))
-    }
-}
-
-impl Drop for Load {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn free_production_port() -> Result<u16, String> {
-    let pid = u16::try_from(std::process::id() % 400).unwrap_or(0);
-    (0..500u16)
-        .map(|i| 4000 + (pid + i * 11) % 500)
-        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
-        .ok_or_else(|| "no free port in 4000-4499".into())
 }
 
 pub fn run(runs: usize) -> Result<(), String> {
@@ -435,147 +109,24 @@ fn measure(runs: usize) -> Result<(), String> {
         digests.push(d);
     }
 
-    let mut lab = Lab::new(3, &podman)?;
+    let mut lab = Hosts::new("rb", 203, 3, &podman)?;
     let scratch = ScratchDir::new("bench-roll-cp");
     let dir = scratch.path().to_owned();
     let public = free_production_port()?;
     let project = format!("roll{pid}");
 
-    // The control plane, its Caddy as the balancer.
+    // The control plane, its Caddy as the balancer; the hosts' agents with their tokens.
     let balancer = Caddy::start_build(CaddyBuild::Debian);
-    let port = free_port();
-    std::fs::create_dir_all(dir.join("quadlet")).map_err(|e| e.to_string())?;
-    std::fs::write(
-        dir.join("port-manifest.yaml"),
-        format!("version: 1\nprojects:\n  {project}:\n    production: {{port: {public}}}\n"),
-    )
-    .map_err(|e| e.to_string())?;
-    let config = dir.join("daemon.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"listen = "127.0.0.1:{port}"
-state_dir = "{state}"
-[previews]
-github_api_url = "http://127.0.0.1:9"
-caddy_admin = "{admin}"
-quadlet_dir = "{q}"
-manifest = "{m}"
-[api]
-drain = "{DRAIN_MS}ms"
-health_interval = "{HEALTH_INTERVAL_MS}ms"
-health_deadline = "{HEALTH_DEADLINE_MS}ms"
-"#,
-            state = dir.join("state").display(),
-            admin = balancer.admin_url(),
-            q = dir.join("quadlet").display(),
-            m = dir.join("port-manifest.yaml").display()
-        ),
-    )
-    .map_err(|e| e.to_string())?;
-    let secret = ("CODEB_WEBHOOK_SECRET", "bench-roll-secret");
-    let boot = Command::new(&daemon)
-        .args(["bootstrap-admin", "--config"])
-        .arg(&config)
-        .env(secret.0, secret.1)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("bootstrap-admin: {e}"))?;
-    if !boot.status.success() {
-        return Err(format!(
-            "bootstrap-admin: {}",
-            String::from_utf8_lossy(&boot.stderr)
-        ));
-    }
-    let mut serve = Command::new(&daemon);
-    serve
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env(secret.0, secret.1)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("daemon.log")).map_err(|e| e.to_string())?);
-    podman.configure(&mut serve);
-    let cp = ControlPlane {
-        child: serve
-            .spawn()
-            .map_err(|e| format!("codeb-daemon serve: {e}"))?,
-        port,
-        dir: dir.clone(),
-        admin: String::from_utf8_lossy(&boot.stdout).trim().to_owned(),
-    };
-    wait_http(
-        &format!("http://127.0.0.1:{port}/healthz"),
-        Duration::from_secs(20),
-    )
-    .map_err(|e| format!("control plane: {e}: {}", cp.log()))?;
-
-    // Each host: a token minted on the control plane, its hash given to the agent; Caddy and
-    // the agent inside the namespace.
-    std::fs::create_dir_all(dir.join("state/hosts")).map_err(|e| e.to_string())?;
-    for h in &mut lab.hosts {
-        let token_file = dir.join(format!("state/hosts/{}.token", h.name));
-        let minted = Command::new(&daemon)
-            .args(["agent-token", "--out"])
-            .arg(&token_file)
-            .output()
-            .map_err(|e| format!("agent-token: {e}"))?;
-        let hash = String::from_utf8_lossy(&minted.stdout).trim().to_owned();
-        if !minted.status.success() || hash.len() != 64 {
-            return Err(format!(
-                "agent-token: {}",
-                String::from_utf8_lossy(&minted.stderr)
-            ));
-        }
-        h.token = std::fs::read_to_string(&token_file)
-            .map_err(|e| e.to_string())?
-            .trim()
-            .to_owned();
-        std::fs::write(h.dir.join("token.sha256"), &hash).map_err(|e| e.to_string())?;
-        std::fs::write(
-            h.dir.join("caddy.json"),
-            r#"{"admin":{"listen":"127.0.0.1:2019"}}"#,
-        )
-        .map_err(|e| e.to_string())?;
-        let log = |f: &str| std::fs::File::create(h.dir.join(f)).map_err(|e| e.to_string());
-        let mut c = h.cmd(CaddyBuild::Debian.checked_binary());
-        c.args(["run", "--config"])
-            .arg(h.dir.join("caddy.json"))
-            .env("HOME", &h.dir)
-            .env("XDG_DATA_HOME", h.dir.join("caddy-data"))
-            .env("XDG_CONFIG_HOME", h.dir.join("caddy-config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("caddy.log")?);
-        h.caddy = Some(c.spawn().map_err(|e| format!("{} caddy: {e}", h.name))?);
-        let mut a = h.cmd(&daemon);
-        a.args(["agent", "--host", &h.name, "--listen"])
-            .arg(format!("{}:7070", h.address))
-            .arg("--token-sha256-file")
-            .arg(h.dir.join("token.sha256"))
-            .arg("--state-dir")
-            .arg(h.dir.join("agent"))
-            .args([
-                "--caddy-admin",
-                "http://127.0.0.1:2019",
-                "--runtime",
-                "podman",
-            ])
-            .env("CONTAINERS_STORAGE_CONF", h.storage_conf())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log("agent.log")?);
-        podman.configure(&mut a);
-        h.agent = Some(a.spawn().map_err(|e| format!("{} agent: {e}", h.name))?);
-    }
-    for h in &lab.hosts {
-        wait_http_until(
-            &format!("{}/agent/v1/ping", h.agent_url()),
-            Duration::from_secs(20),
-            |s, _| s == 401,
-        )
-        .map_err(|e| format!("agent {}: {e}: {}", h.name, h.log("agent.log")))?;
-    }
+    let cp = ControlPlane::start(
+        &daemon,
+        &dir,
+        &balancer.admin_url(),
+        &project,
+        public,
+        &podman,
+    )?;
+    lab.start_agents(&daemon, &cp.tokens_dir())
+        .map_err(|e| format!("{e}\n{}", cp.log()))?;
 
     // The project, the hosts (`we scale app --add`), the first roll (not timed).
     let (s, v) = cp.api(
@@ -590,22 +141,18 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
     if !(200..300).contains(&s) {
         return Err(format!("create the project: {s} {v}"));
     }
-    let home = dir.join("home");
     for h in &lab.hosts {
-        let out = Command::new(&we)
-            .args([
-                "scale",
-                "app",
-                "--add",
-                &h.name,
-                "--agent-url",
-                &h.agent_url(),
-            ])
-            .env("XDG_CONFIG_HOME", home.join("config"))
-            .env("HOME", &home)
-            .env("CODEB_SERVER", format!("http://127.0.0.1:{port}"))
-            .env("CODEB_TOKEN", &cp.admin)
-            .stdin(Stdio::null())
+        let mut add = scrubbed(&we);
+        add.args([
+            "scale",
+            "app",
+            "--add",
+            &h.name,
+            "--agent-url",
+            &h.agent_url(),
+        ]);
+        cp.we_env(&mut add, &cp.admin);
+        let out = add
             .output()
             .map_err(|e| format!("we scale app --add: {e}"))?;
         if !out.status.success() {
@@ -617,7 +164,7 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
             ));
         }
     }
-    cp.deploy(&project, &format!("{repo}:v1"))?;
+    timed_deploy(&cp, &project, &format!("{repo}:v1"))?;
     let lb = format!("http://127.0.0.1:{public}/");
     match http_get(&lb, Duration::from_secs(5)) {
         Ok((200, body)) if body.contains("v1") => {}
@@ -668,14 +215,15 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
     let (mut roll_requests, mut roll_failed, mut roll_kept) = (0u64, 0u64, Vec::new());
     for i in 0..runs {
         // (a) the roll v1 -> v2 under load through the balancer.
-        let load = Load::start(lb.clone());
+        let load = Load::start(&lb, 1);
         load.wait(20)?;
-        let took = cp.deploy(&project, &format!("{repo}:v2"))?;
+        let took = timed_deploy(&cp, &project, &format!("{repo}:v2"))?;
         load.wait(20)?;
-        let (n, failed, kept) = load.finish();
+        let report = load.finish();
+        let (n, failed) = (report.requests, report.failed);
         roll_requests += n;
         roll_failed += failed;
-        roll_kept.extend(kept);
+        roll_kept.extend(report.failures.into_iter().take(5));
         rolls.push(took);
         // (b) v2 -> v1 on each host in turn, through its agent.
         let mut total = Duration::ZERO;
@@ -695,21 +243,26 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
         );
     }
 
-    // Host 2 cut off under load, then back.
+    // Host 2 cut off under load (three workers: one stuck on the cut host does not hide the
+    // others), then back.
     let h2 = &lab.hosts[1];
     let up2 = format!("{}:{public}", h2.address);
     let seen_up = cp.wait_balancer(&up2, true);
-    let load = Load::start(lb.clone());
+    let load = Load::start(&lb, 3);
     load.wait(50)?;
-    sh(&["ip", "link", "set", &h2.veth, "down"])?;
+    h2.set_link(false)?;
     let cut = Instant::now();
     let marked_down = cp.wait_balancer(&up2, false);
     let to_down = cut.elapsed();
     load.wait(200)?;
-    sh(&["ip", "link", "set", &h2.veth, "up"])?;
+    let back = Instant::now();
+    h2.set_link(true)?;
     let marked_up = cp.wait_balancer(&up2, true);
     load.wait(50)?;
-    let (cut_requests, cut_failed, cut_kept) = load.finish();
+    let cut_report = load.finish();
+    let figures = cut_report.after_cut(cut, back, LB_DIAL_TIMEOUT - Duration::from_millis(50));
+    let (cut_requests, cut_failed) = (cut_report.requests, cut_report.failed);
+    let cut_kept: Vec<String> = cut_report.failures.into_iter().take(5).collect();
 
     let (r, s) = (stats(rolls.clone()), stats(singles.clone()));
     let ratio = r.median.as_secs_f64() / s.median.as_secs_f64();
@@ -743,7 +296,18 @@ health_deadline = "{HEALTH_DEADLINE_MS}ms"
         "\n| load through the balancer | requests | failed (target 0) |\n|---|---|---|\n| during the rolls | {roll_requests} | {roll_failed} |\n| host 2 cut off (`ip link set down`) and back | {cut_requests} | {cut_failed} |"
     );
     println!(
-        "\nhost cut: balancer saw h2 healthy before: {seen_up}; marked down: {}; back up after the link returned: {marked_up}",
+        "\nhost cut: the balancer stopped sending to h2 {} (bound: health interval {} + check timeout {} + 3 s); {} request(s) in flight there retried elsewhere, the slowest {}",
+        figures.stopped_sending_after.map_or_else(
+            || "before any request was slow".to_owned(),
+            |d| format!("{} after the cut", ms(d))
+        ),
+        ms(LB_INTERVAL),
+        ms(LB_HEALTH_TIMEOUT),
+        figures.slow,
+        ms(figures.slowest)
+    );
+    println!(
+        "host cut: balancer saw h2 healthy before: {seen_up}; marked down: {}; back up after the link returned: {marked_up}",
         if marked_down {
             format!(
                 "yes, {:.1} s after the cut (its health gauge lags up to 10 s)",

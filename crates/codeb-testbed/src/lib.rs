@@ -11,6 +11,8 @@
 //!
 //! Test infrastructure, not product code: it spawns processes and panics on a broken host.
 
+pub mod netns;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;

@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use codeb_api::scale::{
     BalancerUpstream, BalancerView, HostAdd, HostChange, HostRelease, HostView, HostsReport,
 };
-use codeb_api::{Action, codes};
+use codeb_api::{Action, JobKind, codes};
 use codeb_deploy::{BalancerPolicy, Caddy, History};
 use rusqlite::{Connection, params};
 
@@ -48,6 +48,17 @@ CREATE TABLE IF NOT EXISTS scale_releases (
     sha TEXT NOT NULL,
     updated_ms INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS scale_rolls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    unit TEXT NOT NULL,
+    image TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    sha TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    rolled_back INTEGER NOT NULL DEFAULT 0,
+    done_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS scale_rolls_unit ON scale_rolls (unit, id);
 ";
 
 pub fn migrate(c: &Connection) -> Result<(), DbError> {
@@ -101,6 +112,101 @@ fn stored_release(c: &Connection, unit: &str) -> Result<Option<CurrentRelease>, 
         })
     })?;
     Ok(rows.next().transpose()?)
+}
+
+/// The release a rolling rollback of `unit` goes back to: the newest release the hosts served
+/// (`scale_rolls`) that differs from `current` and was not itself rolled back.
+fn rollback_target(
+    c: &Connection,
+    unit: &str,
+    current: &str,
+) -> Result<Option<CurrentRelease>, DbError> {
+    let mut st = c.prepare(
+        "SELECT image, digest, sha FROM scale_rolls
+         WHERE unit = ?1 AND digest != ?2 AND rolled_back = 0 ORDER BY id DESC LIMIT 1",
+    )?;
+    let mut rows = st.query_map([unit, current], |r| {
+        Ok(CurrentRelease {
+            image: r.get(0)?,
+            digest: r.get(1)?,
+            sha: r.get(2)?,
+        })
+    })?;
+    Ok(rows.next().transpose()?)
+}
+
+/// Records a finished roll of `unit` to `release`: the hosts' current release, and a row of
+/// the roll history. The release that served before is recorded first when the history does
+/// not know it yet (a release adopted from this host's own deploys), so it can be rolled
+/// back to; a rollback marks the release it left as rolled back (not a target again).
+fn record_roll(
+    c: &mut Connection,
+    unit: &str,
+    before: Option<&CurrentRelease>,
+    release: &CurrentRelease,
+    kind: JobKind,
+) -> Result<(), DbError> {
+    let now = now_ms();
+    let tx = c.transaction()?;
+    let known: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM scale_rolls WHERE unit = ?1",
+        [unit],
+        |r| r.get(0),
+    )?;
+    if let Some(b) = before
+        && known == 0
+        && b.digest != release.digest
+    {
+        tx.execute(
+            "INSERT INTO scale_rolls (unit, image, digest, sha, kind, done_ms) VALUES (?1, ?2, ?3, ?4, 'adopted', ?5)",
+            params![unit, b.image, b.digest, b.sha, now],
+        )?;
+    }
+    if kind == JobKind::Rollback
+        && let Some(b) = before
+    {
+        tx.execute(
+            "UPDATE scale_rolls SET rolled_back = 1 WHERE unit = ?1 AND digest = ?2",
+            params![unit, b.digest],
+        )?;
+    }
+    let kind = match kind {
+        JobKind::Deploy => "deploy",
+        JobKind::Rollback => "rollback",
+    };
+    tx.execute(
+        "INSERT INTO scale_rolls (unit, image, digest, sha, kind, done_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![unit, release.image, release.digest, release.sha, kind, now],
+    )?;
+    tx.execute(
+        "INSERT INTO scale_releases (unit, image, digest, sha, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(unit) DO UPDATE SET image = ?2, digest = ?3, sha = ?4, updated_ms = ?5",
+        params![unit, release.image, release.digest, release.sha, now],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// What a rolling rollback of `unit` would do: the release serving on the hosts now and the
+/// one it goes back to (`None` when there is none to go back to).
+pub async fn rollback_plan(
+    api: &Api,
+    unit: &str,
+) -> Result<(Option<CurrentRelease>, Option<CurrentRelease>), ApiError> {
+    let current = current_release(api, unit).await?;
+    let (u, cur) = (
+        unit.to_owned(),
+        current
+            .as_ref()
+            .map(|c| c.digest.clone())
+            .unwrap_or_default(),
+    );
+    let target = api
+        .db
+        .run(move |c| rollback_target(c, &u, &cur))
+        .await
+        .map_err(ApiError::internal)?;
+    Ok((current, target))
 }
 
 fn hosts_dir(api: &Api) -> PathBuf {
@@ -802,11 +908,16 @@ pub async fn has_hosts(api: &Api) -> bool {
 /// host out of the balancer, deploy blue-green there, prove it healthy from here, put it
 /// back. A failure on any host stops the roll and rolls back the hosts already moved (each
 /// drained while it switches back); the previous release then serves everywhere.
+///
+/// A rolling rollback (`kind` [`JobKind::Rollback`], `release` from [`rollback_plan`]) is the
+/// same roll to the release that served before: each host deploys that pinned digest
+/// blue-green, and a failure puts the hosts already moved back on the release serving now.
 pub async fn rolling(
     api: &Api,
     d_project: &codeb_api::Project,
     environment: &str,
     release: &CurrentRelease,
+    kind: JobKind,
     actor: &str,
     progress: &(dyn Fn(String) + Sync),
 ) -> Result<String, String> {
@@ -825,6 +936,11 @@ pub async fn rolling(
     for h in &known {
         clients.push(client_for(api, h)?);
     }
+    let before = current_release(api, &d.unit).await.map_err(|e| e.message)?;
+    let verb = match kind {
+        JobKind::Deploy => "deploying",
+        JobKind::Rollback => "rolling back to",
+    };
     let req = agent_request(api, &d, release, actor, false)?;
     let back = AgentDeploy {
         rollback: true,
@@ -846,7 +962,7 @@ pub async fn rolling(
             break;
         }
         progress(format!(
-            "{}: deploying {} on {} (blue-green)",
+            "{}: {verb} {} on {} (blue-green)",
             d.unit, release.digest, host.name
         ));
         let result = match clients[i].deploy(&req).await {
@@ -886,19 +1002,16 @@ pub async fn rolling(
     let Some(why) = failure else {
         let (u, r) = (d.unit.clone(), release.clone());
         api.db
-            .run(move |c| {
-                c.execute(
-                    "INSERT INTO scale_releases (unit, image, digest, sha, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(unit) DO UPDATE SET image = ?2, digest = ?3, sha = ?4, updated_ms = ?5",
-                    params![u, r.image, r.digest, r.sha, now_ms()],
-                )?;
-                Ok(())
-            })
+            .run(move |c| record_roll(c, &u, before.as_ref(), &r, kind))
             .await
             .map_err(|e| e.to_string())?;
         return Ok(format!(
-            "{} serves {} on {} host(s): {}",
+            "{} {} {} on {} host(s): {}",
             d.unit,
+            match kind {
+                JobKind::Deploy => "serves",
+                JobKind::Rollback => "rolled back: serves",
+            },
             release.digest,
             known.len(),
             known
@@ -974,6 +1087,82 @@ mod tests {
             ]
         );
         assert!(upstream_health("garbage{").is_empty());
+    }
+
+    #[test]
+    fn a_rolling_rollback_goes_to_the_release_before_and_not_back_again() {
+        let mut c = Connection::open_in_memory().expect("db");
+        migrate(&c).expect("schema");
+        let rel = |d: &str| CurrentRelease {
+            image: format!("r/x:{d}"),
+            digest: format!("sha256:{d}"),
+            sha: String::new(),
+        };
+        let target = |c: &Connection, cur: &str| {
+            rollback_target(c, "x-production", &format!("sha256:{cur}"))
+                .expect("query")
+                .map(|r| r.digest)
+        };
+        // Adopted: v0 served (this host's own deploy) before the first roll to v1.
+        record_roll(
+            &mut c,
+            "x-production",
+            Some(&rel("v0")),
+            &rel("v1"),
+            JobKind::Deploy,
+        )
+        .expect("roll");
+        assert_eq!(target(&c, "v1").as_deref(), Some("sha256:v0"));
+        record_roll(
+            &mut c,
+            "x-production",
+            Some(&rel("v1")),
+            &rel("v2"),
+            JobKind::Deploy,
+        )
+        .expect("roll");
+        assert_eq!(target(&c, "v2").as_deref(), Some("sha256:v1"));
+        assert_eq!(
+            stored_release(&c, "x-production")
+                .expect("current")
+                .map(|r| r.digest)
+                .as_deref(),
+            Some("sha256:v2")
+        );
+        // Back to v1; v2 is not a target of the next rollback, which goes to v0.
+        record_roll(
+            &mut c,
+            "x-production",
+            Some(&rel("v2")),
+            &rel("v1"),
+            JobKind::Rollback,
+        )
+        .expect("rollback");
+        assert_eq!(target(&c, "v1").as_deref(), Some("sha256:v0"));
+        record_roll(
+            &mut c,
+            "x-production",
+            Some(&rel("v1")),
+            &rel("v0"),
+            JobKind::Rollback,
+        )
+        .expect("rollback");
+        assert_eq!(target(&c, "v0"), None, "nothing left to go back to");
+        // A new deploy of v2 makes v0 the target again.
+        record_roll(
+            &mut c,
+            "x-production",
+            Some(&rel("v0")),
+            &rel("v2"),
+            JobKind::Deploy,
+        )
+        .expect("roll");
+        assert_eq!(target(&c, "v2").as_deref(), Some("sha256:v0"));
+        // Another unit knows nothing.
+        assert_eq!(
+            rollback_target(&c, "y-production", "sha256:v2").expect("query"),
+            None
+        );
     }
 
     #[test]

@@ -101,6 +101,18 @@ async fn plan(
             };
             (r.to_string(), digest)
         }
+        JobKind::Rollback if super::hosts::has_hosts(api).await => {
+            let unit = format!("{name}-{env}");
+            let (_, target) = super::hosts::rollback_plan(api, &unit).await?;
+            let prev = target.ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    codes::UNPROCESSABLE,
+                    no_host_rollback(name, env),
+                )
+            })?;
+            (prev.image, prev.digest)
+        }
         JobKind::Rollback => {
             let prev = hist
                 .as_ref()
@@ -200,6 +212,27 @@ async fn request_job(
         (JobKind::Rollback, _) => None,
     };
     let target = format!("{name}/{env}");
+    // A rolling rollback with nothing to go back to is refused now, not as a failed job.
+    if kind == JobKind::Rollback && !dry_run && super::hosts::has_hosts(api).await {
+        let unit = format!("{name}-{env}");
+        if super::hosts::rollback_plan(api, &unit).await?.1.is_none() {
+            let e = ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                codes::UNPROCESSABLE,
+                no_host_rollback(name, env),
+            );
+            api.audit(
+                &caller,
+                action,
+                &target,
+                Some(name),
+                &params,
+                &format!("refused: {}", e.message),
+            )
+            .await;
+            return Err(e);
+        }
+    }
     if dry_run {
         let p = plan(api, &project, env, kind, image.as_deref().unwrap_or("")).await?;
         return Ok(Json(p).into_response());
@@ -710,8 +743,10 @@ async fn run_job(api: &Arc<Api>, id: i64) {
     }
 }
 
-/// A deploy of a project that runs on app hosts: a rolling deploy ([`super::hosts::rolling`])
-/// under the target's deploy lock on this host.
+/// A deploy or rollback of a project that runs on app hosts: a rolling deploy
+/// ([`super::hosts::rolling`]) under the target's deploy lock on this host, of the resolved
+/// image, or for a rollback of the release served before the current one
+/// ([`super::hosts::rollback_plan`], read under the lock).
 async fn roll(
     api: &Arc<Api>,
     id: i64,
@@ -725,45 +760,40 @@ async fn roll(
         code: code.to_owned(),
         message,
     };
-    if stored.kind == JobKind::Rollback {
-        finish(
-            api,
-            id,
-            JobState::Failed,
-            None,
-            fail(
-                codes::UNPROCESSABLE,
-                format!("{unit} runs on app hosts: roll back by deploying the previous image (we deploy --image ...); a failed roll puts the previous release back by itself"),
-            ),
-        )
-        .await;
-        return;
-    }
-    let image = stored.image.clone().unwrap_or_default();
-    let resolved = match ImageRef::parse(&image) {
-        Ok(r) => match r.digest() {
-            Some(d) => Ok((r.clone(), d.to_string())),
-            None => Resolver::new()
-                .resolve(&r, &Auth::from_env(&r))
-                .await
-                .map(|x| (r.clone(), x.digest.to_string()))
-                .map_err(|e| format!("cannot resolve {r} to a digest: {e}")),
-        },
-        Err(e) => Err(format!("image: {e}")),
-    };
-    let (image_ref, digest) = match resolved {
-        Ok(x) => x,
-        Err(m) => {
-            finish(
-                api,
-                id,
-                JobState::Failed,
-                None,
-                fail(codes::UNPROCESSABLE, m),
-            )
-            .await;
-            return;
+    // A deploy resolves its tag before the lock; a rollback learns its release under it.
+    let resolved = if stored.kind == JobKind::Deploy {
+        let image = stored.image.clone().unwrap_or_default();
+        let r = match ImageRef::parse(&image) {
+            Ok(r) => match r.digest() {
+                Some(d) => Ok((r.clone(), d.to_string())),
+                None => Resolver::new()
+                    .resolve(&r, &Auth::from_env(&r))
+                    .await
+                    .map(|x| (r.clone(), x.digest.to_string()))
+                    .map_err(|e| format!("cannot resolve {r} to a digest: {e}")),
+            },
+            Err(e) => Err(format!("image: {e}")),
+        };
+        match r {
+            Ok((image_ref, digest)) => Some(super::hosts::CurrentRelease {
+                image: image_ref.to_string(),
+                digest,
+                sha: stored.sha.clone().unwrap_or_default(),
+            }),
+            Err(m) => {
+                finish(
+                    api,
+                    id,
+                    JobState::Failed,
+                    None,
+                    fail(codes::UNPROCESSABLE, m),
+                )
+                .await;
+                return;
+            }
         }
+    } else {
+        None
     };
     let state_dir = api.state_dir();
     let _ = codeb_host::lockfile::private_dir(&state_dir);
@@ -783,11 +813,43 @@ async fn roll(
                 return;
             }
         };
-    let release = super::hosts::CurrentRelease {
-        image: image_ref.to_string(),
-        digest: digest.clone(),
-        sha: stored.sha.clone().unwrap_or_default(),
+    let release = match resolved {
+        Some(r) => r,
+        None => match super::hosts::rollback_plan(api, unit).await {
+            Ok((current, Some(target))) => {
+                event(
+                    api,
+                    id,
+                    JobEventKind::Progress {
+                        message: format!(
+                            "{unit}: rolling back from {} to {} ({}), one host at a time",
+                            current.map_or_else(|| "nothing".to_owned(), |c| c.digest),
+                            target.digest,
+                            target.image
+                        ),
+                    },
+                )
+                .await;
+                target
+            }
+            Ok((_, None)) => {
+                finish(
+                    api,
+                    id,
+                    JobState::Failed,
+                    None,
+                    fail(codes::UNPROCESSABLE, no_host_rollback(&spec.spec.name, env)),
+                )
+                .await;
+                return;
+            }
+            Err(e) => {
+                finish(api, id, JobState::Failed, None, fail(e.code, e.message)).await;
+                return;
+            }
+        },
     };
+    let digest = release.digest.clone();
     let (ptx, mut prx) = mpsc::unbounded_channel::<String>();
     let a2 = api.clone();
     let pump = tokio::spawn(async move {
@@ -799,7 +861,16 @@ async fn roll(
         let _ = ptx.send(m);
     };
     let actor = format!("{} via the API, job {id}", stored.actor);
-    let result = super::hosts::rolling(api, spec, env.as_str(), &release, &actor, &progress).await;
+    let result = super::hosts::rolling(
+        api,
+        spec,
+        env.as_str(),
+        &release,
+        stored.kind,
+        &actor,
+        &progress,
+    )
+    .await;
     drop(progress);
     let _ = pump.await;
     match result {
@@ -818,4 +889,11 @@ async fn roll(
         }
         Err(m) => finish(api, id, JobState::Failed, None, fail("deploy_failed", m)).await,
     }
+}
+
+/// Why a rolling rollback of `unit` cannot run, and what to do instead.
+fn no_host_rollback(project: &str, env: Environment) -> String {
+    format!(
+        "{project} {env} runs on app hosts and they have served no earlier release to roll back to; deploy the release you want instead: we deploy {project} --environment {env} --image IMAGE"
+    )
 }

@@ -111,50 +111,30 @@ pub fn url_target(url: &str) -> String {
     }
 }
 
+/// The admin URL parsed, with codeb's connect timeout and application name.
+fn admin_config(url: &Secret) -> Result<tokio_postgres::Config, PgError> {
+    let mut cfg: tokio_postgres::Config = url
+        .expose()
+        .parse()
+        .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
+    cfg.connect_timeout(Duration::from_secs(10))
+        .application_name("codeb-daemon");
+    Ok(cfg)
+}
+
 impl Pg {
     /// Connects (10 s timeout) to `url`.
     pub async fn connect(url: &Secret) -> Result<Pg, PgError> {
-        let mut cfg: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
-        cfg.connect_timeout(Duration::from_secs(10));
-        cfg.application_name("codeb-daemon");
-        let target = url_target(url.expose());
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
-            target: target.clone(),
-            message: match e.as_db_error() {
-                Some(d) => d.message().to_owned(),
-                None => e.to_string(),
-            },
-        })?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Pg { client, task })
+        let cfg = admin_config(url)?;
+        Self::open(cfg, url_target(url.expose())).await
     }
 
     /// Connects as the admin to `db` instead of the admin URL's database.
     pub async fn connect_to(url: &Secret, db: &str) -> Result<Pg, PgError> {
-        let mut cfg: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
-        cfg.dbname(ident(db)?)
-            .connect_timeout(Duration::from_secs(10))
-            .application_name("codeb-daemon");
-        let target = url_target(url.expose());
-        let (client, conn) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
-            target: format!("{target} (database {db})"),
-            message: match e.as_db_error() {
-                Some(d) => d.message().to_owned(),
-                None => e.to_string(),
-            },
-        })?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(Pg { client, task })
+        let mut cfg = admin_config(url)?;
+        cfg.dbname(ident(db)?);
+        let target = format!("{} (database {db})", url_target(url.expose()));
+        Self::open(cfg, target).await
     }
 
     /// Connects as `user` with `password` to `db` on the admin URL's server (for running a
@@ -165,18 +145,17 @@ impl Pg {
         password: &Secret,
         db: &str,
     ) -> Result<Pg, PgError> {
-        let mut cfg: tokio_postgres::Config = admin
-            .expose()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| PgError::Url(e.to_string()))?;
-        cfg.user(user)
-            .password(password.expose())
-            .dbname(db)
-            .connect_timeout(Duration::from_secs(10))
-            .application_name("codeb-daemon");
-        let target = url_target(admin.expose());
+        let mut cfg = admin_config(admin)?;
+        cfg.user(user).password(password.expose()).dbname(db);
+        let target = format!("{} as {user}", url_target(admin.expose()));
+        Self::open(cfg, target).await
+    }
+
+    /// Connects with `cfg` (10 s timeout) and drives the connection on its own task;
+    /// `target` names the server in the error.
+    async fn open(cfg: tokio_postgres::Config, target: String) -> Result<Pg, PgError> {
         let (client, conn) = cfg.connect(NoTls).await.map_err(|e| PgError::Connect {
-            target: format!("{target} as {user}"),
+            target,
             message: match e.as_db_error() {
                 Some(d) => d.message().to_owned(),
                 None => e.to_string(),

@@ -102,15 +102,18 @@ pub struct CurrentRelease {
     pub sha: String,
 }
 
+/// A `SELECT image, digest, sha` row.
+fn release_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<CurrentRelease> {
+    Ok(CurrentRelease {
+        image: r.get(0)?,
+        digest: r.get(1)?,
+        sha: r.get(2)?,
+    })
+}
+
 fn stored_release(c: &Connection, unit: &str) -> Result<Option<CurrentRelease>, DbError> {
     let mut st = c.prepare("SELECT image, digest, sha FROM scale_releases WHERE unit = ?1")?;
-    let mut rows = st.query_map([unit], |r| {
-        Ok(CurrentRelease {
-            image: r.get(0)?,
-            digest: r.get(1)?,
-            sha: r.get(2)?,
-        })
-    })?;
+    let mut rows = st.query_map([unit], release_row)?;
     Ok(rows.next().transpose()?)
 }
 
@@ -125,13 +128,7 @@ fn rollback_target(
         "SELECT image, digest, sha FROM scale_rolls
          WHERE unit = ?1 AND digest != ?2 AND rolled_back = 0 ORDER BY id DESC LIMIT 1",
     )?;
-    let mut rows = st.query_map([unit, current], |r| {
-        Ok(CurrentRelease {
-            image: r.get(0)?,
-            digest: r.get(1)?,
-            sha: r.get(2)?,
-        })
-    })?;
+    let mut rows = st.query_map([unit, current], release_row)?;
     Ok(rows.next().transpose()?)
 }
 
